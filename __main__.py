@@ -1,0 +1,47 @@
+"""The ipfleet Pulumi program: `pulumi up -s NAME` runs this with stacks/Pulumi.NAME.yaml.
+
+Parse and validate the stack's settings, look up the image and the network,
+declare the cluster, export what `ipfleet fetch` and users need.
+`ipfleet plan` runs this same file under Pulumi's mock runtime.
+"""
+
+import pulumi
+import pulumi_aws as aws
+
+from bootstrap.preflight import check_user_data
+from components.cluster import Cluster, ClusterArgs
+from components.lookups import find_image, find_network
+from ipfleet.settings import SettingsError, parse_settings
+from ipfleet.stack_config import from_pulumi
+
+try:
+    settings = parse_settings(pulumi.get_stack(), from_pulumi())
+    check_user_data(settings)
+except SettingsError as error:
+    # RunError: a clean message for the user, no Python traceback.
+    raise pulumi.RunError(f"stack {pulumi.get_stack()!r} has invalid settings:\n  "
+                          + "\n  ".join(error.problems)) from None
+
+# Every resource carries the stack's tags; the provider adds them for us.
+provider = aws.Provider(
+    "aws",
+    region=settings.region,
+    default_tags={"tags": {"ipfleet:stack": settings.stack, **settings.tags}},
+)
+invoke = pulumi.InvokeOptions(provider=provider)
+network = find_network(settings, invoke)
+controller_image = find_image(settings, settings.controller_architecture, invoke)
+engine_image = (
+    controller_image
+    if settings.engine_architecture == settings.controller_architecture
+    else find_image(settings, settings.engine_architecture, invoke)
+)
+
+cluster = Cluster(
+    settings.stack,
+    ClusterArgs(settings=settings, network=network,
+                controller_image=controller_image, engine_image=engine_image),
+    pulumi.ResourceOptions(providers=[provider]),
+)
+for key, value in cluster.outputs.items():
+    pulumi.export(key, value)

@@ -1,0 +1,136 @@
+"""Render a node's cloud-init user data from its NodeSpec.
+
+One Jinja2 template per role (`templates/controller.yaml.j2`,
+`templates/engine.yaml.j2`) extends the shared `templates/node.yaml.j2`.
+StrictUndefined turns a missing value into an error at render time, not a
+broken node at boot time.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import gzip
+import json
+import shlex
+from functools import cache
+from pathlib import Path
+
+import yaml
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from bootstrap.spec import NodeSpec
+
+HERE = Path(__file__).parent
+AGENT_SOURCE = HERE / "node" / "ipfleet_node.py"
+
+# EC2 refuses user data over 16 KB (before base64).
+USER_DATA_LIMIT = 16 * 1024
+
+# cloud-config top-level keys ipfleet writes. `cloud-init schema` (22.4) does not
+# flag unknown top-level keys, so the tests hold rendered documents to this list.
+KNOWN_TOP_LEVEL_KEYS = frozenset({
+    "locale", "package_update", "packages", "users", "write_files", "runcmd",
+    "ssh_pwauth", "disable_root",
+})
+
+# Fixed paths on every node; templates and the agent share them via the facts file.
+VENV = "/opt/ipfleet/venv"
+AGENT = "/usr/local/lib/ipfleet/ipfleet_node.py"
+STATE_DIR = "/var/lib/ipfleet"
+IPYTHON_DIR = f"{STATE_DIR}/ipython"
+PROFILE_DIR = f"{IPYTHON_DIR}/profile_default"
+FACTS_FILE = "/etc/ipfleet/node.json"
+BOOTSTRAP_SCRIPT = "/usr/local/lib/ipfleet/bootstrap.sh"
+
+
+class UserDataTooLarge(ValueError):
+    pass
+
+
+@cache
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = shlex.quote
+    # JSON strings are valid YAML scalars: quoting without surprises.
+    env.filters["yaml"] = lambda v: json.dumps(v)
+    return env
+
+
+def facts(spec: NodeSpec) -> dict:
+    """/etc/ipfleet/node.json: what the node agent reads at boot."""
+    return {
+        "role": spec.role,
+        "stack": spec.stack,
+        "region": spec.region,
+        "rendezvous_parameter": spec.rendezvous_parameter,
+        "profile_dir": PROFILE_DIR,
+        "engines_per_node": spec.engines_per_node,
+        "aws_endpoint_url": spec.aws_endpoint_url,
+    }
+
+
+def render_bootstrap_script(spec: NodeSpec) -> str:
+    """The shell script cloud-init's runcmd runs once (shellcheck-clean)."""
+    return _environment().get_template("bootstrap.sh.j2").render(**_context(spec))
+
+
+def render_user_data(spec: NodeSpec) -> str:
+    """The #cloud-config document for one role's nodes."""
+    template = _environment().get_template(f"{spec.role}.yaml.j2")
+    context = _context(spec)
+    context["bootstrap_script"] = render_bootstrap_script(spec)
+    context["agent_source"] = AGENT_SOURCE.read_text()
+    text = template.render(**context)
+    # Fail here, with the template's name, rather than at boot.
+    parsed = yaml.safe_load(text)
+    unknown = set(parsed) - KNOWN_TOP_LEVEL_KEYS
+    if unknown:
+        raise ValueError(f"{spec.role}.yaml.j2 renders unknown cloud-config keys: {sorted(unknown)}")
+    return text
+
+
+def _context(spec: NodeSpec) -> dict:
+    return {
+        **dataclasses.asdict(spec),
+        "spec": spec,
+        "facts": facts(spec),
+        "venv": VENV,
+        "agent": AGENT,
+        "state_dir": STATE_DIR,
+        "ipython_dir": IPYTHON_DIR,
+        "profile_dir": PROFILE_DIR,
+        "facts_file": FACTS_FILE,
+        "bootstrap_path": BOOTSTRAP_SCRIPT,
+        "mount_units": [m.unit for m in spec.mounts],
+    }
+
+
+def encode_user_data(text: str) -> str:
+    """Base64 user data for EC2, gzip-compressed only when plain text would not fit.
+
+    Plain text stays readable in the EC2 console; cloud-init detects gzip itself.
+    """
+    raw = text.encode()
+    if len(raw) > USER_DATA_LIMIT:
+        raw = gzip.compress(raw, compresslevel=9, mtime=0)
+        if len(raw) > USER_DATA_LIMIT:
+            raise UserDataTooLarge(
+                f"user data is {len(raw)} bytes even compressed, over EC2's "
+                f"{USER_DATA_LIMIT}-byte limit"
+            )
+    return base64.b64encode(raw).decode()
+
+
+def decode_user_data(encoded: str) -> str:
+    raw = base64.b64decode(encoded)
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw.decode()

@@ -1,0 +1,131 @@
+"""What a node needs to know to configure itself, derived from a stack's Settings.
+
+A NodeSpec is everything a template may use; nothing else reaches user data.
+It holds no secret by construction: the cluster's keys are made on the
+controller at boot and travel through the rendezvous parameter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
+
+from ipfleet import ports
+from ipfleet.settings import Settings
+
+Role = Literal["controller", "engine"]
+ROLES: tuple[Role, ...] = ("controller", "engine")
+
+# The service user that runs ipcontroller/ipengine. A fixed uid keeps file
+# ownership consistent across nodes on the shared file system.
+SERVICE_USER = "ipfleet"
+SERVICE_UID = 2001
+
+# The Python packages every node runs, pinned to the versions this project runs:
+# a laptop's client and the engines must agree on ipyparallel and pyzmq.
+NODE_PACKAGES = ("ipyparallel", "pyzmq", "boto3")
+
+# EFS over NFS 4.1 with the options AWS documents for EFS clients.
+EFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,_netdev,nofail"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A file system the node mounts through a systemd .mount unit."""
+
+    what: str
+    where: str
+    type: str
+    options: str
+
+    @property
+    def unit(self) -> str:
+        """systemd's name for the mount unit of `where` (systemd-escape --path)."""
+        parts = [_escape_unit_part(p) for p in self.where.strip("/").split("/")]
+        return "-".join(parts) + ".mount"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    role: Role
+    stack: str
+    region: str
+    rendezvous_parameter: str
+    python_requirements: tuple[str, ...]
+    apt_packages: tuple[str, ...]
+    package_index_url: str | None
+    engines_per_node: int | str
+    packer: str
+    scheme: str
+    ping_ms: int
+    mounts: tuple[Mount, ...] = ()
+    shared_mount_point: str | None = None
+    # Where boto3 and s3fs send AWS API calls; None means AWS itself.
+    aws_endpoint_url: str | None = None
+    client_ports: tuple[int, ...] = tuple(ports.CLIENT_PORTS.as_list())
+    engine_ports: tuple[int, ...] = tuple(ports.ENGINE_PORTS.as_list())
+    internal_ports: tuple[int, ...] = tuple(ports.INTERNAL_PORTS.as_list())
+    service_user: str = SERVICE_USER
+    service_uid: int = SERVICE_UID
+    extra_env: tuple[tuple[str, str], ...] = field(default=())
+
+    def with_role(self, role: Role) -> NodeSpec:
+        return replace(self, role=role)
+
+
+def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeSpec:
+    """The spec of one role's nodes. `efs_dns_name` is known only after deploy."""
+    mounts: list[Mount] = []
+    apt = ["python3-venv", "iproute2"]
+    shared = settings.shared_storage
+    if shared.enabled:
+        if efs_dns_name is None:
+            raise ValueError("shared storage is enabled but no EFS DNS name was given")
+        mounts.append(Mount(f"{efs_dns_name}:/", shared.mount_point, "nfs4", EFS_OPTIONS))
+        apt.append("nfs-common")
+    for m in settings.s3_mounts:
+        source = f"{m.bucket}:/{m.prefix}" if m.prefix else m.bucket
+        options = [
+            "_netdev", "nofail", "allow_other", "iam_role=auto",
+            f"uid={SERVICE_UID}", f"gid={SERVICE_UID}", "umask=0022",
+            f"url=https://s3.{settings.region}.amazonaws.com", f"endpoint={settings.region}",
+        ]
+        if m.read_only:
+            options.append("ro")
+        mounts.append(Mount(source, m.mount_point, "fuse.s3fs", ",".join(options)))
+    if settings.s3_mounts:
+        apt.append("s3fs")
+    python = [pinned(name) for name in NODE_PACKAGES]
+    if settings.ipyparallel.packer == "msgpack":
+        python.append(pinned("msgpack"))
+    return NodeSpec(
+        role=role,
+        stack=settings.stack,
+        region=settings.region,
+        rendezvous_parameter=settings.rendezvous_parameter,
+        python_requirements=tuple(python + list(settings.python_packages)),
+        apt_packages=tuple(dict.fromkeys(apt + list(settings.apt_packages))),
+        package_index_url=settings.package_index_url,
+        engines_per_node=settings.engines_per_node,
+        packer=settings.ipyparallel.packer,
+        scheme=settings.ipyparallel.scheme,
+        ping_ms=settings.ipyparallel.ping_ms,
+        mounts=tuple(mounts),
+        shared_mount_point=shared.mount_point if shared.enabled else None,
+    )
+
+
+def pinned(name: str) -> str:
+    """`name==version` as installed here (the project's lock), or bare if absent."""
+    try:
+        return f"{name}=={version(name)}"
+    except PackageNotFoundError:
+        return name
+
+
+def _escape_unit_part(part: str) -> str:
+    # systemd escapes everything but [A-Za-z0-9:_.] as \xNN; a leading dot too.
+    out = re.sub(r"[^A-Za-z0-9:_.]", lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode()), part)
+    return "\\x2e" + out[1:] if out.startswith(".") else out

@@ -1,0 +1,131 @@
+"""An ipfleet cluster: a controller, a spot fleet of engine nodes, shared storage,
+S3 mounts and the rendezvous through which they find each other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from bootstrap import encode_user_data, node_spec, render_user_data
+from components.controller import Controller, ControllerArgs
+from components.engine_fleet import EngineFleet, EngineFleetArgs
+from components.key_pair import KeyPair, KeyPairArgs
+from components.lookups import Image, Network
+from components.node_role import NodeRole, NodeRoleArgs
+from components.rendezvous import Rendezvous, RendezvousArgs
+from components.s3_mounts import S3Mounts, S3MountsArgs
+from components.security_group import SecurityGroup, SecurityGroupArgs
+from components.shared_storage import SharedStorage, SharedStorageArgs
+from ipfleet.settings import Settings
+
+TYPE = "ipfleet:index:Cluster"
+
+
+@dataclass(frozen=True)
+class ClusterArgs:
+    settings: Settings
+    network: Network
+    controller_image: Image
+    engine_image: Image
+
+
+class Cluster(pulumi.ComponentResource):
+    def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TYPE, name, None, opts)
+        s = args.settings
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.security_group = SecurityGroup(
+            f"{name}-net",
+            SecurityGroupArgs(vpc_id=args.network.vpc_id, access=s.access, admin_cidrs=s.admin_cidrs),
+            child,
+        )
+        key_name = None
+        if s.ssh_public_key:
+            key_name = KeyPair(f"{name}-key", KeyPairArgs(public_key=s.ssh_public_key), child).key_name
+
+        session_manager = s.access == "ssm"
+        controller_role = NodeRole(f"{name}-controller-iam", NodeRoleArgs("controller", session_manager), child)
+        engine_role = NodeRole(f"{name}-engine-iam", NodeRoleArgs("engine", session_manager), child)
+        roles = [controller_role.role_name, engine_role.role_name]
+
+        self.rendezvous = Rendezvous(
+            f"{name}-rendezvous",
+            RendezvousArgs(
+                parameter_name=s.rendezvous_parameter,
+                publisher_role=controller_role.role_name,
+                reader_roles=[engine_role.role_name],
+            ),
+            child,
+        )
+        if s.s3_mounts:
+            S3Mounts(f"{name}-s3", S3MountsArgs(mounts=s.s3_mounts, roles=roles), child)
+
+        self.shared_storage = None
+        efs_dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
+        if s.shared_storage.enabled:
+            self.shared_storage = SharedStorage(
+                f"{name}-shared",
+                SharedStorageArgs(
+                    subnets=args.network.subnets,
+                    security_group_id=self.security_group.id,
+                    retain_on_destroy=s.shared_storage.retain_on_destroy,
+                ),
+                child,
+            )
+            efs_dns_name = self.shared_storage.dns_name
+
+        def user_data(role: str) -> pulumi.Output[str]:
+            return efs_dns_name.apply(
+                lambda dns: encode_user_data(render_user_data(node_spec(s, role, dns)))
+            )
+
+        self.controller = Controller(
+            f"{name}-controller",
+            ControllerArgs(
+                image_id=args.controller_image.id,
+                root_device_name=args.controller_image.root_device_name,
+                instance_type=s.controller_instance_type,
+                subnet_id=args.network.subnet_ids[0],
+                security_group_id=self.security_group.id,
+                instance_profile=controller_role.profile_name,
+                user_data_base64=user_data("controller"),
+                key_name=key_name,
+            ),
+            child,
+        )
+        self.engines = EngineFleet(
+            f"{name}-engines",
+            EngineFleetArgs(
+                image_id=args.engine_image.id,
+                root_device_name=args.engine_image.root_device_name,
+                instance_types=s.engine_instance_types,
+                subnet_ids=args.network.subnet_ids,
+                security_group_id=self.security_group.id,
+                instance_profile_arn=engine_role.profile_arn,
+                user_data_base64=user_data("engine"),
+                desired=s.engine_nodes,
+                maximum=s.fleet_max,
+                on_demand_base=s.on_demand_base,
+                spot_max_price=s.spot_max_price,
+                key_name=key_name,
+                tags={"ipfleet:stack": s.stack, **s.tags},
+            ),
+            # Engines wait for the controller anyway; starting them after it is
+            # created just saves spot hours spent waiting.
+            pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
+        )
+        self.outputs = {
+            "stack": s.stack,
+            "region": s.region,
+            "rendezvousParameter": self.rendezvous.parameter_name,
+            "controllerInstanceId": self.controller.instance_id,
+            "controllerPrivateIp": self.controller.private_ip,
+            "engineGroupName": self.engines.group_name,
+            "engineNodes": s.engine_nodes,
+            "securityGroupId": self.security_group.id,
+            "sharedFileSystemId": self.shared_storage.file_system_id if self.shared_storage else None,
+            "fetchCommand": f"ipfleet fetch {s.stack}",
+        }
+        self.register_outputs(self.outputs)

@@ -1,0 +1,87 @@
+"""The engine nodes: a spot fleet, declared as an Auto Scaling group.
+
+A mixed-instances policy over several instance types (100% spot above the
+on-demand base, capacity-optimized allocation, capacity rebalancing) is the
+AWS-recommended form of a spot fleet; SpotFleetRequest is the legacy API.
+Scaling is a config change (`ipfleet:engineNodes`) and `pulumi up`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from components.hardening import IMDS_V2, encrypted_root_mapping
+
+TYPE = "ipfleet:cluster:EngineFleet"
+
+
+@dataclass(frozen=True)
+class EngineFleetArgs:
+    image_id: str
+    root_device_name: str
+    instance_types: list[str]
+    subnet_ids: list[str]
+    security_group_id: pulumi.Input[str]
+    instance_profile_arn: pulumi.Input[str]
+    user_data_base64: pulumi.Input[str]
+    desired: int
+    maximum: int
+    on_demand_base: int = 0
+    spot_max_price: float | None = None
+    key_name: pulumi.Input[str] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class EngineFleet(pulumi.ComponentResource):
+    def __init__(self, name: str, args: EngineFleetArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        node_tags = {**args.tags, "Name": f"{name}-node", "ipfleet:role": "engine"}
+        self.launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-template",
+            image_id=args.image_id,
+            iam_instance_profile={"arn": args.instance_profile_arn},
+            vpc_security_group_ids=[args.security_group_id],
+            key_name=args.key_name,
+            user_data=args.user_data_base64,
+            metadata_options=IMDS_V2,
+            block_device_mappings=[encrypted_root_mapping(args.root_device_name)],
+            # Provider default tags do not reach instances an ASG launches.
+            tag_specifications=[{"resource_type": kind, "tags": node_tags} for kind in ("instance", "volume")],
+            update_default_version=True,
+            opts=child,
+        )
+        distribution = {
+            "on_demand_base_capacity": args.on_demand_base,
+            "on_demand_percentage_above_base_capacity": 0,
+            "spot_allocation_strategy": "capacity-optimized",
+        }
+        if args.spot_max_price is not None:
+            distribution["spot_max_price"] = f"{args.spot_max_price:g}"
+        self.group = aws.autoscaling.Group(
+            f"{name}-group",
+            min_size=0,
+            desired_capacity=args.desired,
+            max_size=args.maximum,
+            vpc_zone_identifiers=args.subnet_ids,
+            capacity_rebalance=True,
+            mixed_instances_policy={
+                "instances_distribution": distribution,
+                "launch_template": {
+                    "launch_template_specification": {
+                        "launch_template_id": self.launch_template.id,
+                        "version": self.launch_template.latest_version.apply(str),
+                    },
+                    "overrides": [{"instance_type": t} for t in args.instance_types],
+                },
+            },
+            # Engines configure themselves; `pulumi up` need not wait for spot capacity.
+            wait_for_capacity_timeout="0",
+            tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in node_tags.items()],
+            opts=child,
+        )
+        self.group_name = self.group.name
+        self.register_outputs({"group_name": self.group_name})

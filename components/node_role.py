@@ -1,0 +1,67 @@
+"""The IAM role and instance profile of one node role (controller or engines).
+
+The role starts with no permissions; other components grant exactly what they
+need (the rendezvous parameter, the mounted buckets, Session Manager).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+TYPE = "ipfleet:cluster:NodeRole"
+
+ASSUME_BY_EC2 = json.dumps({
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "ec2.amazonaws.com"},
+        "Action": "sts:AssumeRole",
+    }],
+})
+
+# What the SSM agent needs for Session Manager (access: ssm). AWS requires "*"
+# as the resource for these; nothing here reads or writes data.
+SESSION_MANAGER_ACTIONS = [
+    "ssm:UpdateInstanceInformation",
+    "ssmmessages:CreateControlChannel",
+    "ssmmessages:CreateDataChannel",
+    "ssmmessages:OpenControlChannel",
+    "ssmmessages:OpenDataChannel",
+]
+
+
+@dataclass(frozen=True)
+class NodeRoleArgs:
+    role: str  # "controller" or "engine"
+    session_manager: bool
+
+
+class NodeRole(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NodeRoleArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=ASSUME_BY_EC2,
+            description=f"ipfleet {args.role} nodes",
+            opts=child,
+        )
+        if args.session_manager:
+            aws.iam.RolePolicy(
+                f"{name}-session-manager",
+                role=self.role.name,
+                policy=json.dumps({
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": SESSION_MANAGER_ACTIONS, "Resource": "*"}],
+                }),
+                opts=child,
+            )
+        self.profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, opts=child)
+        self.role_name = self.role.name
+        self.profile_name = self.profile.name
+        self.profile_arn = self.profile.arn
+        self.register_outputs({"role_name": self.role_name, "profile_arn": self.profile_arn})

@@ -1,0 +1,164 @@
+"""Run the Pulumi program offline, under the SDK's own mock runtime, and record what it declares.
+
+This is `ipfleet plan`: a credential-free review artifact for pull requests. It
+runs the very `__main__.py` that `pulumi up` runs. Lookups the program makes of
+the AWS account (image, default VPC, subnets) are answered with labelled
+placeholders, and values AWS computes at deploy time (ids, ARNs, DNS names)
+show as `<name.attribute>`. Secret inputs are masked.
+"""
+
+from __future__ import annotations
+
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime import settings as pulumi_settings
+from pulumi.runtime.stack import run_pulumi_func
+from pulumi.runtime.sync_await import _sync_await
+
+from ipfleet.settings import Settings
+from ipfleet.stack_config import as_engine_config
+
+SECRET = "[secret]"
+PROJECT = "ipfleet"
+
+# Attributes AWS computes at deploy time that the program reads back.
+COMPUTED = ("arn", "dnsName", "privateIp", "keyName", "latestVersion")
+
+
+@dataclass
+class PlannedResource:
+    type: str
+    name: str
+    parent: str | None
+    inputs: dict[str, Any]
+    custom: bool
+
+    def as_json(self) -> dict:
+        return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+
+
+@dataclass
+class Plan:
+    stack: str
+    resources: list[PlannedResource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+    def of_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> PlannedResource:
+        found = self.of_type(type_)
+        if len(found) != 1:
+            raise LookupError(f"expected one {type_}, plan has {len(found)}")
+        return found[0]
+
+    def as_json(self) -> dict:
+        return {"resources": [r.as_json() for r in self.resources], "outputs": self.outputs}
+
+
+class _Answers(pulumi_mocks.Mocks):
+    """The offline world: lookups answered with labelled placeholders."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        token, a = args.token, args.args
+        region = self.settings.region
+        if token == "aws:ec2/getAmi:getAmi":
+            arch = next((f["values"][0] for f in a.get("filters", []) if f["name"] == "architecture"),
+                        "x86_64")
+            label = f"<{self.settings.image} {arch} image>"
+            return {"id": label, "imageId": label, "architecture": arch,
+                    "rootDeviceName": "/dev/xvda", "name": label}
+        if token == "aws:ec2/getVpc:getVpc":
+            return {"id": "<default VPC>", "default": True}
+        if token == "aws:ec2/getSubnets:getSubnets":
+            return {"ids": [f"<default subnet {zone}>" for zone in "abc"]}
+        if token == "aws:ec2/getSubnet:getSubnet":
+            subnet_id = a["id"]
+            zone = subnet_id[-2] if subnet_id.startswith("<default subnet") else \
+                "abc"[self.settings.subnet_ids.index(subnet_id) % 3]
+            vpc = self.settings.vpc_id or "<default VPC>"
+            return {"id": subnet_id, "vpcId": vpc, "availabilityZone": f"{region}{zone}"}
+        raise NotImplementedError(f"ipfleet plan has no offline answer for {token}")
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        name = args.name
+        state = dict(args.inputs)
+        for attr in COMPUTED:
+            state.setdefault(attr, f"<{name}.{attr}>")
+        state.setdefault("name", f"<{name}.name>")
+        return f"<{name}.id>", state
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, also keeping every registration with its parent."""
+
+    def __init__(self, answers: _Answers):
+        super().__init__(answers)
+        self.recorded: list[tuple[str, PlannedResource, str]] = []
+
+    def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            inputs = _masked(rpc.deserialize_properties(request.object))
+            resource = PlannedResource(request.type, request.name, None, inputs, bool(request.custom))
+            self.recorded.append((response.urn, resource, request.parent))
+        return response
+
+
+def run_plan(project_dir: Path, stack: str, config: dict[str, Any], settings: Settings) -> Plan:
+    """Run `project_dir/__main__.py` as stack `stack` with `config`; return what it declared."""
+    answers = _Answers(settings)
+    monitor = _RecordingMonitor(answers)
+    pulumi_settings.ROOT.set(None)  # a fresh stack per run, even in one process
+    pulumi.runtime.set_all_config(as_engine_config(config))
+    pulumi.runtime.set_mocks(answers, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+
+    program = project_dir / "__main__.py"
+    outputs: dict[str, Any] = {}
+
+    def run() -> Any:
+        runpy.run_path(str(program), run_name="__main__")
+        root = pulumi_settings.get_root_resource()
+
+        async def collect():
+            for key, value in root.outputs.items():
+                outputs[key] = _masked(await _resolve(value))
+
+        return collect()
+
+    _sync_await(run_pulumi_func(run))
+
+    names = {urn: resource.name for urn, resource, _ in monitor.recorded}
+    plan = Plan(stack=stack)
+    for _, resource, parent_urn in monitor.recorded:
+        resource.parent = names.get(parent_urn)
+        plan.resources.append(resource)
+    plan.outputs = outputs
+    return plan
+
+
+async def _resolve(value: Any) -> Any:
+    if isinstance(value, pulumi.Output):
+        is_secret = await value.is_secret()
+        resolved = await value.future()
+        return SECRET if is_secret else resolved
+    return value
+
+
+def _masked(value: Any) -> Any:
+    if rpc.is_rpc_secret(value):
+        return SECRET
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v) for v in value]
+    return value
