@@ -15,7 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 TYPE = "ipfleet:cluster:Rendezvous"
-PENDING = "pending"  # what engines and `ipfleet fetch` see before the controller publishes
+from bootstrap.node.ipfleet_node import PENDING  # placeholder until the controller publishes
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@ show as `<name.attribute>`. Secret inputs are masked.
 
 from __future__ import annotations
 
+import asyncio
 import runpy
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,9 +41,14 @@ class PlannedResource:
     parent: str | None
     inputs: dict[str, Any]
     custom: bool
+    # Resource options a reviewer should see (retainOnDelete, ignoreChanges...).
+    options: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict:
-        return {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+        out = {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+        if self.options:
+            out["options"] = self.options
+        return out
 
 
 @dataclass
@@ -109,24 +117,42 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = _masked(rpc.deserialize_properties(request.object))
-            resource = PlannedResource(request.type, request.name, None, inputs, bool(request.custom))
+            options = {}
+            if request.retainOnDelete:
+                options["retainOnDelete"] = True
+            if request.ignoreChanges:
+                options["ignoreChanges"] = list(request.ignoreChanges)
+            resource = PlannedResource(request.type, request.name, None, inputs,
+                                       bool(request.custom), options)
             self.recorded.append((response.urn, resource, request.parent))
         return response
 
 
 def run_plan(project_dir: Path, stack: str, config: dict[str, Any], settings: Settings) -> Plan:
     """Run `project_dir/__main__.py` as stack `stack` with `config`; return what it declared."""
+    program = project_dir / "__main__.py"
+    return record(settings, config, lambda: runpy.run_path(str(program), run_name="__main__"))
+
+
+def record(settings: Settings, config: dict[str, Any], declare: Callable[[], Any]) -> Plan:
+    """Run `declare` under the mock runtime as stack `settings.stack`; return what it declared.
+
+    `declare` is the whole program (run_plan) or, in tests, one component.
+    """
+    stack = settings.stack
     answers = _Answers(settings)
     monitor = _RecordingMonitor(answers)
-    pulumi_settings.ROOT.set(None)  # a fresh stack per run, even in one process
+    # A fresh event loop and root stack per run: runs in one process stay apart.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pulumi_settings.ROOT.set(None)
     pulumi.runtime.set_all_config(as_engine_config(config))
     pulumi.runtime.set_mocks(answers, project=PROJECT, stack=stack, preview=False, monitor=monitor)
 
-    program = project_dir / "__main__.py"
     outputs: dict[str, Any] = {}
 
     def run() -> Any:
-        runpy.run_path(str(program), run_name="__main__")
+        declare()
         root = pulumi_settings.get_root_resource()
 
         async def collect():
@@ -135,7 +161,12 @@ def run_plan(project_dir: Path, stack: str, config: dict[str, Any], settings: Se
 
         return collect()
 
-    _sync_await(run_pulumi_func(run))
+    try:
+        _sync_await(run_pulumi_func(run))
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+        _quiet_leftover_loops()
 
     names = {urn: resource.name for urn, resource, _ in monitor.recorded}
     plan = Plan(stack=stack)
@@ -155,10 +186,29 @@ async def _resolve(value: Any) -> Any:
 
 
 def _masked(value: Any) -> Any:
+    """Secrets masked; whole floats back to ints (the wire format has only doubles)."""
     if rpc.is_rpc_secret(value):
         return SECRET
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
     if isinstance(value, dict):
         return {k: _masked(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_masked(v) for v in value]
     return value
+
+
+def _quiet_leftover_loops() -> None:
+    """The SDK's invokes run in worker threads that each open an event loop and
+    never close it; at interpreter exit those loops complain from __del__ about
+    already-closed pipes. That noise is not ours to show to users."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        where = getattr(unraisable.object, "__qualname__", "")
+        if where == "BaseEventLoop.__del__" and isinstance(unraisable.exc_value, ValueError):
+            return
+        previous(unraisable)
+
+    if getattr(previous, "__name__", "") != "hook":
+        sys.unraisablehook = hook

@@ -1,0 +1,68 @@
+"""Finding the ipfleet project and a stack's settings file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+STACK_FILE = "Pulumi.{name}.yaml"
+
+
+class StackNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class StackRef:
+    name: str
+    path: Path
+    project_dir: Path
+
+
+def project_dir(start: Path | None = None) -> Path:
+    """The nearest folder (from `start` up) whose Pulumi.yaml is the ipfleet project,
+    else the checkout this package was installed from."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if _is_ipfleet_project(folder):
+            return folder
+    source = Path(__file__).resolve().parent.parent
+    if _is_ipfleet_project(source):
+        return source
+    raise StackNotFound("not inside an ipfleet project (no Pulumi.yaml with `name: ipfleet` here or above)")
+
+
+def resolve_stack(stack: str, start: Path | None = None) -> StackRef:
+    """STACK is a stack name (stacks/Pulumi.STACK.yaml) or a path to a stack file."""
+    candidate = Path(stack)
+    if candidate.suffix in (".yaml", ".yml") and candidate.exists():
+        name = candidate.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+        return StackRef(name=name, path=candidate.resolve(), project_dir=project_dir(candidate.parent))
+    root = project_dir(start)
+    path = stacks_dir(root) / STACK_FILE.format(name=stack)
+    if not path.exists():
+        known = ", ".join(list_stacks(root)) or "none yet"
+        raise StackNotFound(f"no stack {stack!r}: {path} does not exist (stacks here: {known})")
+    return StackRef(name=stack, path=path, project_dir=root)
+
+
+def stacks_dir(root: Path) -> Path:
+    document = yaml.safe_load((root / "Pulumi.yaml").read_text()) or {}
+    return root / document.get("stackConfigDir", ".")
+
+
+def list_stacks(root: Path) -> list[str]:
+    return sorted(p.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+                  for p in stacks_dir(root).glob("Pulumi.*.yaml"))
+
+
+def _is_ipfleet_project(folder: Path) -> bool:
+    manifest = folder / "Pulumi.yaml"
+    if not manifest.is_file():
+        return False
+    try:
+        return (yaml.safe_load(manifest.read_text()) or {}).get("name") == "ipfleet"
+    except yaml.YAMLError:
+        return False
