@@ -65,7 +65,7 @@ class SecurityGroup(pulumi.ComponentResource):
                 ingress(f"ssh-{index}", f"SSH from admin {cidr}", ports.SSH_PORT, ports.SSH_PORT, **source)
             elif args.access == "direct":
                 ingress(f"client-{index}", f"ipyparallel clients from admin {cidr}",
-                        ports.CLIENT_PORTS.first, ports.CLIENT_PORTS.last, **source)
+                        ports.CLIENT_FACING_PORTS.first, ports.CLIENT_FACING_PORTS.last, **source)
 
         # Egress is declared, not defaulted: the cluster itself, and HTTPS/HTTP for
         # AWS APIs and package mirrors (apt verifies signatures over plain HTTP).

@@ -51,8 +51,10 @@ def _plan(stack: str):
     from ipfleet.settings import SettingsError, parse_settings
     from ipfleet.stack_config import read_stack_file
 
+    name = stack
     try:
         ref = resolve_stack(stack)
+        name = ref.name
         config = read_stack_file(ref.path)
         settings = parse_settings(ref.name, config)
         from bootstrap.preflight import check_user_data
@@ -61,7 +63,7 @@ def _plan(stack: str):
     except StackNotFound as e:
         _fail(str(e), 2)
     except SettingsError as e:
-        _fail(f"stack {stack!r} has invalid settings:\n  " + "\n  ".join(e.problems), 2)
+        _fail(f"stack {name!r} has invalid settings:\n  " + "\n  ".join(e.problems), 2)
     except (ValueError, OSError) as e:
         _fail(str(e), 2)
     from ipfleet.plan import run_plan

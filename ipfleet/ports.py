@@ -27,9 +27,14 @@ class PortRange:
 # Sockets that clients (a laptop's ipyparallel.Client) connect to.
 CLIENT_PORTS = PortRange(10101, 10108)
 # Sockets that engines connect to (registration, heartbeat, tasks, IOPub...).
-ENGINE_PORTS = PortRange(10111, 10124)
+# ipyparallel takes the registration socket, which clients use too, first from
+# this pool: starting it right after CLIENT_PORTS keeps the client-facing ports
+# one contiguous range.
+ENGINE_PORTS = PortRange(CLIENT_PORTS.last + 1, CLIENT_PORTS.last + 16)
+# What a client outside the cluster needs (access: direct): client sockets + registration.
+CLIENT_FACING_PORTS = PortRange(CLIENT_PORTS.first, ENGINE_PORTS.first)
 # Internal sockets between the controller's own processes, plus spare ports.
-INTERNAL_PORTS = PortRange(10131, 10150)
+INTERNAL_PORTS = PortRange(ENGINE_PORTS.last + 1, ENGINE_PORTS.last + 20)
 
 # Everything the controller may bind: opened to the cluster's own security group.
 CONTROLLER_PORTS = PortRange(CLIENT_PORTS.first, INTERNAL_PORTS.last)

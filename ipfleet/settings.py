@@ -405,18 +405,19 @@ def parse_settings(stack: str, config: Mapping[str, Any]) -> Settings:
                 problems.append(f"{full_key}: not valid JSON ({e.msg}) (got {value!r})")
                 continue
         raw[key] = value
-    if problems:
-        raise SettingsError(problems)
+    # Validate what is known even when something is not: every mistake at once.
+    lines: list[str] = list(problems)
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as e:
-        lines: list[str] = []
         for err in e.errors():
             line = _describe(err)
             # A union (enginesPerNode) fails once per branch: say it once.
             if not any(line.split(": ", 1)[0] == seen.split(": ", 1)[0] for seen in lines):
                 lines.append(line)
-        raise SettingsError(lines) from None
+    if lines:
+        raise SettingsError(lines)
+    return settings
 
 
 def _describe(err: Mapping[str, Any]) -> str:

@@ -1,0 +1,162 @@
+"""The node side: every rendered document against the real `cloud-init schema` and shellcheck."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bootstrap import (
+    ROLES, USER_DATA_LIMIT, decode_user_data, encode_user_data, node_spec,
+    render_bootstrap_script, render_user_data,
+)
+from bootstrap.preflight import check_user_data
+from bootstrap.render import KNOWN_TOP_LEVEL_KEYS
+from ipfleet.settings import SettingsError
+from tests.conftest import settings_of
+
+EFS = "fs-0123456789abcdef0.efs.us-east-1.amazonaws.com"
+
+VARIATIONS = {
+    "example": {},
+    "no-shared-storage": {"sharedStorage": {"enabled": False}},
+    "s3-mounts": {"s3Mounts": [
+        {"bucket": "inputs-bucket", "prefix": "runs/1", "mountPoint": "/data/in"},
+        {"bucket": "results-bucket", "mountPoint": "/data/out", "readOnly": False}]},
+    "fixed-engines-msgpack": {"enginesPerNode": 4, "ipyparallel": {"packer": "msgpack", "scheme": "pure"}},
+    "ubuntu-mirror": {"image": "ubuntu-24.04", "packageIndexUrl": "https://pypi.mirror.example/simple",
+                      "aptPackages": ["build-essential", "libopenblas-dev"],
+                      "pythonPackages": ["scipy>=1.11", "pandas[performance]==2.2.3"]},
+}
+
+
+def documents():
+    for variation, overrides in VARIATIONS.items():
+        settings = settings_of(**overrides)
+        for role in ROLES:
+            yield variation, role, node_spec(settings, role, EFS)
+
+
+CASES = [(v, r, s) for v, r, s in documents()]
+IDS = [f"{v}-{r}" for v, r, _ in CASES]
+
+
+@pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
+def test_cloud_init_schema_accepts_the_document(variation, role, spec, tmp_path):
+    assert shutil.which("cloud-init"), "cloud-init is required (apt-get install cloud-init)"
+    path = tmp_path / "user-data"
+    path.write_text(render_user_data(spec))
+    result = subprocess.run(["cloud-init", "schema", "--config-file", str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid cloud-config" in result.stdout
+
+
+def test_cloud_init_schema_would_catch_a_broken_document(tmp_path):
+    """The check above can fail: a wrong type under a known key is rejected."""
+    path = tmp_path / "user-data"
+    path.write_text("#cloud-config\npackage_update: sometimes\nruncmd: 3\n")
+    result = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
+    assert result.returncode != 0
+
+
+@pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
+def test_only_known_top_level_keys(variation, role, spec):
+    document = yaml.safe_load(render_user_data(spec))
+    assert set(document) <= KNOWN_TOP_LEVEL_KEYS
+
+
+@pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
+def test_shellcheck_passes_the_bootstrap_script(variation, role, spec, tmp_path):
+    assert shutil.which("shellcheck"), "shellcheck is required (apt-get install shellcheck)"
+    script = tmp_path / "bootstrap.sh"
+    script.write_text(render_bootstrap_script(spec))
+    result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
+def test_embedded_files_are_what_the_sources_say(variation, role, spec):
+    document = yaml.safe_load(render_user_data(spec))
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    agent = Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_node.py"
+    assert files["/usr/local/lib/ipfleet/ipfleet_node.py"] == agent.read_text()
+    assert files["/usr/local/lib/ipfleet/bootstrap.sh"] == render_bootstrap_script(spec)
+    for mount in spec.mounts:
+        unit = files[f"/etc/systemd/system/{mount.unit}"]
+        assert f"What={mount.what}\n" in unit and f"Where={mount.where}\n" in unit
+
+
+def test_mount_unit_names_follow_systemd_escaping():
+    settings = settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data/my-files"}])
+    units = [m.unit for m in node_spec(settings, "engine", EFS).mounts]
+    assert units == ["shared.mount", "data-my\\x2dfiles.mount"]
+
+
+# Shapes of secrets that must never reach user data.
+SECRET_SHAPES = [
+    re.compile(r"AKIA[0-9A-Z]{16}"),                    # AWS access key id
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r'"key"\s*:\s*"[0-9a-f-]{16,}"'),       # an ipyparallel HMAC key
+    re.compile(r"curve_(secret|public|server)key"),
+]
+
+
+@pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
+def test_user_data_holds_no_secret(variation, role, spec, monkeypatch):
+    # Even with credentials in the environment, nothing of them reaches user data.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAABCDEFGHIJKLMNOP")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY")
+    text = render_user_data(spec)
+    for shape in SECRET_SHAPES:
+        assert not shape.search(text), shape.pattern
+    assert "wJalrXUtnFEMI" not in text
+
+
+def test_large_user_data_is_gzipped_and_still_decodes():
+    many = [f"package-number-{i}>=1.0" for i in range(120)]
+    spec = node_spec(settings_of(pythonPackages=many), "engine", EFS)
+    text = render_user_data(spec)
+    assert len(text.encode()) > USER_DATA_LIMIT
+    encoded = encode_user_data(text)
+    import base64
+
+    raw = base64.b64decode(encoded)
+    assert raw[:2] == b"\x1f\x8b" and len(raw) <= USER_DATA_LIMIT
+    assert decode_user_data(encoded) == text
+
+
+def test_small_user_data_stays_plain_text():
+    text = render_user_data(node_spec(settings_of(), "engine", EFS))
+    import base64
+
+    assert base64.b64decode(encode_user_data(text)).startswith(b"#cloud-config")
+
+
+def test_user_data_over_the_limit_is_a_settings_error():
+    import random
+
+    rng = random.Random(7)  # incompressible names: gzip cannot rescue these
+    many = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(60)) for _ in range(600)]
+    with pytest.raises(SettingsError, match="over EC2's 16384-byte limit"):
+        check_user_data(settings_of(pythonPackages=many))
+
+
+def test_node_runs_the_projects_ipyparallel():
+    from importlib.metadata import version
+
+    spec = node_spec(settings_of(), "engine", EFS)
+    assert f"ipyparallel=={version('ipyparallel')}" in spec.python_requirements
+    assert "msgpack" not in " ".join(spec.python_requirements)
+
+
+def test_controller_config_pins_ports_from_the_shared_module():
+    from ipfleet import ports
+
+    text = render_user_data(node_spec(settings_of(), "controller", EFS))
+    assert f"c.IPController.client_ports = {ports.CLIENT_PORTS.as_list()}" in text
+    assert f"c.IPController.engine_ports = {ports.ENGINE_PORTS.as_list()}" in text

@@ -1,0 +1,89 @@
+"""The `ipfleet` command as a user runs it: a real process, real output, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import ROOT, write_stack
+
+
+def ipfleet(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+
+
+def test_help_teaches_the_workflow_and_imports_nothing_heavy():
+    result = ipfleet("--help")
+    assert result.returncode == 0
+    for word in ("plan", "render", "fetch", "pulumi up -s NAME"):
+        assert word in result.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, ipfleet.cli; heavy = [m for m in ('pulumi', 'boto3', 'ipyparallel', 'jinja2', 'pydantic') "
+         "if m in sys.modules]; print(heavy)"],
+        capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"
+
+
+def test_plan_json_lists_resources_and_outputs():
+    result = ipfleet("plan", "example", "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert set(plan) == {"resources", "outputs"}
+    for resource in plan["resources"]:
+        assert {"type", "name", "parent", "inputs"} <= set(resource)
+    parameter = next(r for r in plan["resources"] if r["type"] == "aws:ssm/parameter:Parameter")
+    assert parameter["inputs"]["value"] == "[secret]"
+    assert plan["outputs"]["rendezvousParameter"] == "/ipfleet/example/connection"
+
+
+def test_plan_text_is_a_stable_tree():
+    first, second = ipfleet("plan", "example"), ipfleet("plan", "example")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout  # deterministic: reviewable as a diff
+    assert "example-controller-node  (aws:ec2/instance:Instance)" in first.stdout
+    assert "Outputs:" in first.stdout
+
+
+def test_plan_takes_a_path_to_a_stack_file(tmp_path):
+    path = write_stack(tmp_path, "elsewhere", {"aws:region": "eu-west-1", "ipfleet:engineNodes": 1})
+    result = ipfleet("plan", str(path), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs"]["region"] == "eu-west-1"
+
+
+def test_bad_settings_exit_2_with_the_setting_named_and_no_traceback(tmp_path):
+    path = write_stack(tmp_path, "broken", {"aws:region": "us-east-1", "ipfleet:engineNodes": -2,
+                                            "ipfleet:acess": "ssh"})
+    result = ipfleet("plan", str(path))
+    assert result.returncode == 2
+    assert "ipfleet:engineNodes: must be greater than or equal to 0 (got -2)" in result.stderr
+    assert "ipfleet:acess: unknown setting; did you mean ipfleet:access?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_stack_lists_the_known_ones():
+    result = ipfleet("plan", "nope")
+    assert result.returncode == 2
+    assert "no stack 'nope'" in result.stderr and "example" in result.stderr
+
+
+def test_render_prints_each_roles_cloud_config():
+    controller = ipfleet("render", "example", "--role", "controller")
+    engine = ipfleet("render", "example", "--role", "engine")
+    assert controller.returncode == engine.returncode == 0
+    assert yaml.safe_load(controller.stdout)["write_files"]
+    assert "ipcontroller.service" in controller.stdout and "ipengine@.service" not in controller.stdout
+    assert "ipengine@.service" in engine.stdout and "ipcontroller.service" not in engine.stdout
+
+
+def test_render_rejects_an_unknown_role():
+    result = ipfleet("render", "example", "--role", "scheduler")
+    assert result.returncode == 2
+    assert "scheduler" in result.stderr

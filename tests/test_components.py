@@ -1,0 +1,83 @@
+"""Each component on its own under the mock runtime: its children and their inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+
+from components.engine_fleet import EngineFleet, EngineFleetArgs
+from components.node_role import NodeRole, NodeRoleArgs
+from components.rendezvous import Rendezvous, RendezvousArgs
+from components.security_group import SecurityGroup, SecurityGroupArgs
+from components.shared_storage import SharedStorage, SharedStorageArgs
+from ipfleet import ports
+from tests.conftest import declare, settings_of
+
+
+def children_of(plan, parent: str) -> list:
+    return [r for r in plan.resources if r.parent == parent]
+
+
+def test_security_group_ssm_mode_has_only_self_referencing_ingress():
+    plan = declare(settings_of(), lambda: SecurityGroup("net", SecurityGroupArgs("vpc-1", "ssm", [])))
+    ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
+    assert {(r["fromPort"], r["toPort"]) for r in ingress} == {
+        (ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last), (2049, 2049)}
+    assert all(r["referencedSecurityGroupId"] == "<net-sg.id>" for r in ingress)
+    assert {r.parent for r in plan.resources if r.custom} == {"net"}
+
+
+def test_security_group_ignores_admin_cidrs_in_ssm_mode():
+    plan = declare(settings_of(), lambda: SecurityGroup("net", SecurityGroupArgs("vpc-1", "ssm", ["198.51.100.0/24"])))
+    ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
+    assert not any("cidrIpv4" in r for r in ingress)
+
+
+def test_shared_storage_one_mount_target_per_zone():
+    subnets = [("subnet-a1", "us-east-1a"), ("subnet-a2", "us-east-1a"), ("subnet-b1", "us-east-1b")]
+    plan = declare(settings_of(), lambda: SharedStorage("fs", SharedStorageArgs(subnets, "sg-1")))
+    targets = [r.inputs for r in plan.resources if r.type == "aws:efs/mountTarget:MountTarget"]
+    assert sorted(t["subnetId"] for t in targets) == ["subnet-a1", "subnet-b1"]
+    assert all(t["securityGroups"] == ["sg-1"] for t in targets)
+    assert len(children_of(plan, "fs")) == 3
+
+
+def test_node_role_trusts_only_ec2_and_starts_empty():
+    plan = declare(settings_of(), lambda: NodeRole("engine", NodeRoleArgs("engine", session_manager=False)))
+    role = plan.one("aws:iam/role:Role").inputs
+    trust = json.loads(role["assumeRolePolicy"])["Statement"]
+    assert trust == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+    assert not plan.of_type("aws:iam/rolePolicy:RolePolicy")
+    assert not plan.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+
+
+def test_rendezvous_grants_publish_and_read_separately():
+    plan = declare(settings_of(), lambda: Rendezvous(
+        "rv", RendezvousArgs("/ipfleet/x/connection", "controller-role", ["engine-role"])))
+    policies = {r.inputs["role"]: json.loads(r.inputs["policy"]) for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    assert policies["controller-role"]["Statement"][0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
+    assert policies["engine-role"]["Statement"][0]["Action"] == ["ssm:GetParameter"]
+
+
+def test_engine_fleet_template_and_group():
+    def build():
+        EngineFleet("fleet", EngineFleetArgs(
+            image_id="ami-1", root_device_name="/dev/sda1", instance_types=["c6i.large", "c5.large"],
+            subnet_ids=["subnet-1", "subnet-2"], security_group_id="sg-1",
+            instance_profile_arn="arn:profile", user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
+            desired=3, maximum=6, on_demand_base=1, tags={"team": "science"},
+        ))
+        pulumi.export("done", True)
+
+    plan = declare(settings_of(), build)
+    template = plan.one("aws:ec2/launchTemplate:LaunchTemplate").inputs
+    assert template["blockDeviceMappings"][0]["deviceName"] == "/dev/sda1"
+    assert template["metadataOptions"]["httpTokens"] == "required"
+    assert template["iamInstanceProfile"] == {"arn": "arn:profile"}
+    assert {t["resourceType"] for t in template["tagSpecifications"]} == {"instance", "volume"}
+    group = plan.one("aws:autoscaling/group:Group").inputs
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (0, 3, 6)
+    assert group["mixedInstancesPolicy"]["instancesDistribution"]["onDemandBaseCapacity"] == 1
+    assert group["waitForCapacityTimeout"] == "0"
+    assert {"key": "team", "value": "science", "propagateAtLaunch": True} in group["tags"]
