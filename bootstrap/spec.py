@@ -69,7 +69,8 @@ class NodeSpec:
     internal_ports: tuple[int, ...] = tuple(ports.INTERNAL_PORTS.as_list())
     service_user: str = SERVICE_USER
     service_uid: int = SERVICE_UID
-    extra_env: tuple[tuple[str, str], ...] = field(default=())
+    # Environment of the ipfleet services, and so of user code on the engines.
+    environment: tuple[tuple[str, str], ...] = field(default=())
 
     def with_role(self, role: Role) -> NodeSpec:
         return replace(self, role=role)
@@ -81,17 +82,20 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
     apt = ["python3-venv", "iproute2"]
     shared = settings.shared_storage
     if shared.enabled:
-        if efs_dns_name is None:
-            raise ValueError("shared storage is enabled but no EFS DNS name was given")
-        mounts.append(Mount(f"{efs_dns_name}:/", shared.mount_point, "nfs4", EFS_OPTIONS))
-        apt.append("nfs-common")
+        mounts.append(_shared_mount(shared.source, shared.mount_point, efs_dns_name))
+        if shared.source == "efs" or shared.source.startswith("nfs:"):
+            apt.append("nfs-common")
+    endpoint = settings.aws_endpoint_url
     for m in settings.s3_mounts:
         source = f"{m.bucket}:/{m.prefix}" if m.prefix else m.bucket
         options = [
             "_netdev", "nofail", "allow_other", "iam_role=auto",
             f"uid={SERVICE_UID}", f"gid={SERVICE_UID}", "umask=0022",
-            f"url=https://s3.{settings.region}.amazonaws.com", f"endpoint={settings.region}",
+            f"url={endpoint or f'https://s3.{settings.region}.amazonaws.com'}",
+            f"endpoint={settings.region}",
         ]
+        if endpoint:
+            options.append("use_path_request_style")  # endpoints other than AWS's own
         if m.read_only:
             options.append("ro")
         mounts.append(Mount(source, m.mount_point, "fuse.s3fs", ",".join(options)))
@@ -114,7 +118,21 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         ping_ms=settings.ipyparallel.ping_ms,
         mounts=tuple(mounts),
         shared_mount_point=shared.mount_point if shared.enabled else None,
+        aws_endpoint_url=endpoint,
+        environment=(("AWS_DEFAULT_REGION", settings.region),)
+        + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),
     )
+
+
+def _shared_mount(source: str, where: str, efs_dns_name: str | None) -> Mount:
+    if source == "efs":
+        if efs_dns_name is None:
+            raise ValueError("shared storage comes from EFS but no EFS DNS name was given")
+        return Mount(f"{efs_dns_name}:/", where, "nfs4", EFS_OPTIONS)
+    kind, _, rest = source.partition(":")
+    if kind == "nfs":
+        return Mount(rest, where, "nfs4", "nfsvers=4.1,hard,timeo=600,retrans=2,_netdev,nofail")
+    return Mount(rest, where, "none", "bind")
 
 
 def pinned(name: str) -> str:

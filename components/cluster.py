@@ -64,7 +64,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.shared_storage = None
         efs_dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
-        if s.shared_storage.enabled:
+        if s.shared_storage.creates_efs:
             self.shared_storage = SharedStorage(
                 f"{name}-shared",
                 SharedStorageArgs(

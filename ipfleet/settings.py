@@ -66,11 +66,33 @@ class _Model(BaseModel):
 
 
 class SharedStorage(_Model):
-    """An encrypted EFS file system mounted on every node (StarCluster's NFS /home)."""
+    """A file system shared by every node (StarCluster's NFS /home).
+
+    `source` is where it comes from: `efs` (the stack creates an encrypted EFS),
+    `nfs:HOST:/EXPORT` (an NFS server you already run), or `bind:/PATH` (a
+    directory the image or the host already provides on every node).
+    """
 
     enabled: bool = True
     mount_point: str = "/shared"
     retain_on_destroy: bool = True
+    source: str = "efs"
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v == "efs":
+            return v
+        kind, _, rest = v.partition(":")
+        if kind == "nfs" and re.match(r"^[A-Za-z0-9.-]+:(/[A-Za-z0-9_.-]+)*/?$", rest):
+            return v
+        if kind == "bind" and MOUNT_POINT.match(rest):
+            return v
+        raise ValueError("must be efs, nfs:HOST:/EXPORT or bind:/PATH")
+
+    @property
+    def creates_efs(self) -> bool:
+        return self.enabled and self.source == "efs"
 
 
 class S3Mount(_Model):
@@ -123,6 +145,7 @@ class Settings(_Model):
     python_packages: list[str] = Field(default_factory=list)
     apt_packages: list[str] = Field(default_factory=list)
     package_index_url: str | None = None
+    aws_endpoint_url: str | None = None
     shared_storage: SharedStorage = Field(default_factory=SharedStorage)
     s3_mounts: list[S3Mount] = Field(default_factory=list)
     ssh_public_key: str | None = None
@@ -218,6 +241,15 @@ class Settings(_Model):
         if any(c in v for c in " '\"`$\\"):
             raise ValueError("must not contain spaces, quotes, $ or backslashes")
         return v
+
+    @field_validator("aws_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$", v):
+            raise ValueError("must be an http(s)://HOST[:PORT] URL")
+        return v.rstrip("/")
 
     @field_validator("ssh_public_key")
     @classmethod

@@ -1,0 +1,363 @@
+"""Bring a twin up, watch it, run the demo on it, take it down, leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ipfleet.twin import network
+from ipfleet.twin.network import ROUTER_ADDRESS, TwinNetwork, in_namespace
+from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node
+
+STATE_ROOT = Path("/run/ipfleet/twin")
+WORK_ROOT = Path("/var/lib/ipfleet/twin")
+ENDPOINT = f"http://{ROUTER_ADDRESS}"
+REQUIRED_TOOLS = ("ip", "systemd-nspawn", "debootstrap", "nsenter", "mount", "cloud-init")
+
+# The only differences between what AWS nodes get and what twin nodes get: settings
+# users have reasons to want too (README, "The twin").
+TWIN_KNOBS = {
+    "ipfleet:awsEndpointUrl": ENDPOINT,
+    "ipfleet:packageIndexUrl": f"file://{WHEELHOUSE_MOUNT}/simple",
+}
+
+
+class TwinError(RuntimeError):
+    pass
+
+
+@dataclass
+class TwinState:
+    stack: str
+    tag: str
+    region: str
+    rendezvous_parameter: str
+    engines_expected: int
+    nodes: list[Node] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    client_namespace: str = ""
+    moto_pid: int | None = None
+    booted_at: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> Path:
+        return STATE_ROOT / self.stack
+
+    @property
+    def work_dir(self) -> Path:
+        return WORK_ROOT / self.stack
+
+    @property
+    def shared_dir(self) -> Path:
+        return self.work_dir / "efs"
+
+    @property
+    def client_ipython_dir(self) -> Path:
+        return self.work_dir / "client-ipython"
+
+    def save(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        data = {**self.__dict__, "nodes": [n.as_dict() for n in self.nodes]}
+        (self.state_dir / "state.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, stack: str) -> TwinState:
+        path = STATE_ROOT / stack / "state.json"
+        if not path.exists():
+            raise TwinError(f"no twin of {stack!r} is up (nothing at {path})")
+        data = json.loads(path.read_text())
+        data["nodes"] = [Node(**n) for n in data["nodes"]]
+        return cls(**data)
+
+    def node(self, name: str) -> Node:
+        return next(n for n in self.nodes if n.name == name)
+
+    @property
+    def controller(self) -> Node:
+        return next(n for n in self.nodes if n.role == "controller")
+
+    @property
+    def engine_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "engine"]
+
+
+def check_platform() -> None:
+    if platform.system() != "Linux":
+        raise TwinError(f"the twin runs on Linux only (this is {platform.system()})")
+    if os.geteuid() != 0:
+        raise TwinError("the twin needs root (network namespaces, mounts, systemd-nspawn)")
+    missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise TwinError(f"missing tools: {', '.join(missing)} (apt-get install iproute2 "
+                        "systemd-container debootstrap cloud-init)")
+
+
+def twin_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The stack's config plus the twin's knobs; shared storage becomes the twin's host folder."""
+    out = {**config, **TWIN_KNOBS}
+    shared = dict(config.get("ipfleet:sharedStorage") or {})
+    if isinstance(shared, dict) and shared.get("enabled", True):
+        shared["source"] = f"bind:{SHARED_SOURCE}"
+        out["ipfleet:sharedStorage"] = shared
+    return out
+
+
+def user_data_of(plan, role: str) -> bytes:
+    """The exact bytes EC2 would hand this role's nodes: base64-decoded from the plan."""
+    import base64
+
+    from ipfleet.plan_view import INSTANCE, LAUNCH_TEMPLATE
+
+    if role == "controller":
+        return base64.b64decode(plan.one(INSTANCE).inputs["userDataBase64"])
+    return base64.b64decode(plan.one(LAUNCH_TEMPLATE).inputs["userData"])
+
+
+def apt_packages_of(user_data: bytes) -> list[str]:
+    import gzip
+
+    if user_data[:2] == b"\x1f\x8b":
+        user_data = gzip.decompress(user_data)
+    return list(yaml.safe_load(user_data.decode()).get("packages") or [])
+
+
+def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
+    """Boot the twin of STACK. On any failure, everything made so far is taken down."""
+    check_platform()
+    from bootstrap import node_spec
+    from ipfleet.plan import run_plan
+    from ipfleet.project import resolve_stack
+    from ipfleet.settings import parse_settings
+    from ipfleet.stack_config import read_stack_file
+    from ipfleet.twin.rootfs import ensure_rootfs
+    from ipfleet.twin.wheelhouse import ensure_wheelhouse
+
+    ref = resolve_stack(stack)
+    if (STATE_ROOT / ref.name / "state.json").exists():
+        raise TwinError(f"a twin of {ref.name!r} is already up; `ipfleet twin down {ref.name}` first")
+    config = twin_config(read_stack_file(ref.path))
+    if engine_nodes is not None:
+        config["ipfleet:engineNodes"] = engine_nodes
+    settings = parse_settings(ref.name, config)
+    from bootstrap.preflight import check_user_data
+
+    check_user_data(settings)
+    plan = run_plan(ref.project_dir, ref.name, config, settings)
+    user_data = {role: user_data_of(plan, role) for role in ("controller", "engine")}
+
+    started = time.monotonic()
+    image = ensure_rootfs(apt_packages_of(user_data["controller"]) + apt_packages_of(user_data["engine"]), log)
+    requirements = set(node_spec(settings, "controller", None).python_requirements) | \
+        set(node_spec(settings, "engine", None).python_requirements)
+    wheelhouse = ensure_wheelhouse(requirements, log)
+    prepare_seconds = time.monotonic() - started
+
+    per_node = (os.cpu_count() or 1) if settings.engines_per_node == "auto" else settings.engines_per_node
+    state = TwinState(
+        stack=ref.name, tag=secrets.token_hex(2), region=settings.region,
+        rendezvous_parameter=settings.rendezvous_parameter,
+        engines_expected=settings.engine_nodes * per_node,
+    )
+    state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
+    net = TwinNetwork(state.tag)
+    hosts = [net.host("controller", network.FIRST_NODE_HOST)]
+    hosts += [net.host(f"engine{i}", network.FIRST_NODE_HOST + i) for i in range(1, settings.engine_nodes + 1)]
+    client = net.host("client", network.CLIENT_HOST)
+    state.namespaces = net.namespaces([*hosts, client])
+    state.client_namespace = client.namespace
+    names = [f"{ref.name}-controller"] + [f"{ref.name}-engine-{i}" for i in range(1, settings.engine_nodes + 1)]
+    state.nodes = [
+        Node(name=name, role="controller" if i == 0 else "engine", namespace=host.namespace,
+             address=host.address, work_dir=str(state.work_dir / name))
+        for i, (name, host) in enumerate(zip(names, hosts))
+    ]
+    state.save()  # from here on, `down` can clean up whatever exists
+    try:
+        net.create_router()
+        for host in [*hosts, client]:
+            net.attach(host)
+        _start_aws(state, plan, settings)
+        state.shared_dir.mkdir(parents=True, exist_ok=True)
+        state.booted_at = time.time()
+        for node in state.nodes:
+            node.prepare(image, user_data[node.role])
+            node.boot(state.shared_dir, wheelhouse)
+            state.save()
+        log(f"booted {len(state.nodes)} nodes: " + ", ".join(f"{n.name} ({n.address})" for n in state.nodes))
+    except BaseException:
+        down(state, log=lambda *_: None)
+        raise
+    return state
+
+
+def _start_aws(state: TwinState, plan, settings) -> None:
+    """moto server in the router namespace, readied as `pulumi up` would leave AWS."""
+    log_file = (state.work_dir / "aws.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        in_namespace(state.namespaces[0], [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "80"]),
+        stdout=log_file.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    state.moto_pid = process.pid
+    state.save()
+    parameters = [{"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
+                  for p in plan.of_type("aws:ssm/parameter:Parameter")]
+    spec = {"region": settings.region, "parameters": parameters,
+            "buckets": sorted({m.bucket for m in settings.s3_mounts}), "objects": []}
+    client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
+
+
+def put_object(state: TwinState, bucket: str, key: str, body: str) -> None:
+    spec = {"region": state.region, "objects": [{"bucket": bucket, "key": key, "body": body}]}
+    client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
+
+
+def client_env(state: TwinState) -> dict[str, str]:
+    """The laptop's environment: throwaway credentials, the twin's endpoint, its own IPython dir."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({
+        "AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "twin", "AWS_SECRET_ACCESS_KEY": "twin",
+        "AWS_DEFAULT_REGION": state.region, "AWS_EC2_METADATA_DISABLED": "true",
+        "IPYTHONDIR": str(state.client_ipython_dir), "NO_COLOR": "1",
+    })
+    return env
+
+
+def client_python(state: TwinState, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    result = subprocess.run(in_namespace(state.client_namespace, [sys.executable, *args]),
+                            capture_output=True, text=True, timeout=timeout, env=client_env(state))
+    if result.returncode != 0:
+        raise TwinError(f"`{' '.join(args[:3])}` in the client namespace failed:\n"
+                        f"{result.stderr.strip()[-3000:]}")
+    return result
+
+
+def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
+    """Watch the controller come up and publish (node-side facts, read through nsenter)."""
+    deadline = time.monotonic() + timeout
+    controller = state.controller
+    milestones = [("boot_to_controller_up", "ipcontroller.service"),
+                  ("boot_to_published", "ipfleet-publish.service")]
+    for label, unit in milestones:
+        while True:
+            if not controller.running():
+                raise TwinError(f"{controller.name} stopped; see {controller.console_log}")
+            if _unit_active(controller, unit):
+                state.timings[label] = round(time.time() - state.booted_at, 2)
+                log(f"{label.replace('_', ' ')}: {state.timings[label]} s")
+                break
+            if time.monotonic() > deadline:
+                raise TwinError(f"{unit} on {controller.name} not active after {timeout:.0f} s:\n"
+                                + describe_node(controller))
+            time.sleep(0.5)
+    state.save()
+
+
+def _unit_active(node: Node, unit: str) -> bool:
+    try:
+        return node.run("systemctl", "is-active", "--quiet", unit, timeout=15).returncode == 0
+    except Exception:  # systemd not up yet, or the node is mid-boot
+        return False
+
+
+def describe_node(node: Node) -> str:
+    """What a user debugging a node wants first: cloud-init's verdict and the units."""
+    lines = []
+    for command in (["cloud-init", "status", "--long"],
+                    ["systemctl", "--no-pager", "--failed"],
+                    ["journalctl", "--no-pager", "-n", "40", "-u", "cloud-final", "-u", "ipcontroller",
+                     "-u", "ipfleet-publish", "-u", "ipfleet-connection", "-u", "ipengine@*"]):
+        try:
+            result = node.run(*command, timeout=30)
+            lines.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
+        except Exception as e:
+            lines.append(f"$ {' '.join(command)}\n({e})")
+    return "\n".join(lines)
+
+
+def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
+    """As a laptop: `ipfleet fetch`, then StarCluster's demo through ipyparallel.Client."""
+    fetched = client_python(state, ["-m", "ipfleet.cli", "fetch", state.stack, "--region", state.region,
+                                    "--json", "--timeout", str(timeout)], timeout=timeout + 30)
+    profile = json.loads(fetched.stdout)["profile"]
+    log(f"fetched the connection file; waiting for {state.engines_expected} engines")
+    demo = client_python(state, ["-m", "ipfleet.twin.client_demo", profile, str(state.engines_expected),
+                                 str(timeout)], timeout=timeout + 30)
+    result = json.loads(demo.stdout)
+    state.timings["boot_to_registered"] = round(result.pop("registered_at") - state.booted_at, 2)
+    state.timings["boot_to_demo_done"] = round(result.pop("done_at") - state.booted_at, 2)
+    state.save()
+    return {**result, "timings": dict(state.timings)}
+
+
+def status(state: TwinState) -> dict:
+    nodes = []
+    for node in state.nodes:
+        entry: dict[str, Any] = {"name": node.name, "role": node.role, "address": node.address,
+                                 "running": node.running()}
+        if entry["running"]:
+            try:
+                entry["cloud_init"] = node.run("cloud-init", "status", timeout=15).stdout.split(":", 1)[-1].strip()
+                units = ["ipcontroller", "ipfleet-publish"] if node.role == "controller" else \
+                    ["ipfleet-connection", "ipengine@*"]
+                listing = node.run("systemctl", "list-units", "--no-legend", "--plain", *units, timeout=15).stdout
+                entry["units"] = {line.split()[0]: line.split()[2] for line in listing.splitlines() if line.strip()}
+            except Exception as e:
+                entry["error"] = str(e)
+        nodes.append(entry)
+    return {"stack": state.stack, "nodes": nodes, "timings": state.timings,
+            "namespaces": state.namespaces, "aws_endpoint": ENDPOINT}
+
+
+def down(state: TwinState, log=print) -> list[str]:
+    """Stop every node and process, unmount, delete namespaces and files. Returns leftovers."""
+    leftovers = []
+    for node in state.nodes:
+        try:
+            node.stop()
+        except Exception as e:
+            leftovers.append(f"{node.name}: {e}")
+    if state.moto_pid and _alive(state.moto_pid):
+        os.killpg(state.moto_pid, signal.SIGTERM)
+        for _ in range(50):
+            if not _alive(state.moto_pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(state.moto_pid, signal.SIGKILL)
+    leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
+    mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]
+    leftovers += [f"{name}: still mounted" for name in mounted]
+    if not mounted:
+        shutil.rmtree(state.work_dir, ignore_errors=True)
+    shutil.rmtree(state.state_dir, ignore_errors=True)
+    log(f"twin of {state.stack!r} is down" + (f"; left behind: {leftovers}" if leftovers else ""))
+    return leftovers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,97 @@
+"""The twin's private network: network namespaces on a bridge of their own.
+
+    router namespace  (bridge br0: 10.213.0.1/24 and 169.254.169.254, moto server)
+      ├── veth ── controller namespace  10.213.0.10
+      ├── veth ── engine-1 namespace    10.213.0.11 ...
+      └── veth ── client namespace      10.213.0.250
+
+Nothing is attached to the machine's own (root) namespace: all traffic stays
+between namespaces this twin created. Every node's default route points at the
+router namespace, where the AWS stand-in answers both the API endpoint and the
+instance metadata address, as AWS does for an EC2 instance.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+SUBNET_PREFIX = "10.213.0"
+ROUTER_ADDRESS = f"{SUBNET_PREFIX}.1"
+METADATA_ADDRESS = "169.254.169.254"
+CLIENT_HOST = 250
+FIRST_NODE_HOST = 10
+
+
+class NetworkError(RuntimeError):
+    pass
+
+
+def ip(*args: str, namespace: str | None = None) -> None:
+    command = ["ip", *args] if namespace is None else ["ip", "-n", namespace, *args]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise NetworkError(f"`{' '.join(command)}` failed: {result.stderr.strip()}")
+
+
+def existing_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+@dataclass(frozen=True)
+class Host:
+    """One namespace on the bridge: a node or the client."""
+
+    namespace: str
+    address: str
+    veth: str  # the router-side end of its veth pair
+
+
+@dataclass(frozen=True)
+class TwinNetwork:
+    tag: str  # short and unique per twin: namespace and interface names derive from it
+
+    @property
+    def router(self) -> str:
+        return f"ipft-{self.tag}-router"
+
+    def host(self, name: str, number: int) -> Host:
+        return Host(f"ipft-{self.tag}-{name}", f"{SUBNET_PREFIX}.{number}", f"ipft{self.tag}{number}")
+
+    def namespaces(self, hosts: list[Host]) -> list[str]:
+        return [self.router, *(h.namespace for h in hosts)]
+
+    def create_router(self) -> None:
+        ip("netns", "add", self.router)
+        ip("link", "set", "lo", "up", namespace=self.router)
+        ip("link", "add", "br0", "type", "bridge", namespace=self.router)
+        ip("addr", "add", f"{ROUTER_ADDRESS}/24", "dev", "br0", namespace=self.router)
+        ip("addr", "add", f"{METADATA_ADDRESS}/32", "dev", "br0", namespace=self.router)
+        ip("link", "set", "br0", "up", namespace=self.router)
+
+    def attach(self, host: Host) -> None:
+        ip("netns", "add", host.namespace)
+        ip("link", "set", "lo", "up", namespace=host.namespace)
+        # Both ends are born inside their namespaces: the root namespace never holds either.
+        ip("link", "add", host.veth, "netns", self.router, "type", "veth",
+           "peer", "name", "eth0", "netns", host.namespace)
+        ip("link", "set", host.veth, "master", "br0", "up", namespace=self.router)
+        ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
+        ip("link", "set", "eth0", "up", namespace=host.namespace)
+        ip("route", "add", "default", "via", ROUTER_ADDRESS, namespace=host.namespace)
+
+    def destroy(self, namespaces: list[str]) -> list[str]:
+        """Delete the namespaces (their veths go with them). Returns what could not be deleted."""
+        left = []
+        present = existing_namespaces()
+        for namespace in reversed(namespaces):
+            if namespace in present:
+                result = subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, text=True)
+                if result.returncode != 0:
+                    left.append(f"{namespace}: {result.stderr.strip()}")
+        return left
+
+
+def in_namespace(namespace: str, command: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", namespace, *command]

@@ -1,0 +1,102 @@
+"""The twin's node image: a Debian 12 root file system made with debootstrap.
+
+It plays the part of the stack's AMI. It holds what the official Debian image
+holds that matters here (systemd, cloud-init, Python, sshd), plus every Debian
+package the nodes' user data asks for, pre-installed because the twin's nodes
+have no way out to a mirror. It is cached and rebuilt only when that package
+list changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+
+SUITE = "bookworm"
+CACHE = Path("/var/cache/ipfleet/twin")
+
+# What the official Debian 12 cloud image provides that the bootstrap relies on.
+BASE_PACKAGES = (
+    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-venv",
+    # debootstrap cannot configure python3-cryptography (a cloud-init dependency) without it.
+    "python3-cffi-backend",
+    "iproute2", "netbase", "ca-certificates", "sudo", "openssh-server",
+)
+
+# Image settings, as an image builder bakes them: the NoCloud seed stands in for
+# EC2's metadata, the network is configured by the twin's namespaces, and apt has
+# no sources (nodes are offline; every package they ask for is already installed).
+CLOUD_CONFIG = """\
+# ipfleet twin image: NoCloud seed instead of EC2 metadata; network set up outside.
+datasource_list: [NoCloud, None]
+network:
+  config: disabled
+"""
+
+
+class RootfsError(RuntimeError):
+    pass
+
+
+def packages_for(apt_packages: Iterable[str]) -> list[str]:
+    return sorted(set(BASE_PACKAGES) | set(apt_packages))
+
+
+def cache_key(packages: list[str]) -> str:
+    return hashlib.sha256(" ".join([SUITE, *packages]).encode()).hexdigest()[:12]
+
+
+def mirror() -> str:
+    """The Debian mirror this machine's apt already uses."""
+    for sources in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for line in sources.read_text().splitlines():
+            if line.startswith("URIs:") and "security" not in line:
+                return line.split()[1]
+    legacy = Path("/etc/apt/sources.list")
+    if legacy.exists():
+        for line in legacy.read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[0] == "deb" and "security" not in parts[1]:
+                return parts[1]
+    raise RootfsError("no Debian mirror in this machine's apt sources")
+
+
+def ensure_rootfs(apt_packages: Iterable[str], log=print) -> Path:
+    """The cached image for these packages, built on first use (about a minute)."""
+    packages = packages_for(apt_packages)
+    target = CACHE / f"rootfs-{cache_key(packages)}"
+    if (target / ".ipfleet-complete").exists():
+        return target
+    if shutil.which("debootstrap") is None:
+        raise RootfsError("debootstrap is not installed (apt-get install debootstrap)")
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    building.parent.mkdir(parents=True, exist_ok=True)
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    log(f"building the node image ({len(packages)} packages) in {target}")
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--cache-dir={debs}",
+         f"--include={','.join(packages)}", SUITE, str(building), mirror()],
+        capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise RootfsError(f"debootstrap failed:\n{tail}")
+    _bake(building)
+    (building / ".ipfleet-complete").write_text(" ".join(packages) + "\n")
+    building.rename(target)
+    return target
+
+
+def _bake(root: Path) -> None:
+    (root / "etc/cloud/cloud.cfg.d/90-ipfleet-twin.cfg").write_text(CLOUD_CONFIG)
+    (root / "etc/apt/sources.list").write_text("")
+    for sources in (root / "etc/apt/sources.list.d").glob("*"):
+        sources.unlink()
+    # Empty: systemd makes a fresh machine id on each node's first boot.
+    (root / "etc/machine-id").write_text("")
+    (root / "etc/hostname").unlink(missing_ok=True)

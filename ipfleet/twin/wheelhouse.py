@@ -1,0 +1,68 @@
+"""Python packages for offline nodes: a wheelhouse served as a package index.
+
+Built once per set of requirements, constrained by the project's lock, and laid
+out as a PEP 503 "simple" index so that nodes reach it through the very setting
+users have for mirrors (`ipfleet:packageIndexUrl`, here a file:// URL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+CACHE = Path("/var/cache/ipfleet/twin")
+LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
+
+
+class WheelhouseError(RuntimeError):
+    pass
+
+
+def ensure_wheelhouse(requirements: Iterable[str], log=print) -> Path:
+    """A folder holding `files/*.whl` and `simple/<project>/index.html`."""
+    requirements = sorted(requirements)
+    lock = LOCK.read_text() if LOCK.exists() else ""
+    key = hashlib.sha256("\n".join([*requirements, lock]).encode()).hexdigest()[:12]
+    target = CACHE / f"wheelhouse-{key}"
+    if (target / "simple" / "index.html").exists():
+        return target
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    files = building / "files"
+    files.mkdir(parents=True)
+    log(f"downloading {len(requirements)} node requirements and their dependencies into {target}")
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+               "--only-binary=:all:", "-d", str(files), *requirements]
+    if lock:
+        command[4:4] = ["-c", str(LOCK)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise WheelhouseError(f"pip download failed:\n{result.stderr[-2000:]}")
+    write_simple_index(building)
+    building.rename(target)
+    return target
+
+
+def write_simple_index(root: Path) -> None:
+    projects: dict[str, list[str]] = {}
+    for wheel in sorted((root / "files").glob("*.whl")):
+        projects.setdefault(_normalize(wheel.name.split("-")[0]), []).append(wheel.name)
+    simple = root / "simple"
+    simple.mkdir(exist_ok=True)
+    for project, wheels in projects.items():
+        folder = simple / project
+        folder.mkdir(exist_ok=True)
+        links = "\n".join(f'<a href="../../files/{html.escape(w)}">{html.escape(w)}</a><br>' for w in wheels)
+        folder.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}\n</body></html>\n")
+    index = "\n".join(f'<a href="{p}/">{p}</a><br>' for p in sorted(projects))
+    simple.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{index}\n</body></html>\n")
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
