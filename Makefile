@@ -1,5 +1,5 @@
 # ipfleet's developer entry points. Both README commands start here.
-#   make demo   set up, then show what the example stack deploys (offline)
+#   make demo   set up, then boot the example stack's twin and run StarCluster's demo on it
 #   make test   set up, then run the whole test suite
 # Setup needs root on a Debian/Ubuntu machine for the system packages.
 
@@ -7,8 +7,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # What the tests call besides Python: the real cloud-init schema checker,
-# shellcheck, and iproute2 (`ip`, used by the node agent).
-APT_PACKAGES := cloud-init shellcheck iproute2 python3-venv
+# shellcheck, iproute2 (`ip`: namespaces, and the node agent), and what the twin
+# boots nodes with (debootstrap, systemd-nspawn from systemd-container).
+APT_PACKAGES := cloud-init shellcheck iproute2 python3-venv debootstrap systemd-container
 
 .PHONY: setup system-packages venv demo test lock clean
 
@@ -16,7 +17,9 @@ setup: system-packages venv
 
 system-packages:
 	@missing=""; \
-	for tool in cloud-init shellcheck ip; do command -v $$tool >/dev/null || missing=1; done; \
+	for tool in cloud-init shellcheck ip debootstrap systemd-nspawn; do \
+	  command -v $$tool >/dev/null || missing=1; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing $(APT_PACKAGES)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
@@ -33,10 +36,7 @@ $(BIN)/ipfleet: requirements.lock pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/ipfleet plan example
-	@echo
-	@echo "--- the engines' cloud-init user data (ipfleet render example --role engine) ---"
-	$(BIN)/ipfleet render example --role engine
+	$(BIN)/ipfleet twin demo example
 
 test: setup
 	$(BIN)/python -m pytest -q

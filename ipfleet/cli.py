@@ -161,6 +161,11 @@ def _default_region(stack: str) -> str | None:
     return boto3.session.Session().region_name
 
 
+from ipfleet.twin_cli import twin_app  # noqa: E402 (a sub-command group; imports nothing heavy)
+
+app.add_typer(twin_app)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     sys.exit(app())
 

@@ -18,12 +18,15 @@ from pathlib import Path
 SUITE = "bookworm"
 CACHE = Path("/var/cache/ipfleet/twin")
 
-# What the official Debian 12 cloud image provides that the bootstrap relies on.
+# What the official Debian 12 cloud image provides that the bootstrap relies on...
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-venv",
     # debootstrap cannot configure python3-cryptography (a cloud-init dependency) without it.
     "python3-cffi-backend",
     "iproute2", "netbase", "ca-certificates", "sudo", "openssh-server",
+    # ...and every package ipfleet's own bootstrap may ask for, so that one cached
+    # image serves every stack; only a stack's aptPackages make another.
+    "nfs-common", "s3fs",
 )
 
 # Image settings, as an image builder bakes them: the NoCloud seed stands in for

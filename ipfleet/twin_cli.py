@@ -1,0 +1,165 @@
+"""`ipfleet twin ...`: a deployed stack's local stand-in, for seeing ipfleet work without AWS."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+twin_app = typer.Typer(
+    name="twin",
+    help=(
+        "Boot STACK's exact user data on real Debian nodes, here (Linux, root).\n\n"
+        "Each node is a systemd-nspawn container running real systemd and cloud-init in "
+        "its own network namespace; moto server stands in for AWS. Needs debootstrap, "
+        "systemd-container and iproute2; the first run builds a Debian image (about a minute)."
+    ),
+    no_args_is_help=True,
+)
+
+StackArg = Annotated[str, typer.Argument(metavar="STACK", help="A stack name or a path to a stack file.")]
+MaybeStack = Annotated[str | None, typer.Argument(metavar="[STACK]", help="Which twin; default: the only one up.")]
+
+
+def _say(message: str) -> None:
+    typer.echo(f"twin: {message}", err=True)
+
+
+def _fail(message: str, code: int = 1):
+    typer.secho(f"ipfleet: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+def _stop_on_sigterm() -> None:
+    # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C, so `finally` cleans up.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+
+
+def _running(stack: str | None):
+    from ipfleet.twin.cluster import STATE_ROOT, TwinError, TwinState
+
+    if stack is None:
+        up = sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json"))
+        if len(up) != 1:
+            _fail("no twin is up" if not up else f"several twins are up ({', '.join(up)}): name one", 2)
+        stack = up[0]
+    try:
+        return TwinState.load(stack)
+    except TwinError as e:
+        _fail(str(e), 2)
+
+
+def _boot(stack: str, engine_nodes: int | None = None):
+    from ipfleet.project import StackNotFound
+    from ipfleet.settings import SettingsError
+    from ipfleet.twin import cluster
+
+    try:
+        cluster.check_platform()
+        state = cluster.up(stack, log=_say, engine_nodes=engine_nodes)
+    except (cluster.TwinError, StackNotFound) as e:
+        _fail(str(e), 2)
+    except SettingsError as e:
+        _fail(f"stack {stack!r} has invalid settings:\n  " + "\n  ".join(e.problems), 2)
+    return state
+
+
+@twin_app.command()
+def up(stack: StackArg,
+       timeout: Annotated[float, typer.Option(help="Seconds to wait for the controller to publish.")] = 600) -> None:
+    """Boot STACK's twin and wait until its controller has published connection info."""
+    from ipfleet.twin import cluster
+
+    _stop_on_sigterm()
+    state = _boot(stack)
+    try:
+        cluster.wait_ready(state, timeout=timeout, log=_say)
+    except (cluster.TwinError, KeyboardInterrupt) as e:
+        cluster.down(state, log=_say)
+        _fail(str(e) or "interrupted")
+    typer.echo(f"Twin of {state.stack!r} is up: {len(state.nodes)} nodes on {cluster.ENDPOINT}'s network.\n"
+               f"  ipfleet twin status {state.stack}     units and cloud-init on every node\n"
+               f"  ipfleet twin down {state.stack}       remove everything\n"
+               f"A client runs in namespace {state.client_namespace}, e.g.:\n"
+               f"  ip netns exec {state.client_namespace} env AWS_ENDPOINT_URL={cluster.ENDPOINT} "
+               f"AWS_ACCESS_KEY_ID=twin AWS_SECRET_ACCESS_KEY=twin ipfleet fetch {state.stack} "
+               f"--region {state.region}")
+
+
+@twin_app.command()
+def status(stack: MaybeStack = None,
+           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Show each node of a running twin: cloud-init's verdict and the ipfleet units."""
+    from ipfleet.twin import cluster
+
+    report = cluster.status(_running(stack))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"Twin of {report['stack']!r} (AWS stand-in at {report['aws_endpoint']})")
+    for node in report["nodes"]:
+        state = node.get("cloud_init", "not running" if not node["running"] else "?")
+        units = ", ".join(f"{u} {s}" for u, s in sorted(node.get("units", {}).items()))
+        typer.echo(f"  {node['name']:<28} {node['address']:<12} cloud-init: {state:<8} {units}")
+    for label, seconds in report["timings"].items():
+        typer.echo(f"  {label}: {seconds} s")
+
+
+@twin_app.command()
+def down(stack: MaybeStack = None) -> None:
+    """Stop a twin: nodes, AWS stand-in, mounts, namespaces and files, all of it."""
+    from ipfleet.twin import cluster
+
+    leftovers = cluster.down(_running(stack), log=_say)
+    if leftovers:
+        _fail("could not remove: " + "; ".join(leftovers))
+
+
+@twin_app.command()
+def demo(
+    stack: StackArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results and timings as JSON.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds allowed for each stage.")] = 600,
+    engine_nodes: Annotated[int | None, typer.Option(
+        help="Override the stack's engineNodes for this run.")] = None,
+    keep: Annotated[bool, typer.Option(help="Leave the twin up afterwards.")] = False,
+) -> None:
+    """Up, then StarCluster's demo from a client namespace, then down.
+
+    The client does what a laptop does: `ipfleet fetch`, then ipyparallel.Client
+    runs view.map_async(lambda x: x**30, range(8)) and one task per engine that
+    names the host it ran on. Prints the results and how long each stage took.
+    """
+    from ipfleet.twin import cluster
+
+    _stop_on_sigterm()
+    state = _boot(stack, engine_nodes)
+    try:
+        cluster.wait_ready(state, timeout=timeout, log=_say)
+        result = cluster.fetch_and_demo(state, timeout=timeout, log=_say)
+    except (cluster.TwinError, KeyboardInterrupt) as e:
+        for node in state.nodes:
+            if node.running():
+                _say(f"--- {node.name} ---\n{cluster.describe_node(node)[-3000:]}")
+        cluster.down(state, log=_say)
+        _fail(str(e) or "interrupted")
+    except BaseException:
+        cluster.down(state, log=_say)
+        raise
+    if not keep:
+        cluster.down(state, log=_say)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"\n{result['engines']} engines on {len(result['hostnames'])} engine nodes "
+               f"({', '.join(result['hostnames'])}).")
+    typer.echo("view.map_async(lambda x: x**30, range(8)).get():")
+    for x, value in enumerate(result["results"]):
+        typer.echo(f"  {x}**30 = {value}")
+    typer.echo("\nseconds since the nodes booted:")
+    for label, seconds in result["timings"].items():
+        typer.echo(f"  {label:<28} {seconds:>7}")
+    sys.stdout.flush()
