@@ -1,0 +1,84 @@
+"""How the twin derives its nodes' settings: only the documented knobs change."""
+
+from __future__ import annotations
+
+import pytest
+
+from bootstrap import node_spec
+from ipfleet.settings import SettingsError, parse_settings
+from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_config
+from ipfleet.twin.rootfs import BASE_PACKAGES, cache_key, packages_for
+from ipfleet.twin.wheelhouse import write_simple_index
+from tests.conftest import example_config
+
+
+def test_twin_changes_only_the_documented_knobs():
+    original = example_config()
+    twin = twin_config(original)
+    changed = {k for k in twin if twin.get(k) != original.get(k)}
+    assert changed == {"ipfleet:awsEndpointUrl", "ipfleet:packageIndexUrl", "ipfleet:sharedStorage"}
+    assert twin["ipfleet:sharedStorage"] == {**original["ipfleet:sharedStorage"], "source": "bind:/srv/efs"}
+    assert TWIN_KNOBS["ipfleet:awsEndpointUrl"] == ENDPOINT
+
+
+def test_twin_keeps_shared_storage_off_when_the_stack_turns_it_off():
+    twin = twin_config(example_config(sharedStorage={"enabled": False}))
+    assert twin["ipfleet:sharedStorage"] == {"enabled": False}
+
+
+def test_endpoint_override_reaches_the_agent_s3fs_and_user_code():
+    settings = parse_settings("t", {**twin_config(example_config(
+        s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}])), "aws:region": "eu-west-1"})
+    spec = node_spec(settings, "engine", None)
+    assert spec.aws_endpoint_url == ENDPOINT
+    s3 = next(m for m in spec.mounts if m.type == "fuse.s3fs")
+    assert f"url={ENDPOINT}" in s3.options and "use_path_request_style" in s3.options
+    assert ("AWS_ENDPOINT_URL", ENDPOINT) in spec.environment
+    shared = next(m for m in spec.mounts if m.where == "/shared")
+    assert (shared.what, shared.type, shared.options) == ("/srv/efs", "none", "bind")
+    assert "nfs-common" not in spec.apt_packages
+
+
+@pytest.mark.parametrize("source,ok", [
+    ("efs", True), ("nfs:files.internal:/export/home", True), ("bind:/mnt/data", True),
+    ("nfs:/no-host", False), ("bind:relative", False), ("s3:bucket", False),
+])
+def test_shared_storage_source_values(source, ok):
+    config = {"aws:region": "us-east-1", "ipfleet:sharedStorage": {"source": source}}
+    if ok:
+        assert parse_settings("t", config).shared_storage.source == source
+    else:
+        with pytest.raises(SettingsError, match="ipfleet:sharedStorage.source"):
+            parse_settings("t", config)
+
+
+def test_nfs_source_creates_no_efs():
+    from tests.conftest import plan_of
+
+    plan = plan_of(sharedStorage={"source": "nfs:files.internal:/export"})
+    assert not plan.of_type("aws:efs/fileSystem:FileSystem")
+
+
+def test_image_cache_key_follows_the_package_list():
+    assert cache_key(packages_for([])) == cache_key(packages_for(["s3fs"]))  # already in the base
+    assert cache_key(packages_for([])) != cache_key(packages_for(["gfortran"]))
+    assert set(BASE_PACKAGES) <= set(packages_for(["gfortran"]))
+
+
+def test_apt_packages_are_read_from_user_data_even_compressed():
+    import gzip
+
+    text = b"#cloud-config\npackages: [python3-venv, s3fs]\n"
+    assert apt_packages_of(text) == ["python3-venv", "s3fs"]
+    assert apt_packages_of(gzip.compress(text)) == ["python3-venv", "s3fs"]
+
+
+def test_simple_index_layout(tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("ipyparallel-9.2.0-py3-none-any.whl", "jupyter_client-8.6.3-py3-none-any.whl"):
+        (files / name).write_bytes(b"")
+    write_simple_index(tmp_path)
+    page = (tmp_path / "simple" / "jupyter-client" / "index.html").read_text()
+    assert 'href="../../files/jupyter_client-8.6.3-py3-none-any.whl"' in page
+    assert 'href="ipyparallel/"' in (tmp_path / "simple" / "index.html").read_text()
