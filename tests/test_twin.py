@@ -105,7 +105,21 @@ def test_user_data_on_the_node_is_the_plans(twin):
     assert "aws_endpoint_url" in seeded and cluster.ENDPOINT in seeded  # the documented knob
 
 
-def test_down_leaves_nothing_behind(twin, request):
+def test_status_reports_every_node_through_the_cli(twin):
+    import json
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "status", "twintier", "--json"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [n["name"] for n in report["nodes"]] == ["twintier-controller", "twintier-engine-1", "twintier-engine-2"]
+    assert all(n["running"] and n["cloud_init"] == "done" for n in report["nodes"])
+    assert report["nodes"][0]["units"]["ipcontroller.service"] == "active"
+    assert report["nodes"][1]["units"]["ipengine@2.service"] == "active"
+
+
+def test_down_leaves_nothing_behind(twin):
     state = twin["state"]
     # Run the teardown now (the fixture's finally will find nothing more to do).
     leftovers = cluster.down(state)
