@@ -311,8 +311,8 @@ def status(state: TwinState) -> dict:
         if entry["running"]:
             try:
                 entry["cloud_init"] = node.run("cloud-init", "status", timeout=15).stdout.split(":", 1)[-1].strip()
-                units = ["ipcontroller", "ipfleet-publish"] if node.role == "controller" else \
-                    ["ipfleet-connection", "ipengine@*"]
+                units = ["ipcontroller.service", "ipfleet-publish.service"] if node.role == "controller" else \
+                    ["ipfleet-connection.service", "ipengine@*.service"]
                 listing = node.run("systemctl", "list-units", "--no-legend", "--plain", *units, timeout=15).stdout
                 entry["units"] = {line.split()[0]: line.split()[2] for line in listing.splitlines() if line.strip()}
             except Exception as e:
