@@ -19,8 +19,7 @@ try:
     check_user_data(settings)
 except SettingsError as error:
     # RunError: a clean message for the user, no Python traceback.
-    raise pulumi.RunError(f"stack {pulumi.get_stack()!r} has invalid settings:\n  "
-                          + "\n  ".join(error.problems)) from None
+    raise pulumi.RunError(error.report(pulumi.get_stack())) from None
 
 # Every resource carries the stack's tags; the provider adds them for us.
 provider = aws.Provider(

@@ -12,9 +12,11 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 
 import typer
+
+from ipfleet.console import fail as _fail
 
 app = typer.Typer(
     name="ipfleet",
@@ -40,11 +42,6 @@ class RoleChoice(str, Enum):
     engine = "engine"
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    typer.secho(f"ipfleet: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
-
-
 def _plan(stack: str):
     """Load, validate and run the stack offline. User mistakes exit 2 with a clear list."""
     from ipfleet.project import StackNotFound, resolve_stack
@@ -63,7 +60,7 @@ def _plan(stack: str):
     except StackNotFound as e:
         _fail(str(e), 2)
     except SettingsError as e:
-        _fail(f"stack {name!r} has invalid settings:\n  " + "\n  ".join(e.problems), 2)
+        _fail(e.report(name), 2)
     except (ValueError, OSError) as e:
         _fail(str(e), 2)
     from ipfleet.plan import run_plan

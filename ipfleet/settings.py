@@ -57,6 +57,10 @@ class SettingsError(ValueError):
         self.problems = problems
         super().__init__("\n".join(problems))
 
+    def report(self, stack: str) -> str:
+        """What users read: the stack, then one indented line per problem."""
+        return f"stack {stack!r} has invalid settings:\n  " + "\n  ".join(self.problems)
+
 
 class _Model(BaseModel):
     # camelCase in stack files, snake_case in Python; unknown keys are errors.

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from ipfleet.console import fail as _fail
+
 twin_app = typer.Typer(
     name="twin",
     help=(
@@ -26,11 +28,6 @@ MaybeStack = Annotated[str | None, typer.Argument(metavar="[STACK]", help="Which
 
 def _say(message: str) -> None:
     typer.echo(f"twin: {message}", err=True)
-
-
-def _fail(message: str, code: int = 1):
-    typer.secho(f"ipfleet: {message}", err=True, fg=typer.colors.RED)
-    raise typer.Exit(code)
 
 
 def _stop_on_sigterm() -> None:
@@ -63,7 +60,7 @@ def _boot(stack: str, engine_nodes: int | None = None):
     except (cluster.TwinError, StackNotFound) as e:
         _fail(str(e), 2)
     except SettingsError as e:
-        _fail(f"stack {stack!r} has invalid settings:\n  " + "\n  ".join(e.problems), 2)
+        _fail(e.report(stack), 2)
     return state
 
 

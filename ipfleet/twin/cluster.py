@@ -19,7 +19,7 @@ import yaml
 
 from ipfleet.twin import network
 from ipfleet.twin.network import ROUTER_ADDRESS, TwinNetwork, in_namespace
-from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node
+from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, reap
 
 STATE_ROOT = Path("/run/ipfleet/twin")
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
@@ -330,14 +330,17 @@ def down(state: TwinState, log=print) -> list[str]:
             node.stop()
         except Exception as e:
             leftovers.append(f"{node.name}: {e}")
-    if state.moto_pid and _alive(state.moto_pid):
+    if state.moto_pid and process_alive(state.moto_pid):
         os.killpg(state.moto_pid, signal.SIGTERM)
         for _ in range(50):
-            if not _alive(state.moto_pid):
+            reap(state.moto_pid)
+            if not process_alive(state.moto_pid):
                 break
             time.sleep(0.1)
         else:
             os.killpg(state.moto_pid, signal.SIGKILL)
+            time.sleep(0.2)
+        reap(state.moto_pid)
     leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
     mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]
     leftovers += [f"{name}: still mounted" for name in mounted]
@@ -346,18 +349,3 @@ def down(state: TwinState, log=print) -> list[str]:
     shutil.rmtree(state.state_dir, ignore_errors=True)
     log(f"twin of {state.stack!r} is down" + (f"; left behind: {leftovers}" if leftovers else ""))
     return leftovers
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -71,7 +71,7 @@ class Node:
         self.pid = process.pid
 
     def running(self) -> bool:
-        return self.pid is not None and _alive(self.pid)
+        return self.pid is not None and process_alive(self.pid)
 
     def init_pid(self) -> int:
         """PID of the node's own systemd, for entering its namespaces."""
@@ -98,13 +98,13 @@ class Node:
         if self.running():
             os.killpg(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while _alive(self.pid) and time.monotonic() < deadline:
-                _reap(self.pid)
+            while process_alive(self.pid) and time.monotonic() < deadline:
+                reap(self.pid)
                 time.sleep(0.2)
-            if _alive(self.pid):
+            if process_alive(self.pid):
                 os.killpg(self.pid, signal.SIGKILL)
                 time.sleep(0.5)
-            _reap(self.pid)
+            reap(self.pid)
         if os.path.ismount(self.root):
             _run(["umount", "--lazy", str(self.root)])
 
@@ -125,7 +125,8 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie is not running)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (FileNotFoundError, IndexError):
@@ -133,7 +134,8 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _reap(pid: int) -> None:
+def reap(pid: int) -> None:
+    """Collect an exited child of ours, so that it leaves no zombie."""
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
