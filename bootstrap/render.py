@@ -100,7 +100,6 @@ def render_user_data(spec: NodeSpec) -> str:
 def _context(spec: NodeSpec) -> dict:
     return {
         **dataclasses.asdict(spec),
-        "spec": spec,
         "facts": facts(spec),
         "venv": VENV,
         "agent": AGENT,

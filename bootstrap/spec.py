@@ -8,7 +8,7 @@ controller at boot and travel through the rendezvous parameter.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
@@ -71,9 +71,6 @@ class NodeSpec:
     service_uid: int = SERVICE_UID
     # Environment of the ipfleet services, and so of user code on the engines.
     environment: tuple[tuple[str, str], ...] = field(default=())
-
-    def with_role(self, role: Role) -> NodeSpec:
-        return replace(self, role=role)
 
 
 def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeSpec:

@@ -48,13 +48,17 @@ def render_text(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+def encoded_user_data(plan: Plan, role: str) -> str:
+    """`role`'s user data, base64, as the plan sends it to EC2: the controller
+    instance's, or the engines' launch template's."""
+    if role == "controller":
+        return plan.one(INSTANCE).inputs["userDataBase64"]
+    return plan.one(LAUNCH_TEMPLATE).inputs["userData"]
+
+
 def user_data(plan: Plan, role: str) -> str:
     """The decoded cloud-config of `role` exactly as the plan sends it to EC2."""
-    if role == "controller":
-        encoded = plan.one(INSTANCE).inputs["userDataBase64"]
-    else:
-        encoded = plan.one(LAUNCH_TEMPLATE).inputs["userData"]
-    return decode_user_data(encoded)
+    return decode_user_data(encoded_user_data(plan, role))
 
 
 def _compact(value) -> str:

@@ -307,23 +307,23 @@ class Settings(_Model):
     def _consistent(self) -> Settings:
         maximum = self.max_engine_nodes
         if maximum is not None and maximum < self.engine_nodes:
-            raise _field_error(
+            raise _FieldError(
                 "maxEngineNodes", maximum,
                 f"is below engineNodes ({self.engine_nodes}); the fleet could never reach it",
             )
         if self.on_demand_base > self.fleet_max:
-            raise _field_error(
+            raise _FieldError(
                 "onDemandBase", self.on_demand_base,
                 f"is above the fleet's maximum size ({self.fleet_max})",
             )
         if self.access in ("ssh", "direct") and not self.admin_cidrs:
-            raise _field_error(
+            raise _FieldError(
                 "access", self.access,
                 "opens a port, so ipfleet:adminCidrs must say who may reach it "
                 "(or use access: ssm, which opens nothing)",
             )
         if self.subnet_ids and not self.vpc_id:
-            raise _field_error("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
+            raise _FieldError("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
         self._check_mounts()
         return self
 
@@ -334,15 +334,15 @@ class Settings(_Model):
             wanted.insert(0, ("sharedStorage.mountPoint", self.shared_storage.mount_point))
         for key, point in wanted:
             if not point.startswith("/"):
-                raise _field_error(key, point, "must be an absolute path")
+                raise _FieldError(key, point, "must be an absolute path")
             if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point \
                     or ".." in point.split("/"):
-                raise _field_error(key, point, "must be a plain absolute path (letters, digits, _ . -)")
+                raise _FieldError(key, point, "must be a plain absolute path (letters, digits, _ . -)")
             if point in RESERVED_MOUNTS or point.startswith(("/proc/", "/sys/", "/dev/", "/run/")):
-                raise _field_error(key, point, "would hide part of the node's own system")
+                raise _FieldError(key, point, "would hide part of the node's own system")
             for other, other_key in seen.items():
                 if point == other or point.startswith(other + "/") or other.startswith(point + "/"):
-                    raise _field_error(key, point, f"collides with {other_key} {other!r}")
+                    raise _FieldError(key, point, f"collides with {other_key} {other!r}")
             seen[point] = key
 
     # --- derived values -----------------------------------------------------
@@ -400,10 +400,6 @@ class _FieldError(ValueError):
     def __init__(self, key: str, value: Any, message: str):
         self.key, self.value, self.message = key, value, message
         super().__init__(message)
-
-
-def _field_error(key: str, value: Any, message: str) -> _FieldError:
-    return _FieldError(key, value, message)
 
 
 # --- parsing raw stack config ----------------------------------------------
@@ -475,9 +471,7 @@ def _describe(err: Mapping[str, Any]) -> str:
     elif err["type"] == "missing":
         message = "required"
     value = err.get("input", None)
-    shown = "" if err["type"] in ("missing",) else f" (got {_show(value)})"
-    if err["type"] == "extra_forbidden":
-        shown = f" (got {_show(value)})"
+    shown = "" if err["type"] == "missing" else f" (got {_show(value)})"
     return f"{key}: {message}{shown}"
 
 

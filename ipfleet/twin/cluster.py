@@ -116,14 +116,12 @@ def twin_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def user_data_of(plan, role: str) -> bytes:
-    """The exact bytes EC2 would hand this role's nodes: base64-decoded from the plan."""
+    """The exact bytes EC2 would hand this role's nodes (gzip stays gzip: cloud-init unpacks it)."""
     import base64
 
-    from ipfleet.plan_view import INSTANCE, LAUNCH_TEMPLATE
+    from ipfleet.plan_view import encoded_user_data
 
-    if role == "controller":
-        return base64.b64decode(plan.one(INSTANCE).inputs["userDataBase64"])
-    return base64.b64decode(plan.one(LAUNCH_TEMPLATE).inputs["userData"])
+    return base64.b64decode(encoded_user_data(plan, role))
 
 
 def apt_packages_of(user_data: bytes) -> list[str]:
