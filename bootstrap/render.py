@@ -41,6 +41,8 @@ STATE_DIR = "/var/lib/ipfleet"
 IPYTHON_DIR = f"{STATE_DIR}/ipython"
 PROFILE_DIR = f"{IPYTHON_DIR}/profile_default"
 FACTS_FILE = "/etc/ipfleet/node.json"
+# The cluster's keys on the controller (0600, the service user's); see the agent.
+KEYS_FILE = f"{STATE_DIR}/keys.json"
 BOOTSTRAP_SCRIPT = "/usr/local/lib/ipfleet/bootstrap.sh"
 
 
@@ -71,6 +73,11 @@ def facts(spec: NodeSpec) -> dict:
         "stack": spec.stack,
         "region": spec.region,
         "rendezvous_parameter": spec.rendezvous_parameter,
+        "keys_parameter": spec.keys_parameter,
+        "keys_file": KEYS_FILE,
+        "access": spec.access,
+        "login_user": spec.login_user,
+        "notebook_port": spec.notebook_port,
         "profile_dir": PROFILE_DIR,
         "engines_per_node": spec.engines_per_node,
         "aws_endpoint_url": spec.aws_endpoint_url,
@@ -87,7 +94,7 @@ def render_user_data(spec: NodeSpec) -> str:
     template = _environment().get_template(f"{spec.role}.yaml.j2")
     context = _context(spec)
     context["bootstrap_script"] = render_bootstrap_script(spec)
-    context["agent_source"] = AGENT_SOURCE.read_text()
+    context["agent_source_gz"] = agent_source_gz()
     text = template.render(**context)
     # Fail here, with the template's name, rather than at boot.
     parsed = yaml.safe_load(text)
@@ -95,6 +102,12 @@ def render_user_data(spec: NodeSpec) -> str:
     if unknown:
         raise ValueError(f"{spec.role}.yaml.j2 renders unknown cloud-config keys: {sorted(unknown)}")
     return text
+
+
+@cache
+def agent_source_gz() -> str:
+    """The agent as cloud-init's `gz+b64` write_files encoding (mtime 0: reproducible)."""
+    return base64.b64encode(gzip.compress(AGENT_SOURCE.read_bytes(), compresslevel=9, mtime=0)).decode()
 
 
 def _context(spec: NodeSpec) -> dict:
@@ -107,6 +120,7 @@ def _context(spec: NodeSpec) -> dict:
         "ipython_dir": IPYTHON_DIR,
         "profile_dir": PROFILE_DIR,
         "facts_file": FACTS_FILE,
+        "keys_file": KEYS_FILE,
         "bootstrap_path": BOOTSTRAP_SCRIPT,
         "mount_units": [m.unit for m in spec.mounts],
     }

@@ -23,9 +23,21 @@ ROLES: tuple[Role, ...] = ("controller", "engine")
 SERVICE_USER = "ipfleet"
 SERVICE_UID = 2001
 
+# Who logs in to the controller for tunnels (and for a look around): the same
+# name on every image, unlike the images' default users (admin, ubuntu...).
+LOGIN_USER = "ipfleet-admin"
+
 # The Python packages every node runs, pinned to the versions this project runs:
-# a laptop's client and the engines must agree on ipyparallel and pyzmq.
-NODE_PACKAGES = ("ipyparallel", "pyzmq", "boto3")
+# a laptop's client and the engines must agree on ipyparallel, pyzmq and
+# cloudpickle (`ipfleet connect` compares them).
+NODE_PACKAGES = ("ipyparallel", "pyzmq", "cloudpickle", "boto3")
+NOTEBOOK_PACKAGES = ("jupyterlab",)
+# JupyterLab listens here on the controller's loopback only.
+NOTEBOOK_PORT = 8888
+
+# AWS publishes the SSM agent for Debian per region and architecture; Ubuntu's
+# AMIs already carry it (as a snap).
+SSM_AGENT_URL = "https://s3.{region}.amazonaws.com/amazon-ssm-{region}/latest/debian_{arch}/amazon-ssm-agent.deb"
 
 # EFS over NFS 4.1 with the options AWS documents for EFS clients.
 EFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,_netdev,nofail"
@@ -53,6 +65,8 @@ class NodeSpec:
     stack: str
     region: str
     rendezvous_parameter: str
+    keys_parameter: str
+    access: str
     python_requirements: tuple[str, ...]
     apt_packages: tuple[str, ...]
     package_index_url: str | None
@@ -67,6 +81,14 @@ class NodeSpec:
     client_ports: tuple[int, ...] = tuple(ports.CLIENT_PORTS.as_list())
     engine_ports: tuple[int, ...] = tuple(ports.ENGINE_PORTS.as_list())
     internal_ports: tuple[int, ...] = tuple(ports.INTERNAL_PORTS.as_list())
+    # CurveZMQ on the controller's sockets (access: direct).
+    curve: bool = False
+    # The controller's login for tunnels: user and key (ssm and ssh modes).
+    login_user: str = LOGIN_USER
+    ssh_public_key: str | None = None
+    # Download URL of the SSM agent's package; None: not installed by ipfleet.
+    ssm_agent_url: str | None = None
+    notebook_port: int | None = None
     service_user: str = SERVICE_USER
     service_uid: int = SERVICE_UID
     # Environment of the ipfleet services, and so of user code on the engines.
@@ -98,14 +120,22 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         mounts.append(Mount(source, m.mount_point, "fuse.s3fs", ",".join(options)))
     if settings.s3_mounts:
         apt.append("s3fs")
+    tunnels = settings.access in ("ssm", "ssh") and role == "controller"
+    if tunnels:
+        apt.append("openssh-server")
     python = [pinned(name) for name in NODE_PACKAGES]
     if settings.ipyparallel.packer == "msgpack":
         python.append(pinned("msgpack"))
+    notebook = settings.notebook and role == "controller"
+    if notebook:
+        python += [pinned(name) for name in NOTEBOOK_PACKAGES]
     return NodeSpec(
         role=role,
         stack=settings.stack,
         region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
+        keys_parameter=settings.keys_parameter,
+        access=settings.access,
         python_requirements=tuple(python + list(settings.python_packages)),
         apt_packages=tuple(dict.fromkeys(apt + list(settings.apt_packages))),
         package_index_url=settings.package_index_url,
@@ -116,9 +146,24 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         mounts=tuple(mounts),
         shared_mount_point=shared.mount_point if shared.enabled else None,
         aws_endpoint_url=endpoint,
+        curve=settings.curve,
+        ssh_public_key=settings.ssh_public_key if tunnels else None,
+        ssm_agent_url=_ssm_agent_url(settings, role),
+        notebook_port=NOTEBOOK_PORT if notebook else None,
         environment=(("AWS_DEFAULT_REGION", settings.region),)
         + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),
     )
+
+
+def _ssm_agent_url(settings: Settings, role: Role) -> str | None:
+    if settings.access != "ssm":
+        return None
+    if settings.ssm_agent_url is not None:
+        return settings.ssm_agent_url or None
+    if settings.image.startswith("ubuntu"):
+        return None
+    architecture = settings.controller_architecture if role == "controller" else settings.engine_architecture
+    return SSM_AGENT_URL.format(region=settings.region, arch="arm64" if architecture == "arm64" else "amd64")
 
 
 def _shared_mount(source: str, where: str, efs_dns_name: str | None) -> Mount:

@@ -54,6 +54,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-rendezvous",
             RendezvousArgs(
                 parameter_name=s.rendezvous_parameter,
+                keys_parameter_name=s.keys_parameter,
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
             ),
@@ -92,6 +93,8 @@ class Cluster(pulumi.ComponentResource):
                 instance_profile=controller_role.profile_name,
                 user_data_base64=user_data("controller"),
                 key_name=key_name,
+                # ssh and direct dial the controller from outside the VPC.
+                public_ip=True if s.access in ("ssh", "direct") else None,
             ),
             child,
         )
@@ -122,10 +125,12 @@ class Cluster(pulumi.ComponentResource):
             "rendezvousParameter": self.rendezvous.parameter_name,
             "controllerInstanceId": self.controller.instance_id,
             "controllerPrivateIp": self.controller.private_ip,
+            "controllerPublicIp": self.controller.public_ip,
+            "access": s.access,
             "engineGroupName": self.engines.group_name,
             "engineNodes": s.engine_nodes,
             "securityGroupId": self.security_group.id,
             "sharedFileSystemId": self.shared_storage.file_system_id if self.shared_storage else None,
-            "fetchCommand": f"ipfleet fetch {s.stack}",
+            "connectCommand": f"ipfleet connect {s.stack}",
         }
         self.register_outputs(self.outputs)

@@ -22,6 +22,8 @@ class ControllerArgs:
     instance_profile: pulumi.Input[str]
     user_data_base64: pulumi.Input[str]
     key_name: pulumi.Input[str] | None = None
+    # None: the subnet's default. True where laptops dial the controller directly.
+    public_ip: bool | None = None
 
 
 class Controller(pulumi.ComponentResource):
@@ -35,6 +37,7 @@ class Controller(pulumi.ComponentResource):
             vpc_security_group_ids=[args.security_group_id],
             iam_instance_profile=args.instance_profile,
             key_name=args.key_name,
+            associate_public_ip_address=args.public_ip,
             user_data_base64=args.user_data_base64,
             # A changed bootstrap means a new controller: nodes configure themselves only at boot.
             user_data_replace_on_change=True,
@@ -45,4 +48,5 @@ class Controller(pulumi.ComponentResource):
         )
         self.instance_id = self.instance.id
         self.private_ip = self.instance.private_ip
+        self.public_ip = self.instance.public_ip
         self.register_outputs({"instance_id": self.instance_id, "private_ip": self.private_ip})

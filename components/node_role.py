@@ -23,14 +23,16 @@ ASSUME_BY_EC2 = json.dumps({
     }],
 })
 
-# What the SSM agent needs for Session Manager (access: ssm). AWS requires "*"
-# as the resource for these; nothing here reads or writes data.
-SESSION_MANAGER_ACTIONS = [
-    "ssm:UpdateInstanceInformation",
-    "ssmmessages:CreateControlChannel",
-    "ssmmessages:CreateDataChannel",
-    "ssmmessages:OpenControlChannel",
-    "ssmmessages:OpenDataChannel",
+# What the SSM agent needs for Session Manager (access: ssm): report the
+# instance to Systems Manager (scoped to EC2 instances), and open the session
+# channels, actions for which AWS offers no resource type, hence "*".
+SESSION_MANAGER_STATEMENTS = [
+    {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"],
+     "Resource": "arn:aws:ec2:*:*:instance/*"},
+    {"Effect": "Allow",
+     "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+                "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"],
+     "Resource": "*"},
 ]
 
 
@@ -56,7 +58,7 @@ class NodeRole(pulumi.ComponentResource):
                 role=self.role.name,
                 policy=json.dumps({
                     "Version": "2012-10-17",
-                    "Statement": [{"Effect": "Allow", "Action": SESSION_MANAGER_ACTIONS, "Resource": "*"}],
+                    "Statement": SESSION_MANAGER_STATEMENTS,
                 }),
                 opts=child,
             )

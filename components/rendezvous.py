@@ -1,10 +1,17 @@
 """Where the controller publishes connection info at boot, and who may touch it.
 
-An SSM SecureString (encrypted with the account's aws/ssm KMS key) at a path
-derived from the stack name, so `ipfleet fetch STACK` needs nothing else. The
-stack creates it holding a placeholder and never manages its value: the keys
-are made on the controller, so they appear neither in user data nor in state.
-`pulumi destroy` deletes it, keys included.
+Two SSM SecureStrings (encrypted with the account's aws/ssm KMS key) at paths
+derived from the stack name, so `ipfleet fetch STACK` needs nothing else:
+
+- `/ipfleet/STACK/connection`: what engines and laptops need (the controller
+  writes it, engines read it);
+- `/ipfleet/STACK/keys`: the cluster's HMAC key, Curve keypair and notebook
+  token, which only the controller reads, so that a restarted or replaced
+  controller keeps them and engines and laptops reconnect without a new fetch.
+
+The stack creates both holding a placeholder and never manages their values:
+the keys are made on the controller at its first boot, so they appear neither
+in user data nor in Pulumi state. `pulumi destroy` deletes both, keys included.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from bootstrap.node.ipfleet_node import PENDING  # placeholder until the control
 @dataclass(frozen=True)
 class RendezvousArgs:
     parameter_name: str
+    keys_parameter_name: str
     publisher_role: pulumi.Input[str]
     reader_roles: list[pulumi.Input[str]]
 
@@ -29,31 +37,38 @@ class Rendezvous(pulumi.ComponentResource):
     def __init__(self, name: str, args: RendezvousArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        self.parameter = aws.ssm.Parameter(
-            f"{name}-parameter",
-            name=args.parameter_name,
-            type="SecureString",
-            value=PENDING,
-            description="ipfleet connection info, published by the controller at boot",
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["value"]),
-        )
-        arn = self.parameter.arn
+        def placeholder(suffix: str, parameter_name: str, description: str) -> aws.ssm.Parameter:
+            return aws.ssm.Parameter(
+                f"{name}-{suffix}",
+                name=parameter_name,
+                type="SecureString",
+                value=PENDING,
+                description=description,
+                opts=pulumi.ResourceOptions(parent=self, ignore_changes=["value"]),
+            )
+
+        self.parameter = placeholder(
+            "parameter", args.parameter_name, "ipfleet connection info, published by the controller at boot")
+        self.keys = placeholder(
+            "keys", args.keys_parameter_name, "ipfleet cluster keys, made by the controller at first boot")
         aws.iam.RolePolicy(
             f"{name}-publish",
             role=args.publisher_role,
-            policy=_policy(arn, ["ssm:PutParameter", "ssm:GetParameter"]),
+            policy=_policy([self.parameter.arn, self.keys.arn], ["ssm:PutParameter", "ssm:GetParameter"]),
             opts=child,
         )
         for index, role in enumerate(args.reader_roles):
             aws.iam.RolePolicy(
-                f"{name}-read-{index}", role=role, policy=_policy(arn, ["ssm:GetParameter"]), opts=child
+                f"{name}-read-{index}", role=role, policy=_policy([self.parameter.arn], ["ssm:GetParameter"]),
+                opts=child,
             )
         self.parameter_name = self.parameter.name
+        self.keys_parameter_name = self.keys.name
         self.register_outputs({"parameter_name": self.parameter_name})
 
 
-def _policy(arn: pulumi.Output[str], actions: list[str]) -> pulumi.Output[str]:
+def _policy(arns: list[pulumi.Output[str]], actions: list[str]) -> pulumi.Output[str]:
     return pulumi.Output.json_dumps({
         "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": arn}],
+        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": arns}],
     })

@@ -155,6 +155,11 @@ class Settings(_Model):
     ssh_public_key: str | None = None
     access: Literal["ssm", "ssh", "direct"] = "ssm"
     admin_cidrs: list[str] = Field(default_factory=list)
+    # Where nodes download the SSM agent from (access: ssm). None: AWS's own
+    # regional package; "": the image already has it (Ubuntu, or a baked AMI).
+    ssm_agent_url: str | None = None
+    # JupyterLab on the controller, bound to its localhost, reached by tunnel.
+    notebook: bool = False
     ipyparallel: IpyparallelSettings = Field(default_factory=IpyparallelSettings)
     vpc_id: str | None = None
     subnet_ids: list[str] = Field(default_factory=list)
@@ -255,6 +260,15 @@ class Settings(_Model):
             raise ValueError("must be an http(s)://HOST[:PORT] URL")
         return v.rstrip("/")
 
+    @field_validator("ssm_agent_url")
+    @classmethod
+    def _agent_url(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return v
+        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/[A-Za-z0-9_./+-]*\.deb$", v):
+            raise ValueError("must be an http(s):// URL of a .deb package, or empty for an image that has the agent")
+        return v
+
     @field_validator("ssh_public_key")
     @classmethod
     def _ssh_key(cls, v: str | None) -> str | None:
@@ -322,6 +336,18 @@ class Settings(_Model):
                 "opens a port, so ipfleet:adminCidrs must say who may reach it "
                 "(or use access: ssm, which opens nothing)",
             )
+        if self.access == "ssh" and not self.ssh_public_key:
+            raise _FieldError(
+                "access", self.access,
+                "logs in with a key, so ipfleet:sshPublicKey must hold your public key "
+                "(the contents of ~/.ssh/id_ed25519.pub, say)",
+            )
+        if self.notebook and self.access == "direct":
+            raise _FieldError(
+                "notebook", self.notebook,
+                "is reached through the SSH tunnel, which access: direct does not have "
+                "(use access: ssm or ssh)",
+            )
         if self.subnet_ids and not self.vpc_id:
             raise _FieldError("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
         self._check_mounts()
@@ -364,10 +390,28 @@ class Settings(_Model):
         """Where the controller publishes connection info (an SSM SecureString)."""
         return rendezvous_parameter(self.stack)
 
+    @property
+    def keys_parameter(self) -> str:
+        return keys_parameter(self.stack)
+
+    @property
+    def curve(self) -> bool:
+        """CurveZMQ encryption: required where client ports face a network (direct).
+
+        ipyparallel's ssh tunnels skip Curve on client sockets, so ssm and ssh
+        modes rely on SSH's encryption between laptop and controller instead.
+        """
+        return self.access == "direct"
+
 
 def rendezvous_parameter(stack: str) -> str:
     """One path per stack, known to the nodes, the CLI and the IAM policies alike."""
     return f"/ipfleet/{stack}/connection"
+
+
+def keys_parameter(stack: str) -> str:
+    """Where the controller keeps the cluster's keys (readable by the controller only)."""
+    return f"/ipfleet/{stack}/keys"
 
 
 def architecture(instance_type: str) -> str:

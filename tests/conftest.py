@@ -23,6 +23,10 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "stacks" / "Pulumi.example.yaml"
 
 
+# A well-formed public key for stacks that need one (its private half is nowhere).
+PUBLIC_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me@laptop"
+
+
 def example_config(**overrides) -> dict:
     """The example stack's config, with `ipfleet:` keys overridden (None removes one)."""
     config = read_stack_file(EXAMPLE)

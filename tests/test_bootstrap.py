@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import gzip
 import re
 import shutil
 import subprocess
@@ -82,9 +84,12 @@ def test_shellcheck_passes_the_bootstrap_script(variation, role, spec, tmp_path)
 @pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
 def test_embedded_files_are_what_the_sources_say(variation, role, spec):
     document = yaml.safe_load(render_user_data(spec))
-    files = {f["path"]: f["content"] for f in document["write_files"]}
+    files = {f["path"]: f for f in document["write_files"]}
     agent = Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_node.py"
-    assert files["/usr/local/lib/ipfleet/ipfleet_node.py"] == agent.read_text()
+    embedded = files.pop("/usr/local/lib/ipfleet/ipfleet_node.py")
+    assert embedded["encoding"] == "gz+b64"
+    assert gzip.decompress(base64.b64decode(embedded["content"])).decode() == agent.read_text()
+    files = {path: f["content"] for path, f in files.items()}
     assert files["/usr/local/lib/ipfleet/bootstrap.sh"] == render_bootstrap_script(spec)
     for mount in spec.mounts:
         unit = files[f"/etc/systemd/system/{mount.unit}"]

@@ -54,7 +54,7 @@ def test_node_role_trusts_only_ec2_and_starts_empty():
 
 def test_rendezvous_grants_publish_and_read_separately():
     plan = declare(settings_of(), lambda: Rendezvous(
-        "rv", RendezvousArgs("/ipfleet/x/connection", "controller-role", ["engine-role"])))
+        "rv", RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"])))
     policies = {r.inputs["role"]: json.loads(r.inputs["policy"]) for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
     assert policies["controller-role"]["Statement"][0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
     assert policies["engine-role"]["Statement"][0]["Action"] == ["ssm:GetParameter"]

@@ -9,7 +9,7 @@ import yaml
 
 from bootstrap.render import decode_user_data
 from ipfleet.plan_view import user_data
-from tests.conftest import plan_of
+from tests.conftest import PUBLIC_KEY, plan_of
 
 SG_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 SG_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
@@ -31,7 +31,7 @@ def test_example_stack_declares_the_cluster(example):
     assert types.count(GROUP) == 1
     assert types.count("aws:efs/fileSystem:FileSystem") == 1
     assert types.count("aws:efs/mountTarget:MountTarget") == 3  # one per zone of the default VPC
-    assert types.count("aws:ssm/parameter:Parameter") == 1
+    assert types.count("aws:ssm/parameter:Parameter") == 2  # connection info, keys
     assert "aws:ec2/spotFleetRequest:SpotFleetRequest" not in types
 
 
@@ -56,7 +56,7 @@ def test_egress_is_declared_explicitly(example):
 
 
 def test_ssh_access_opens_port_22_to_admin_cidrs_only():
-    plan = plan_of(access="ssh", adminCidrs=["203.0.113.0/24", "2001:db8::/32"])
+    plan = plan_of(access="ssh", adminCidrs=["203.0.113.0/24", "2001:db8::/32"], sshPublicKey=PUBLIC_KEY)
     external = [r.inputs for r in plan.of_type(SG_INGRESS) if "referencedSecurityGroupId" not in r.inputs]
     assert sorted(r.get("cidrIpv4") or r.get("cidrIpv6") for r in external) == ["2001:db8::/32", "203.0.113.0/24"]
     assert all(r["fromPort"] == r["toPort"] == 22 for r in external)
@@ -102,22 +102,24 @@ def test_counts_follow_the_settings():
     assert plan.outputs["engineNodes"] == 5
 
 
-def test_rendezvous_parameter_is_secure_and_never_holds_the_keys(example):
-    parameter = example.one("aws:ssm/parameter:Parameter")
-    assert parameter.inputs["type"] == "SecureString"
-    assert parameter.inputs["name"] == "/ipfleet/example/connection"
-    assert parameter.inputs["value"] == "[secret]"  # masked in the plan, a placeholder in truth
-    assert parameter.options["ignoreChanges"] == ["value"]
+def test_rendezvous_parameters_are_secure_and_never_hold_the_keys(example):
+    parameters = {p.inputs["name"]: p for p in example.of_type("aws:ssm/parameter:Parameter")}
+    assert set(parameters) == {"/ipfleet/example/connection", "/ipfleet/example/keys"}
+    for parameter in parameters.values():
+        assert parameter.inputs["type"] == "SecureString"
+        assert parameter.inputs["value"] == "[secret]"  # masked in the plan, a placeholder in truth
+        assert parameter.options["ignoreChanges"] == ["value"]
 
 
-def test_iam_grants_the_rendezvous_to_exactly_the_parameter(example):
+def test_iam_grants_the_rendezvous_to_exactly_the_parameters(example):
     policies = {r.name: json.loads(r.inputs["policy"]) for r in example.of_type(ROLE_POLICY)}
     publish = policies["example-rendezvous-publish"]["Statement"]
     read = policies["example-rendezvous-read-0"]["Statement"]
     assert publish == [{"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
-                        "Resource": "<example-rendezvous-parameter.arn>"}]
+                        "Resource": ["<example-rendezvous-parameter.arn>", "<example-rendezvous-keys.arn>"]}]
+    # Engines read the connection info, never the keys parameter.
     assert read == [{"Effect": "Allow", "Action": ["ssm:GetParameter"],
-                     "Resource": "<example-rendezvous-parameter.arn>"}]
+                     "Resource": ["<example-rendezvous-parameter.arn>"]}]
 
 
 def test_s3_mounts_grant_exactly_the_named_buckets_and_prefixes():
@@ -150,7 +152,7 @@ def test_no_statement_grants_write_on_everything(example):
 
 
 def test_ssh_mode_has_no_session_manager_grant():
-    plan = plan_of(access="ssh", adminCidrs=["203.0.113.0/24"])
+    plan = plan_of(access="ssh", adminCidrs=["203.0.113.0/24"], sshPublicKey=PUBLIC_KEY)
     assert not [r for r in plan.of_type(ROLE_POLICY) if "session-manager" in r.name]
 
 
@@ -208,7 +210,8 @@ def test_tags_reach_every_resource_through_the_provider(example):
 def test_outputs_name_what_the_cli_needs(example):
     assert example.outputs["rendezvousParameter"] == "/ipfleet/example/connection"
     assert example.outputs["region"] == "us-east-1"
-    assert example.outputs["fetchCommand"] == "ipfleet fetch example"
+    assert example.outputs["connectCommand"] == "ipfleet connect example"
+    assert example.outputs["access"] == "ssm"
 
 
 def test_user_data_is_decodable_from_base64(example):

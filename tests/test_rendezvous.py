@@ -24,6 +24,7 @@ from tests.conftest import ROOT, settings_of
 AGENT = ROOT / "bootstrap" / "node" / "ipfleet_node.py"
 STACK = "rv"
 PARAMETER = f"/ipfleet/{STACK}/connection"
+KEYS_PARAMETER = f"/ipfleet/{STACK}/keys"
 
 
 def ssm(env: dict):
@@ -32,16 +33,21 @@ def ssm(env: dict):
 
 def create_pending_parameter(env: dict) -> None:
     """What `pulumi up` leaves behind before the controller boots."""
-    ssm(env).put_parameter(Name=PARAMETER, Value="pending", Type="SecureString")
+    for name in (PARAMETER, KEYS_PARAMETER):
+        ssm(env).put_parameter(Name=name, Value="pending", Type="SecureString", Overwrite=True)
 
 
-def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict) -> Path:
+def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict, access: str = "ssm") -> Path:
+    """The node's facts as user data writes them, with paths moved into tmp_path."""
+    from bootstrap.render import facts
+
+    settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
+    values = facts(node_spec(settings, role, "fs-x"))
+    values.update(stack=STACK, rendezvous_parameter=PARAMETER, keys_parameter=KEYS_PARAMETER,
+                  profile_dir=str(profile_dir), engines_per_node=1, aws_endpoint_url=env["AWS_ENDPOINT_URL"],
+                  keys_file=str(tmp_path / "keys.json"))
     path = tmp_path / f"{role}-node.json"
-    path.write_text(json.dumps({
-        "role": role, "stack": STACK, "region": "us-east-1", "rendezvous_parameter": PARAMETER,
-        "profile_dir": str(profile_dir), "engines_per_node": 1,
-        "aws_endpoint_url": env["AWS_ENDPOINT_URL"],
-    }))
+    path.write_text(json.dumps(values))
     return path
 
 
@@ -56,16 +62,18 @@ def ipfleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=dict(os.environ))
 
 
-def controller_config_from_user_data(profile_dir: Path) -> None:
+def controller_config_from_user_data(profile_dir: Path, keys_file: Path, access: str = "ssm") -> None:
     """The controller's ipcontroller_config.py exactly as user data writes it, with the
     node paths pointed at this checkout and the bind address kept on loopback."""
-    document = yaml.safe_load(render_user_data(node_spec(settings_of(), "controller", "fs-x")))
+    settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
+    document = yaml.safe_load(render_user_data(node_spec(settings, "controller", "fs-x")))
     files = {f["path"]: f["content"] for f in document["write_files"]}
     config = files["/var/lib/ipfleet/ipython/profile_default/ipcontroller_config.py"]
     config = config.replace("/opt/ipfleet/venv/bin/python", sys.executable)
     config = config.replace("/usr/local/lib/ipfleet/ipfleet_node.py", str(AGENT))
+    config = config.replace("/var/lib/ipfleet/keys.json", str(keys_file))
     config += '\nc.IPController.ip = "127.0.0.1"\nc.IPController.location = "127.0.0.1"\n'
-    profile_dir.mkdir(parents=True)
+    profile_dir.mkdir(parents=True, exist_ok=True)
     (profile_dir / "ipcontroller_config.py").write_text(config)
 
 
@@ -87,11 +95,14 @@ def test_controller_publishes_engine_registers_laptop_runs_work(aws_env, tmp_pat
     create_pending_parameter(aws_env)
     controller_profile = tmp_path / "controller" / "profile_default"
     engine_profile = tmp_path / "engine" / "profile_default"
-    controller_config_from_user_data(controller_profile)
+    controller_config_from_user_data(controller_profile, tmp_path / "keys.json")
     venv_bin = Path(sys.executable).parent
 
     processes = []
     try:
+        keys = agent(facts_file(tmp_path, "controller", controller_profile, aws_env), "keys")
+        assert keys.returncode == 0, keys.stdout + keys.stderr
+        assert stat.S_IMODE((tmp_path / "keys.json").stat().st_mode) == 0o600
         processes.append(start([str(venv_bin / "ipcontroller"), f"--profile-dir={controller_profile}"],
                                tmp_path / "controller.log"))
         published = agent(facts_file(tmp_path, "controller", controller_profile, aws_env), "publish",
@@ -101,6 +112,11 @@ def test_controller_publishes_engine_registers_laptop_runs_work(aws_env, tmp_pat
         document = json.loads(ssm(aws_env).get_parameter(Name=PARAMETER, WithDecryption=True)
                               ["Parameter"]["Value"])
         assert document["controller"]["versions"]["ipyparallel"]
+        # The controller signs with the key it made at first boot and stored.
+        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)
+                            ["Parameter"]["Value"])
+        assert document["client"]["key"] == stored["hmac_key"]
+        assert "curve_serverkey" not in document["client"] or not document["client"]["curve_serverkey"]
 
         waited = agent(facts_file(tmp_path, "engine", engine_profile, aws_env), "wait-connection",
                        "--timeout", "30")
@@ -190,3 +206,57 @@ def test_fetch_without_credentials_says_so(aws_env, monkeypatch):
     result = ipfleet("fetch", STACK, "--region", "us-east-1")
     assert result.returncode == 1
     assert "no AWS credentials" in result.stderr
+
+
+def boot_controller(tmp_path: Path, aws_env: dict, access: str = "ssm") -> tuple[subprocess.Popen, dict]:
+    """What the controller's units do at boot: keys, ipcontroller, publish. Returns (process, published)."""
+    profile = tmp_path / "controller" / "profile_default"
+    controller_config_from_user_data(profile, tmp_path / "keys.json", access)
+    facts = facts_file(tmp_path, "controller", profile, aws_env, access)
+    keys = agent(facts, "keys")
+    assert keys.returncode == 0, keys.stdout + keys.stderr
+    process = start([str(Path(sys.executable).parent / "ipcontroller"), f"--profile-dir={profile}"],
+                    tmp_path / "controller.log")
+    published = agent(facts, "publish", "--timeout", "60")
+    assert published.returncode == 0, published.stderr + (tmp_path / "controller.log").read_text()
+    value = ssm(aws_env).get_parameter(Name=PARAMETER, WithDecryption=True)["Parameter"]["Value"]
+    return process, json.loads(value)
+
+
+def test_keys_survive_a_restart_and_a_replaced_controller(aws_env, tmp_path):
+    create_pending_parameter(aws_env)
+    process, first = boot_controller(tmp_path, aws_env)
+    stop(process)
+    security = tmp_path / "controller" / "profile_default" / "security"
+    # A restart: the local keys are kept.
+    process, restarted = boot_controller(tmp_path, aws_env)
+    stop(process)
+    assert restarted["client"]["key"] == first["client"]["key"]
+    # A replaced controller: a new disk, nothing local; the keys come back from the stack.
+    (tmp_path / "keys.json").unlink()
+    for f in security.iterdir():
+        f.unlink()
+    process, replaced = boot_controller(tmp_path, aws_env)
+    stop(process)
+    assert replaced["client"]["key"] == first["client"]["key"]
+    assert replaced["engine"]["key"] == first["engine"]["key"]
+
+
+def test_direct_mode_requires_the_curve_server_key(aws_env, tmp_path):
+    import ipyparallel as ipp
+
+    create_pending_parameter(aws_env)
+    process, document = boot_controller(tmp_path, aws_env, access="direct")
+    try:
+        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)
+                            ["Parameter"]["Value"])
+        assert document["client"]["curve_serverkey"] == stored["curve_public_key"]
+        assert document["client"]["key"] == stored["hmac_key"]  # signing stays on under Curve
+        rc = ipp.Client(document["client"], timeout=10)
+        rc.close()
+        # Everything else right, but no server key: the Curve handshake never completes.
+        stripped = {k: v for k, v in document["client"].items() if k != "curve_serverkey"}
+        with pytest.raises(TimeoutError):
+            ipp.Client(stripped, timeout=3)
+    finally:
+        stop(process)

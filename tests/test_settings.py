@@ -46,6 +46,10 @@ BAD_INPUT = [
     ({"ipfleet:ipyparallel": {"scheme": "fastest"}}, "ipfleet:ipyparallel.scheme", "fastest"),
     ({"ipfleet:access": "ssh", "ipfleet:adminCidrs": ["10.1.2.3/8"]}, "ipfleet:adminCidrs", "10.1.2.3/8"),
     ({"ipfleet:adminCidrs": ["my office"]}, "ipfleet:adminCidrs", "my office"),
+    ({"ipfleet:access": "ssh", "ipfleet:adminCidrs": ["203.0.113.0/24"]}, "ipfleet:access", "ssh"),
+    ({"ipfleet:notebook": True, "ipfleet:access": "direct", "ipfleet:adminCidrs": ["203.0.113.0/24"]},
+     "ipfleet:notebook", "true"),
+    ({"ipfleet:ssmAgentUrl": "ftp://mirror/agent.deb"}, "ipfleet:ssmAgentUrl", "ftp://mirror/agent.deb"),
     ({"ipfleet:s3Mounts": [{"bucket": "Bad_Bucket", "mountPoint": "/data"}]},
      "ipfleet:s3Mounts[0].bucket", "Bad_Bucket"),
     ({"ipfleet:s3Mounts": [{"bucket": "ok-bucket", "mountPoint": "data"}]},
@@ -98,8 +102,9 @@ def test_several_mistakes_are_reported_together():
 
 
 def test_explicit_world_cidr_is_allowed_when_the_stack_asks_for_it():
-    s = parse_settings("demo", {**BASE, "ipfleet:access": "ssh", "ipfleet:adminCidrs": ["0.0.0.0/0"]})
+    s = parse_settings("demo", {**BASE, "ipfleet:access": "direct", "ipfleet:adminCidrs": ["0.0.0.0/0"]})
     assert s.admin_cidrs == ["0.0.0.0/0"]
+    assert s.curve  # direct mode always encrypts
 
 
 @pytest.mark.parametrize("instance_type,arch", [

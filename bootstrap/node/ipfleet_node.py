@@ -1,7 +1,8 @@
 """ipfleet's agent on every node: how the controller and the engines find each other.
 
-The controller publishes its connection info (made at boot, on the node) to the
-stack's rendezvous parameter, an SSM SecureString; engines wait for it and start.
+The controller makes the cluster's keys at its first boot (or restores them from
+the stack's keys parameter), then publishes its connection info to the stack's
+rendezvous parameter, an SSM SecureString; engines wait for it and start.
 No secret ever travels in user data, and nobody SSHes in to hand files around.
 
 Runs with the node's venv Python (boto3 is there). Reads its facts from
@@ -14,9 +15,11 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import time
+import urllib.request
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,6 +27,9 @@ FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json")
 # What a parameter holds before the controller has published (set by the stack).
 PENDING = "pending"
 FORMAT = 1
+KEYS_FORMAT = 1
+METADATA = "http://169.254.169.254/latest"
+SSH_HOST_KEYS = Path("/etc/ssh")
 
 
 def log(message: str) -> None:
@@ -60,6 +66,89 @@ def private_address() -> str:
     raise SystemExit("ipfleet-node: no global IPv4 address on this node")
 
 
+def instance_metadata(path: str) -> str | None:
+    """One instance metadata value through IMDSv2 (the only version nodes allow)."""
+    try:
+        token_request = urllib.request.Request(
+            f"{METADATA}/api/token", method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+        with urllib.request.urlopen(token_request, timeout=2) as response:
+            token = response.read().decode()
+        request = urllib.request.Request(f"{METADATA}/meta-data/{path}",
+                                         headers={"X-aws-ec2-metadata-token": token})
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return response.read().decode().strip() or None
+    except OSError:  # no metadata service, or no such value (no public address)
+        return None
+
+
+def host_keys() -> list[str]:
+    """This node's SSH host public keys, so laptops can pin them (no trust on first use)."""
+    return sorted(" ".join(p.read_text().split()[:2]) for p in SSH_HOST_KEYS.glob("ssh_host_*_key.pub"))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Owner-only from the first byte: these files hold the cluster's keys."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def new_keys() -> dict:
+    import zmq
+
+    public, secret = zmq.curve_keypair()
+    return {
+        "format": KEYS_FORMAT,
+        "hmac_key": secrets.token_hex(32),
+        "curve_public_key": public.decode("ascii"),
+        "curve_secret_key": secret.decode("ascii"),
+        "notebook_token": secrets.token_urlsafe(32),
+    }
+
+
+def ensure_keys() -> None:
+    """Controller: keep the local keys, else restore the stack's, else make and store new ones.
+
+    Storing comes before using: a controller that could not save its keys
+    fails here (and systemd retries) instead of running with keys nobody kept.
+    """
+    facts = load_facts()
+    local = Path(facts["keys_file"])
+    if local.exists():
+        log(f"keeping the keys in {local}")
+        return
+    client = ssm_client(facts)
+    name = facts["keys_parameter"]
+    try:
+        stored = client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    except client.exceptions.ParameterNotFound:
+        stored = PENDING
+    if stored != PENDING:
+        keys = json.loads(stored)
+        if keys.get("format") != KEYS_FORMAT:
+            raise SystemExit(f"ipfleet-node: {name} holds no ipfleet keys")
+        log(f"restored the cluster's keys from {name}")
+    else:
+        keys = new_keys()
+        client.put_parameter(Name=name, Value=json.dumps(keys), Type="SecureString", Overwrite=True)
+        log(f"made new keys and stored them in {name}")
+    _write_private(local, json.dumps(keys))
+
+
+def run_notebook() -> None:
+    """Controller: JupyterLab on loopback, its token from the keys (not on the command line)."""
+    facts = load_facts()
+    keys = json.loads(Path(facts["keys_file"]).read_text())
+    os.environ["JUPYTER_TOKEN"] = keys["notebook_token"]
+    lab = str(Path(sys.executable).with_name("jupyter-lab"))
+    os.execv(lab, [lab, "--no-browser", "--ip=127.0.0.1", f"--port={facts['notebook_port']}",
+                   "--ServerApp.port_retries=0"])
+
+
 def engine_count(facts: dict) -> int:
     wanted = facts["engines_per_node"]
     # `auto` is StarCluster's rule: one engine per vCPU.
@@ -94,14 +183,25 @@ def publish(timeout: float) -> None:
     client_file, engine_file = sec / "ipcontroller-client.json", sec / "ipcontroller-engine.json"
     log(f"waiting for {client_file} and {engine_file}")
     wait_for_files([client_file, engine_file], timeout)
+    controller = {
+        "address": private_address(),
+        "public_address": instance_metadata("public-ipv4"),
+        "instance_id": instance_metadata("instance-id"),
+        "access": facts["access"],
+        "versions": _versions(),
+        "ssh": {"user": facts["login_user"], "host_keys": host_keys()},
+    }
     document = {
         "format": FORMAT,
         "stack": facts["stack"],
         "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "controller": {"address": private_address(), "versions": _versions()},
+        "controller": controller,
         "client": json.loads(client_file.read_text()),
         "engine": json.loads(engine_file.read_text()),
     }
+    if facts.get("notebook_port"):
+        keys = json.loads(Path(facts["keys_file"]).read_text())
+        document["notebook"] = {"port": facts["notebook_port"], "token": keys["notebook_token"]}
     ssm_client(facts).put_parameter(
         Name=facts["rendezvous_parameter"],
         Value=json.dumps(document),
@@ -147,13 +247,7 @@ def wait_connection(timeout: float) -> None:
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
     target = security_dir(facts) / "ipcontroller-engine.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    # The file holds the cluster's HMAC key: owner-only from the first byte.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(document["engine"], f)
-    os.replace(tmp, target)
+    _write_private(target, json.dumps(document["engine"]))
     log(f"controller at {document['controller']['address']} published "
         f"{document['published_at']}; wrote {target}")
 
@@ -163,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("address", help="print this node's private IPv4 address")
     sub.add_parser("engine-count", help="print how many engines this node runs")
+    sub.add_parser("keys", help="controller: keep, restore or make the cluster's keys")
+    sub.add_parser("notebook", help="controller: run JupyterLab on loopback")
     for name in ("publish", "wait-connection"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=1800.0)
@@ -171,6 +267,10 @@ def main(argv: list[str] | None = None) -> None:
         print(private_address())
     elif args.command == "engine-count":
         print(engine_count(load_facts()))
+    elif args.command == "keys":
+        ensure_keys()
+    elif args.command == "notebook":
+        run_notebook()
     elif args.command == "publish":
         publish(args.timeout)
     else:
