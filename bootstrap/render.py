@@ -77,6 +77,7 @@ def facts(spec: NodeSpec) -> dict:
         "keys_file": KEYS_FILE,
         "access": spec.access,
         "login_user": spec.login_user,
+        "ssh_public_key": spec.ssh_public_key,
         "notebook_port": spec.notebook_port,
         "profile_dir": PROFILE_DIR,
         "engines_per_node": spec.engines_per_node,

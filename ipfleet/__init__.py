@@ -5,3 +5,14 @@ libraries (pulumi, boto3, ipyparallel) are imported where they are used.
 """
 
 __version__ = "0.1.0"
+
+
+def client(stack: str, **kwargs):
+    """A ready `ipyparallel.Client` for a deployed stack (see `ipfleet connect --help`).
+
+        import ipfleet
+        rc = ipfleet.client("mystack")
+    """
+    from ipfleet.connect import client as _client
+
+    return _client(stack, **kwargs)

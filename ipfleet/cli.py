@@ -8,7 +8,6 @@ Heavy libraries are imported inside commands so that `--help` answers fast.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Annotated
 import typer
 
 from ipfleet.console import fail as _fail
+from ipfleet.project import default_region
 
 app = typer.Typer(
     name="ipfleet",
@@ -24,8 +24,8 @@ app = typer.Typer(
         "IPython-parallel clusters on AWS, declared as code.\n\n"
         "A cluster is a Pulumi stack: settings in stacks/Pulumi.NAME.yaml, deployed with "
         "`pulumi up -s NAME`, removed with `pulumi destroy -s NAME`.\n\n"
-        "Typical use:  ipfleet plan NAME  (review)  ->  pulumi up -s NAME  ->  "
-        "ipfleet fetch NAME  ->  ipyparallel.Client(profile='ipfleet-NAME')"
+        "Typical use:  ipfleet check NAME  ->  ipfleet plan NAME  (review)  ->  pulumi up -s NAME  ->  "
+        "ipfleet connect NAME  ->  in Python: rc = ipfleet.client('NAME')"
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -35,6 +35,9 @@ app = typer.Typer(
 StackArg = Annotated[str, typer.Argument(
     metavar="STACK", help="A stack name (its settings in stacks/Pulumi.STACK.yaml) or a path to a stack file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+RegionOpt = Annotated[str | None, typer.Option(
+    help="AWS region; default: the stack file's aws:region, else your AWS configuration.")]
+DeployedStackArg = Annotated[str, typer.Argument(metavar="STACK", help="The deployed stack's name.")]
 
 
 class RoleChoice(str, Enum):
@@ -44,6 +47,10 @@ class RoleChoice(str, Enum):
 
 def _plan(stack: str):
     """Load, validate and run the stack offline. User mistakes exit 2 with a clear list."""
+    return _plan_with_settings(stack)[1]
+
+
+def _plan_with_settings(stack: str):
     from ipfleet.project import StackNotFound, resolve_stack
     from ipfleet.settings import SettingsError, parse_settings
     from ipfleet.stack_config import read_stack_file
@@ -65,7 +72,7 @@ def _plan(stack: str):
         _fail(str(e), 2)
     from ipfleet.plan import run_plan
 
-    return run_plan(ref.project_dir, ref.name, config, settings)
+    return settings, run_plan(ref.project_dir, ref.name, config, settings)
 
 
 @app.command()
@@ -103,9 +110,8 @@ def render(
 
 @app.command()
 def fetch(
-    stack: Annotated[str, typer.Argument(metavar="STACK", help="The deployed stack's name.")],
-    region: Annotated[str | None, typer.Option(
-        help="AWS region; default: the stack file's aws:region, else your AWS configuration.")] = None,
+    stack: DeployedStackArg,
+    region: RegionOpt = None,
     timeout: Annotated[float, typer.Option(
         min=0, help="Seconds to wait for a booting controller to publish.")] = 600.0,
     as_json: JsonOpt = False,
@@ -121,7 +127,7 @@ def fetch(
     from ipfleet.fetch import fetch as do_fetch
     from ipfleet.progress import waiting
 
-    region = region or _default_region(stack)
+    region = region or default_region(stack)
     if not region:
         _fail("no AWS region: pass --region, or set AWS_REGION", 2)
     try:
@@ -139,23 +145,126 @@ def fetch(
                f"    rc = ipp.Client(profile={result.profile!r})")
 
 
-def _default_region(stack: str) -> str | None:
-    """The stack file's aws:region when it is at hand, else the AWS configuration's."""
-    from ipfleet.project import StackNotFound, resolve_stack
-    from ipfleet.stack_config import read_stack_file
+@app.command()
+def connect(
+    stack: DeployedStackArg,
+    region: RegionOpt = None,
+    identity: Annotated[Path | None, typer.Option(
+        "--identity", "-i", help="Private key for the controller; default: the ~/.ssh key whose "
+        "public half is the stack's sshPublicKey.")] = None,
+    ssh_config: Annotated[bool, typer.Option(
+        help="Write ~/.ssh/ipfleet/STACK.conf and include it from ~/.ssh/config (ipyparallel's "
+        "tunnels need it); --no-ssh-config prints the ssh command instead.")] = True,
+    proxy_command: Annotated[str | None, typer.Option(
+        help="ssh ProxyCommand to reach the controller instead of Session Manager's "
+        "(a bastion, say); ssh's %h and %p tokens work.")] = None,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for a booting controller.")] = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make STACK usable from this machine: connection file, tunnel, key, version check.
 
+    Does what `fetch` does, then prepares the way in for the stack's access mode:
+    ssm (default; nothing open: SSH through AWS Session Manager), ssh (port 22
+    from adminCidrs) or direct (client ports from adminCidrs, CurveZMQ). For
+    ssm and ssh it writes an ssh config entry with the controller's host keys
+    pinned. It warns when this Python, ipyparallel or cloudpickle differ from
+    the engines' (pickled functions break). Then, in Python:
+
+        import ipfleet
+        rc = ipfleet.client("STACK")
+    """
+    from ipfleet.connect import connect as do_connect
+    from ipfleet.fetch import FetchError
+    from ipfleet.progress import waiting
+
+    region = region or default_region(stack)
+    if not region:
+        _fail("no AWS region: pass --region, or set AWS_REGION", 2)
     try:
-        region = read_stack_file(resolve_stack(stack).path).get("aws:region")
-        if region:
-            return str(region)
-    except (StackNotFound, ValueError, OSError):
-        pass
-    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
-        if os.environ.get(variable):
-            return os.environ[variable]
-    import boto3
+        with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
+            result = do_connect(stack, region, timeout, identity=identity, write_ssh_config=ssh_config,
+                                proxy_command=proxy_command, on_wait=tick)
+    except FetchError as e:
+        _fail(str(e))
+    for problem in result.connection.warnings:
+        typer.secho(f"ipfleet: warning: {problem}", err=True, fg=typer.colors.YELLOW)
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+        return
+    controller = result.fetched.controller
+    typer.echo(f"Stack {stack!r} (access: {result.connection.access}), controller "
+               f"{controller.get('address', '?')}, published {result.fetched.published_at}.")
+    for path in result.written:
+        typer.echo(f"  wrote {path}")
+    if result.tunnel and not result.connection.ssh_host:
+        import shlex
 
-    return boto3.session.Session().region_name
+        typer.echo("\nLog in to the controller with:\n  " + shlex.join(result.tunnel.ssh_command()))
+    elif result.tunnel:
+        typer.echo(f"\nLog in to the controller with:  ssh {result.connection.ssh_host}")
+    typer.echo("\nIn Python:\n    " + result.snippet().replace("\n", "\n    "))
+
+
+@app.command()
+def notebook(
+    stack: DeployedStackArg,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Local port for the notebook.")] = 8888,
+) -> None:
+    """Open the stack's JupyterLab (ipfleet:notebook: true) through the controller's tunnel.
+
+    JupyterLab listens on the controller's own 127.0.0.1 only; this forwards it
+    to 127.0.0.1:PORT here over the same ssh connection `ipfleet connect` set up,
+    prints the URL with its token, and keeps the tunnel open until Ctrl-C.
+    Inside it, `ipyparallel.Client()` reaches the cluster with no setup.
+    """
+    import subprocess
+
+    from ipfleet.connect import Connection
+    from ipfleet.notebook import NotebookError, forward
+
+    connection = Connection.load(stack)
+    if connection is None:
+        _fail(f"not connected to {stack!r}: run `ipfleet connect {stack}` first", 2)
+    try:
+        with forward(connection, port) as url:
+            typer.echo(f"JupyterLab of {stack!r}: {url}\n(Ctrl-C closes the tunnel)")
+            try:
+                url.process.wait()
+            except KeyboardInterrupt:
+                pass
+    except NotebookError as e:
+        _fail(str(e))
+    except subprocess.SubprocessError as e:
+        _fail(f"the tunnel failed: {e}")
+
+
+@app.command()
+def check(stack: StackArg, as_json: JsonOpt = False) -> None:
+    """Check STACK's plan against ipfleet's security rules; exit 1 if any fails.
+
+    Rules (plain functions in ipfleet/checks.py, run offline over the planned
+    resources): no ingress from 0.0.0.0/0 or ::/0 unless listed in adminCidrs;
+    IMDSv2 on every instance and launch template; encrypted volumes and file
+    systems; public access blocked on every bucket the stack creates; no IAM
+    statement that allows writing to "*".
+    """
+    from ipfleet.checks import run_checks
+
+    settings_and_plan = _plan_with_settings(stack)
+    findings = run_checks(*settings_and_plan)
+    if as_json:
+        typer.echo(json.dumps({"passed": not findings, "findings": [f.as_json() for f in findings]}, indent=2))
+    elif findings:
+        typer.echo(f"{len(findings)} security rule(s) failed for stack {stack!r}:")
+        for finding in findings:
+            typer.echo(f"  [{finding.rule}] {finding.resource}: {finding.message}")
+    else:
+        from ipfleet.checks import RULES
+
+        typer.echo(f"stack {stack!r}: all {len(RULES)} security rules pass "
+                   f"({', '.join(rule.__name__ for rule in RULES)})")
+    if findings:
+        raise typer.Exit(1)
 
 
 from ipfleet.twin_cli import twin_app  # noqa: E402 (a sub-command group; imports nothing heavy)

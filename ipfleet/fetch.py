@@ -33,6 +33,8 @@ class Fetched:
     profile: str
     published_at: str
     controller: dict
+    # JupyterLab's port and token on the controller, when the stack runs one.
+    notebook: dict | None = None
 
     def as_json(self) -> dict:
         return {"stack": self.stack, "region": self.region, "path": str(self.path),
@@ -103,6 +105,7 @@ def fetch(
     return Fetched(
         stack=stack, region=region, path=path, profile=profile_name(stack),
         published_at=document.get("published_at", ""), controller=document.get("controller", {}),
+        notebook=document.get("notebook"),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,3 +67,21 @@ def _is_ipfleet_project(folder: Path) -> bool:
         return (yaml.safe_load(manifest.read_text()) or {}).get("name") == "ipfleet"
     except yaml.YAMLError:
         return False
+
+
+def default_region(stack: str) -> str | None:
+    """The stack file's aws:region when it is at hand, else the AWS configuration's."""
+    from ipfleet.stack_config import read_stack_file
+
+    try:
+        region = read_stack_file(resolve_stack(stack).path).get("aws:region")
+        if region:
+            return str(region)
+    except (StackNotFound, ValueError, OSError):
+        pass
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if os.environ.get(variable):
+            return os.environ[variable]
+    import boto3
+
+    return boto3.session.Session().region_name

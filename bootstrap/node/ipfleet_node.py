@@ -189,7 +189,9 @@ def publish(timeout: float) -> None:
         "instance_id": instance_metadata("instance-id"),
         "access": facts["access"],
         "versions": _versions(),
-        "ssh": {"user": facts["login_user"], "host_keys": host_keys()},
+        # Who laptops log in as, with which key, and the host keys to pin.
+        "ssh": {"user": facts["login_user"], "authorized_key": facts.get("ssh_public_key"),
+                "host_keys": host_keys()},
     }
     document = {
         "format": FORMAT,

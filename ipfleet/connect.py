@@ -1,0 +1,289 @@
+"""`ipfleet connect`: everything a laptop needs to use a cluster, and `ipfleet.client()`.
+
+Access modes (the stack's `ipfleet:access`):
+
+- `ssm`: nothing is open to the internet. SSH to the controller rides on AWS
+  Systems Manager Session Manager (the `AWS-StartSSHSession` document as ssh's
+  ProxyCommand), and ipyparallel's own ssh tunnelling carries the ZMQ sockets.
+- `ssh`: the same tunnels, straight to port 22 (open to adminCidrs only).
+- `direct`: the client ports, open to adminCidrs only, with CurveZMQ.
+
+For the tunnelled modes, connect writes one ssh config entry per stack
+(`~/.ssh/ipfleet/STACK.conf`, with the controller's host keys pinned in
+`~/.ssh/ipfleet/STACK.known_hosts`, taken from what the controller published
+through AWS rather than trusted on first use), and makes sure `~/.ssh/config`
+includes that folder (by absolute path). ipyparallel's tunnels run plain `ssh ipfleet-STACK`, so
+the entry must be where ssh looks. One control master carries every tunnel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ipfleet.fetch import FetchError, Fetched, _write_private, client_file_path, fetch
+from ipfleet.versions import VersionMismatchWarning, mismatches
+
+SIDECAR = "ipfleet-connection.json"
+# Private keys looked for when --identity is not given, in ssh's own order.
+DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
+
+
+def ssh_alias(stack: str) -> str:
+    return f"ipfleet-{stack}"
+
+
+def ssm_proxy_command(region: str) -> str:
+    """ssh's ProxyCommand for Session Manager (needs the AWS CLI and its session-manager-plugin)."""
+    return (f"aws ssm start-session --target %h --document-name AWS-StartSSHSession "
+            f"--parameters portNumber=%p --region {region}")
+
+
+@dataclass(frozen=True)
+class Tunnel:
+    """How ssh reaches the controller: rendered as a config entry and as a plain command."""
+
+    alias: str
+    host_name: str  # instance id (ssm) or address (ssh)
+    user: str
+    identity: Path
+    known_hosts: Path
+    proxy_command: str | None
+    control_path: str
+
+    def config_entry(self, stack: str) -> str:
+        lines = [
+            f"# ipfleet stack {stack}: written by `ipfleet connect {stack}`; safe to delete.",
+            f"Host {self.alias}",
+            f"    HostName {self.host_name}",
+            f"    User {self.user}",
+            f"    IdentityFile {self.identity}",
+            "    IdentitiesOnly yes",
+            # Host keys come from the controller, through AWS: no trust on first use.
+            f"    HostKeyAlias {self.alias}",
+            f"    UserKnownHostsFile {self.known_hosts}",
+            "    StrictHostKeyChecking yes",
+            # ipyparallel opens one tunnel per socket; one connection carries them all.
+            "    ControlMaster auto",
+            f"    ControlPath {self.control_path}",
+            "    ControlPersist 10m",
+            "    ServerAliveInterval 30",
+        ]
+        if self.proxy_command:
+            lines.append(f"    ProxyCommand {self.proxy_command}")
+        return "\n".join(lines) + "\n"
+
+    def ssh_command(self) -> list[str]:
+        """The same login without the config entry (for `--no-ssh-config`)."""
+        command = ["ssh", "-i", str(self.identity), "-o", "IdentitiesOnly=yes",
+                   "-o", f"HostKeyAlias={self.alias}", "-o", f"UserKnownHostsFile={self.known_hosts}",
+                   "-o", "StrictHostKeyChecking=yes"]
+        if self.proxy_command:
+            command += ["-o", f"ProxyCommand={self.proxy_command}"]
+        return command + [f"{self.user}@{self.host_name}"]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What `connect` saved beside the client file; `ipfleet.client()` reads it back."""
+
+    stack: str
+    region: str
+    access: str
+    client_file: str
+    ssh_host: str | None
+    identity: str | None
+    versions: dict
+    notebook: dict | None
+
+    @staticmethod
+    def path(stack: str, ipython_base: Path | None = None) -> Path:
+        return client_file_path(stack, ipython_base).with_name(SIDECAR)
+
+    def save(self, ipython_base: Path | None = None) -> None:
+        # Owner-only: it holds the notebook's token.
+        _write_private(self.path(self.stack, ipython_base), asdict(self))
+
+    @classmethod
+    def load(cls, stack: str, ipython_base: Path | None = None) -> Connection | None:
+        path = cls.path(stack, ipython_base)
+        if not path.exists():
+            return None
+        return cls(**json.loads(path.read_text()))
+
+    @property
+    def warnings(self) -> list[str]:
+        return mismatches(self.versions)
+
+
+def ssh_dir() -> Path:
+    return Path.home() / ".ssh"
+
+
+def find_identity(authorized_key: str | None, given: Path | None, directory: Path) -> Path:
+    """The private key whose public half the controller accepts."""
+    if given is not None:
+        if not given.exists():
+            raise FetchError(f"--identity {given}: no such file")
+        return given
+    if not authorized_key:
+        raise FetchError("the stack has no ipfleet:sshPublicKey, so the controller accepts no login: "
+                         "add your public key to the stack file, `pulumi up`, then connect again")
+    wanted = authorized_key.split()[:2]
+    candidates = [directory / name for name in DEFAULT_IDENTITIES]
+    candidates += sorted(p.with_suffix("") for p in directory.glob("*.pub"))
+    for private in dict.fromkeys(candidates):
+        public = private.with_name(private.name + ".pub")
+        if private.exists() and public.exists() and public.read_text().split()[:2] == wanted:
+            return private
+    raise FetchError(f"no key in {directory} matches the stack's sshPublicKey "
+                     f"({' '.join(wanted)[:40]}...); pass --identity PATH")
+
+
+def include_line(directory: Path) -> str:
+    return f"Include {directory / 'ipfleet'}/*.conf"
+
+
+def ensure_include(directory: Path) -> bool:
+    """Make ~/.ssh/config include ipfleet's entries. Returns True if it had to add the line.
+
+    The line goes first (an Include inside a Host block would apply to that host
+    only); everything already in the file is kept as it was.
+    """
+    directory.mkdir(mode=0o700, exist_ok=True)
+    config = directory / "config"
+    existing = config.read_text() if config.exists() else ""
+    line = include_line(directory)
+    if any(existing_line.strip() == line for existing_line in existing.splitlines()):
+        return False
+    header = f"# Added by ipfleet: one entry per stack, written by `ipfleet connect`.\n{line}\n\n"
+    tmp = config.with_name("config.ipfleet-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(header + existing)
+    if config.exists():
+        os.chmod(tmp, config.stat().st_mode & 0o777)
+    os.replace(tmp, config)
+    return True
+
+
+def tunnel_for(stack: str, region: str, controller: dict, identity: Path, directory: Path,
+               proxy_command: str | None = None) -> Tunnel:
+    access = controller.get("access")
+    if access == "ssm":
+        host = controller.get("instance_id")
+        if not host:
+            raise FetchError("the controller published no instance id, which Session Manager needs")
+        proxy = proxy_command or ssm_proxy_command(region)
+    else:
+        host = controller.get("public_address") or controller["address"]
+        proxy = proxy_command
+    return Tunnel(
+        alias=ssh_alias(stack), host_name=host, user=controller["ssh"]["user"], identity=identity,
+        known_hosts=directory / "ipfleet" / f"{stack}.known_hosts", proxy_command=proxy,
+        control_path=str(directory / "ipfleet" / "%C.sock"),
+    )
+
+
+def write_ssh_files(stack: str, tunnel: Tunnel, host_keys: list[str], directory: Path,
+                    include: bool = True) -> list[Path]:
+    """The stack's entry and pinned host keys; returns the files written."""
+    folder = directory / "ipfleet"
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    entry = folder / f"{stack}.conf"
+    entry.write_text(tunnel.config_entry(stack))
+    tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {key}\n" for key in host_keys))
+    written = [entry, tunnel.known_hosts]
+    if include and ensure_include(directory):
+        written.append(directory / "config")
+    return written
+
+
+@dataclass(frozen=True)
+class Connected:
+    connection: Connection
+    fetched: Fetched
+    tunnel: Tunnel | None
+    written: list[Path]
+
+    def snippet(self) -> str:
+        return f'import ipfleet\nrc = ipfleet.client("{self.connection.stack}")'
+
+    def as_json(self) -> dict:
+        return {
+            **self.fetched.as_json(),
+            "access": self.connection.access,
+            "ssh_host": self.connection.ssh_host,
+            "identity": self.connection.identity,
+            "ssh_command": shlex.join(self.tunnel.ssh_command()) if self.tunnel else None,
+            "files_written": [str(p) for p in self.written],
+            "warnings": self.connection.warnings,
+            "snippet": self.snippet(),
+        }
+
+
+def connect(
+    stack: str,
+    region: str,
+    timeout: float = 600.0,
+    identity: Path | None = None,
+    write_ssh_config: bool = True,
+    proxy_command: str | None = None,
+    on_wait: Callable[[float], None] = lambda elapsed: None,
+) -> Connected:
+    """Fetch the client file, prepare the tunnel for the stack's access mode, save the result."""
+    fetched = fetch(stack, region, timeout, on_wait=on_wait)
+    controller = fetched.controller
+    access = controller.get("access", "direct")
+    tunnel = None
+    written = [fetched.path]
+    if access in ("ssm", "ssh"):
+        directory = ssh_dir()
+        key = find_identity(controller.get("ssh", {}).get("authorized_key"), identity, directory)
+        tunnel = tunnel_for(stack, region, controller, key, directory, proxy_command)
+        if write_ssh_config:
+            written += write_ssh_files(stack, tunnel, controller["ssh"].get("host_keys", []), directory)
+        else:
+            tunnel.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {k}\n" for k in controller["ssh"]["host_keys"]))
+            written.append(tunnel.known_hosts)
+    connection = Connection(
+        stack=stack, region=region, access=access, client_file=str(fetched.path),
+        ssh_host=tunnel.alias if tunnel and write_ssh_config else None,
+        identity=str(tunnel.identity) if tunnel else None,
+        versions=controller.get("versions", {}), notebook=fetched.notebook,
+    )
+    connection.save()
+    return Connected(connection, fetched, tunnel, written)
+
+
+def client(stack: str, *, region: str | None = None, timeout: float = 60.0, **kwargs):
+    """A ready `ipyparallel.Client` for STACK: the right file, tunnel and key.
+
+    Uses what `ipfleet connect STACK` saved; connects first (AWS credentials
+    needed) when nothing is saved. Warns (VersionMismatchWarning) when this
+    Python or its ipyparallel/cloudpickle differ from the engines'.
+    """
+    import ipyparallel as ipp
+
+    connection = Connection.load(stack)
+    if connection is None:
+        if region is None:
+            from ipfleet.project import default_region
+
+            region = default_region(stack)
+        connection = connect(stack, region, timeout=timeout).connection
+    for problem in connection.warnings:
+        warnings.warn(problem, VersionMismatchWarning, stacklevel=2)
+    if connection.access in ("ssm", "ssh"):
+        if not connection.ssh_host:
+            raise FetchError(f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "
+                             "tunnels need the ssh config entry; connect again without it")
+        return ipp.Client(connection.client_file, sshserver=connection.ssh_host,
+                          sshkey=connection.identity, timeout=timeout, **kwargs)
+    return ipp.Client(connection.client_file, timeout=timeout, **kwargs)

@@ -1,0 +1,177 @@
+"""The laptop side: `ipfleet connect`, its ssh entry (read back by the real ssh), the
+version check, and `ipfleet.client()`'s refusal to guess."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import boto3
+import pytest
+
+from ipfleet import versions
+from ipfleet.connect import ensure_include, include_line, find_identity, ssm_proxy_command, tunnel_for
+from ipfleet.fetch import FetchError
+
+STACK = "lab"
+
+
+def keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = directory / name
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f", str(private)],
+                   check=True)
+    return private, (directory / f"{name}.pub").read_text().strip()
+
+
+def published(access: str, public_key: str | None, python: str | None = None) -> dict:
+    local = versions.local_versions()
+    return {
+        "format": 1, "stack": STACK, "published_at": "2026-11-21T10:00:00+00:00",
+        "controller": {
+            "address": "10.0.1.5", "public_address": "203.0.113.9" if access != "ssm" else None,
+            "instance_id": "i-0123456789abcdef0", "access": access,
+            "versions": {**local, "python": python or local["python"]},
+            "ssh": {"user": "ipfleet-admin", "authorized_key": public_key,
+                    "host_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyHostKeyHostKeyHostKeyHostKeyHost"]},
+        },
+        "client": {"key": "k", "signature_scheme": "hmac-sha256", "location": "10.0.1.5",
+                   "registration": 10109, "interface": "tcp://10.0.1.5"},
+        "engine": {},
+    }
+
+
+def ssh_resolves(config: Path, host: str) -> dict[str, str]:
+    """What the real ssh makes of the entry (`ssh -G` prints its resolved settings)."""
+    out = subprocess.run(["ssh", "-G", "-F", str(config), host], check=True, capture_output=True, text=True).stdout
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def test_ssm_entry_is_what_ssh_and_session_manager_expect(tmp_path):
+    private, public = keypair(tmp_path / ".ssh")
+    doc = published("ssm", public)
+    tunnel = tunnel_for(STACK, "eu-west-1", doc["controller"], private, tmp_path / ".ssh")
+    entry = tmp_path / "entry.conf"
+    entry.write_text(tunnel.config_entry(STACK))
+    resolved = ssh_resolves(entry, "ipfleet-lab")
+    assert resolved["hostname"] == "i-0123456789abcdef0"  # Session Manager targets the instance id
+    assert resolved["user"] == "ipfleet-admin"
+    assert resolved["proxycommand"] == ("aws ssm start-session --target %h --document-name "
+                                        "AWS-StartSSHSession --parameters portNumber=%p --region eu-west-1")
+    assert resolved["proxycommand"] == ssm_proxy_command("eu-west-1")
+    assert resolved["stricthostkeychecking"] == "true"
+    assert resolved["hostkeyalias"] == "ipfleet-lab"
+    assert resolved["identityfile"] == str(private)
+    assert resolved["controlmaster"] == "auto"
+
+
+def test_ssh_entry_dials_the_public_address_with_no_proxy(tmp_path):
+    private, public = keypair(tmp_path / ".ssh")
+    tunnel = tunnel_for(STACK, "us-east-1", published("ssh", public)["controller"], private, tmp_path / ".ssh")
+    entry = tmp_path / "entry.conf"
+    entry.write_text(tunnel.config_entry(STACK))
+    resolved = ssh_resolves(entry, "ipfleet-lab")
+    assert resolved["hostname"] == "203.0.113.9"
+    assert "proxycommand" not in resolved
+    # The plain command says the same thing without the entry.
+    assert tunnel.ssh_command()[-1] == "ipfleet-admin@203.0.113.9"
+
+
+def test_include_goes_first_keeps_everything_and_is_added_once(tmp_path):
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir()
+    mine = "Host work\n    HostName work.example\n    User me\n"
+    (ssh / "config").write_text(mine)
+    os.chmod(ssh / "config", 0o644)
+    assert ensure_include(ssh) is True
+    text = (ssh / "config").read_text()
+    assert text.splitlines()[1] == include_line(ssh) and text.endswith(mine)
+    assert stat.S_IMODE((ssh / "config").stat().st_mode) == 0o644  # the user's mode is kept
+    assert ensure_include(ssh) is False
+    assert (ssh / "config").read_text() == text
+
+
+def test_identity_is_the_key_the_stack_authorizes(tmp_path):
+    ssh = tmp_path / ".ssh"
+    keypair(ssh, "id_ed25519")
+    other, other_public = keypair(ssh, "cluster_key")
+    assert find_identity(other_public, None, ssh) == other
+    with pytest.raises(FetchError, match="no key in .* matches the stack's sshPublicKey"):
+        find_identity("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINotMineNotMineNotMineNotMineNotMineNotMi x", None, ssh)
+    with pytest.raises(FetchError, match="has no ipfleet:sshPublicKey"):
+        find_identity(None, None, ssh)
+
+
+def test_mismatched_python_minor_warns_with_both_versions():
+    here = {"python": "3.11.7", "ipyparallel": "9.2.0", "cloudpickle": "3.1.2"}
+    assert versions.mismatches({**here, "python": "3.11.2"}, here) == []
+    [problem] = versions.mismatches({**here, "python": "3.12.1"}, here)
+    assert "Python 3.11 here but 3.12 on the engines" in problem
+    problems = versions.mismatches({**here, "ipyparallel": "8.8.0", "cloudpickle": "3.0.0"},
+                                   {**here, "cloudpickle": None})
+    assert any("ipyparallel 9.2.0 here but 8.8.0" in p for p in problems)
+    assert any("cloudpickle is not installed here but 3.0.0" in p for p in problems)
+
+
+def run_connect(aws_env: dict, home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **aws_env, "HOME": str(home), "NO_COLOR": "1"}
+    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "connect", STACK, "--region", "us-east-1",
+                           "--timeout", "5", *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def publish(aws_env: dict, document: dict) -> None:
+    ssm = boto3.client("ssm", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    ssm.put_parameter(Name=f"/ipfleet/{STACK}/connection", Value=json.dumps(document), Type="SecureString",
+                      Overwrite=True)
+
+
+def test_connect_writes_the_entry_pins_host_keys_and_prints_the_snippet(aws_env, tmp_path):
+    home = tmp_path / "home"
+    private, public = keypair(home / ".ssh")
+    publish(aws_env, published("ssm", public))
+    result = run_connect(aws_env, home)
+    assert result.returncode == 0, result.stderr
+    assert 'import ipfleet\n    rc = ipfleet.client("lab")' in result.stdout
+    assert "ssh ipfleet-lab" in result.stdout
+    assert "warning" not in result.stderr
+    entry = home / ".ssh" / "ipfleet" / "lab.conf"
+    resolved = ssh_resolves(home / ".ssh" / "config", "ipfleet-lab")  # found through the Include
+    assert resolved["hostname"] == "i-0123456789abcdef0"
+    assert entry.exists()
+    known = (home / ".ssh" / "ipfleet" / "lab.known_hosts").read_text()
+    assert known.startswith("ipfleet-lab ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey")
+    saved = json.loads((Path(aws_env["IPYTHONDIR"]) / "profile_ipfleet-lab" / "security"
+                        / "ipfleet-connection.json").read_text())
+    assert saved["ssh_host"] == "ipfleet-lab" and saved["identity"] == str(private)
+
+
+def test_connect_warns_when_python_differs_from_the_engines(aws_env, tmp_path):
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    publish(aws_env, published("ssm", public, python="3.9.18"))
+    result = run_connect(aws_env, home, "--json")
+    assert result.returncode == 0, result.stderr
+    minor = ".".join(versions.local_versions()["python"].split(".")[:2])
+    assert f"warning: Python {minor} here but 3.9 on the engines" in result.stderr
+    assert json.loads(result.stdout)["warnings"]
+
+
+def test_client_helper_warns_before_connecting(aws_env, tmp_path, monkeypatch):
+    """ipfleet.client() raises the version warning before any socket is opened."""
+    import ipfleet
+    from ipfleet.connect import Connection
+
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    publish(aws_env, published("direct", public, python="3.9.18"))
+    assert run_connect(aws_env, home).returncode == 0
+    assert Connection.load(STACK).access == "direct"
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(Exception):
+        warnings.simplefilter("always")
+        ipfleet.client(STACK, timeout=1)  # nothing listens at 10.0.1.5 from here: it fails after warning
+    assert any(issubclass(w.category, versions.VersionMismatchWarning) for w in caught)
