@@ -8,8 +8,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 # What the tests call besides Python: the real cloud-init schema checker,
 # shellcheck, iproute2 (`ip`: namespaces, and the node agent), and what the twin
-# boots nodes with (debootstrap, systemd-nspawn from systemd-container).
-APT_PACKAGES := cloud-init shellcheck iproute2 python3-venv debootstrap systemd-container
+# boots nodes with (debootstrap, systemd-nspawn from systemd-container), the
+# twin's security group (nftables) and the laptop's ssh client.
+APT_PACKAGES := cloud-init shellcheck iproute2 python3-venv debootstrap systemd-container nftables openssh-client
 
 .PHONY: setup system-packages venv demo test lock clean
 
@@ -17,7 +18,7 @@ setup: system-packages venv
 
 system-packages:
 	@missing=""; \
-	for tool in cloud-init shellcheck ip debootstrap systemd-nspawn; do \
+	for tool in cloud-init shellcheck ip debootstrap systemd-nspawn nft ssh; do \
 	  command -v $$tool >/dev/null || missing=1; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -186,7 +186,8 @@ def tunnel_for(stack: str, region: str, controller: dict, identity: Path, direct
     return Tunnel(
         alias=ssh_alias(stack), host_name=host, user=controller["ssh"]["user"], identity=identity,
         known_hosts=directory / "ipfleet" / f"{stack}.known_hosts", proxy_command=proxy,
-        control_path=str(directory / "ipfleet" / "%C.sock"),
+        # Unix sockets allow ~100 characters: keep the name short.
+        control_path=str(directory / "ipfleet" / f"{stack}.sock"),
     )
 
 
@@ -262,6 +263,25 @@ def connect(
     return Connected(connection, fetched, tunnel, written)
 
 
+def open_control_master(alias: str, timeout: float = 60.0) -> None:
+    """Start the ssh connection every tunnel will share, detached from this terminal.
+
+    ipyparallel starts ssh under a pseudo-terminal (pexpect); a connection it
+    started would die with that terminal, ProxyCommand (Session Manager's
+    plugin) included. Started here in a session of its own, the master lives
+    on (ControlPersist) and ipyparallel's tunnels are added to it.
+    """
+    import subprocess
+
+    if subprocess.run(["ssh", "-O", "check", alias], capture_output=True).returncode == 0:
+        return
+    result = subprocess.run(["ssh", "-o", "ControlMaster=yes", "-o", "BatchMode=yes", alias, "true"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
+                            start_new_session=True)
+    if result.returncode != 0:
+        raise FetchError(f"ssh to the controller ({alias}) failed: {result.stderr.strip()[-500:]}")
+
+
 def client(stack: str, *, region: str | None = None, timeout: float = 60.0, **kwargs):
     """A ready `ipyparallel.Client` for STACK: the right file, tunnel and key.
 
@@ -284,6 +304,7 @@ def client(stack: str, *, region: str | None = None, timeout: float = 60.0, **kw
         if not connection.ssh_host:
             raise FetchError(f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "
                              "tunnels need the ssh config entry; connect again without it")
+        open_control_master(connection.ssh_host, timeout)
         return ipp.Client(connection.client_file, sshserver=connection.ssh_host,
                           sshkey=connection.identity, timeout=timeout, **kwargs)
     return ipp.Client(connection.client_file, timeout=timeout, **kwargs)

@@ -9,16 +9,26 @@ from ipfleet.settings import SettingsError, parse_settings
 from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_config
 from ipfleet.twin.rootfs import BASE_PACKAGES, cache_key, packages_for
 from ipfleet.twin.wheelhouse import write_simple_index
-from tests.conftest import example_config
+from ipfleet.twin.network import CLIENT_SUBNET
+from tests.conftest import PUBLIC_KEY, example_config
 
 
 def test_twin_changes_only_the_documented_knobs():
     original = example_config()
-    twin = twin_config(original)
+    twin = twin_config(original, PUBLIC_KEY)
     changed = {k for k in twin if twin.get(k) != original.get(k)}
-    assert changed == {"ipfleet:awsEndpointUrl", "ipfleet:packageIndexUrl", "ipfleet:sharedStorage"}
+    assert changed == {"ipfleet:awsEndpointUrl", "ipfleet:packageIndexUrl", "ipfleet:sharedStorage",
+                       "ipfleet:ssmAgentUrl", "ipfleet:sshPublicKey"}
+    assert twin["ipfleet:sshPublicKey"] == PUBLIC_KEY
     assert twin["ipfleet:sharedStorage"] == {**original["ipfleet:sharedStorage"], "source": "bind:/srv/efs"}
     assert TWIN_KNOBS["ipfleet:awsEndpointUrl"] == ENDPOINT
+
+
+def test_modes_that_open_a_port_admit_the_client_subnet_only():
+    twin = twin_config(example_config(access="direct", adminCidrs=["203.0.113.0/24"]), PUBLIC_KEY)
+    assert twin["ipfleet:adminCidrs"] == [CLIENT_SUBNET]
+    assert "ipfleet:adminCidrs" not in twin_config(example_config(), PUBLIC_KEY) or \
+        twin_config(example_config(), PUBLIC_KEY)["ipfleet:adminCidrs"] == []
 
 
 def test_twin_keeps_shared_storage_off_when_the_stack_turns_it_off():

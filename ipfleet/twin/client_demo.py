@@ -1,6 +1,6 @@
 """Runs in the twin's client namespace, as a laptop would: StarCluster's demo.
 
-Usage: python -m ipfleet.twin.client_demo PROFILE ENGINES TIMEOUT
+Usage: python -m ipfleet.twin.client_demo STACK ENGINES TIMEOUT
 Prints one JSON object: engines, results, hostnames, registered_at, done_at.
 """
 
@@ -18,10 +18,11 @@ def hostname() -> str:
 
 
 def main() -> None:
-    import ipyparallel as ipp
+    import ipfleet
 
-    profile, engines, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-    rc = ipp.Client(profile=profile, timeout=timeout)
+    stack, engines, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    # What `ipfleet connect` prints for users to run: the right file, tunnel and key.
+    rc = ipfleet.client(stack, timeout=timeout)
     try:
         rc.wait_for_engines(engines, timeout=timeout)
         registered_at = time.time()

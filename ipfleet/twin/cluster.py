@@ -24,13 +24,17 @@ from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_ali
 STATE_ROOT = Path("/run/ipfleet/twin")
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
 ENDPOINT = f"http://{ROUTER_ADDRESS}"
-REQUIRED_TOOLS = ("ip", "systemd-nspawn", "debootstrap", "nsenter", "mount", "cloud-init")
+REQUIRED_TOOLS = ("ip", "systemd-nspawn", "debootstrap", "nsenter", "mount", "unshare", "cloud-init",
+                  "nft", "ssh", "ssh-keygen")
 
 # The only differences between what AWS nodes get and what twin nodes get: settings
 # users have reasons to want too (README, "The twin").
 TWIN_KNOBS = {
     "ipfleet:awsEndpointUrl": ENDPOINT,
     "ipfleet:packageIndexUrl": f"file://{WHEELHOUSE_MOUNT}/simple",
+    # Session Manager does not exist here (a relay stands in for its transport),
+    # so nodes install no SSM agent: the setting for images that bring their own.
+    "ipfleet:ssmAgentUrl": "",
 }
 
 
@@ -48,6 +52,7 @@ class TwinState:
     nodes: list[Node] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     client_namespace: str = ""
+    access: str = "ssm"
     moto_pid: int | None = None
     booted_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
@@ -67,6 +72,11 @@ class TwinState:
     @property
     def client_ipython_dir(self) -> Path:
         return self.work_dir / "client-ipython"
+
+    @property
+    def client_home(self) -> Path:
+        """The laptop's home: mounted over /root for the client's processes only (ssh reads ~/.ssh)."""
+        return self.work_dir / "client-home"
 
     def save(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -105,9 +115,17 @@ def check_platform() -> None:
                         "systemd-container debootstrap cloud-init)")
 
 
-def twin_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The stack's config plus the twin's knobs; shared storage becomes the twin's host folder."""
+def twin_config(config: dict[str, Any], admin_public_key: str | None = None) -> dict[str, Any]:
+    """The stack's config plus the twin's knobs; shared storage becomes the twin's host folder.
+
+    The twin's client namespace is the admin: its key is the stack's
+    sshPublicKey, and its subnet the adminCidrs of a mode that opens a port.
+    """
     out = {**config, **TWIN_KNOBS}
+    if admin_public_key:
+        out["ipfleet:sshPublicKey"] = admin_public_key
+    if config.get("ipfleet:access") in ("ssh", "direct"):
+        out["ipfleet:adminCidrs"] = [network.CLIENT_SUBNET]
     shared = dict(config.get("ipfleet:sharedStorage") or {})
     if isinstance(shared, dict) and shared.get("enabled", True):
         shared["source"] = f"bind:{SHARED_SOURCE}"
@@ -146,7 +164,8 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     ref = resolve_stack(stack)
     if (STATE_ROOT / ref.name / "state.json").exists():
         raise TwinError(f"a twin of {ref.name!r} is already up; `ipfleet twin down {ref.name}` first")
-    config = twin_config(read_stack_file(ref.path))
+    admin_key = _client_key(WORK_ROOT / ref.name / "client-home")
+    config = twin_config(read_stack_file(ref.path), admin_key)
     if engine_nodes is not None:
         config["ipfleet:engineNodes"] = engine_nodes
     settings = parse_settings(ref.name, config)
@@ -167,13 +186,13 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     state = TwinState(
         stack=ref.name, tag=secrets.token_hex(2), region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
-        engines_expected=settings.engine_nodes * per_node,
+        engines_expected=settings.engine_nodes * per_node, access=settings.access,
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
     hosts = [net.host("controller", network.FIRST_NODE_HOST)]
     hosts += [net.host(f"engine{i}", network.FIRST_NODE_HOST + i) for i in range(1, settings.engine_nodes + 1)]
-    client = net.host("client", network.CLIENT_HOST)
+    client = net.client()
     state.namespaces = net.namespaces([*hosts, client])
     state.client_namespace = client.namespace
     names = [f"{ref.name}-controller"] + [f"{ref.name}-engine-{i}" for i in range(1, settings.engine_nodes + 1)]
@@ -185,8 +204,10 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     state.save()  # from here on, `down` can clean up whatever exists
     try:
         net.create_router()
-        for host in [*hosts, client]:
+        for host in hosts:
             net.attach(host)
+        net.attach_client(client)
+        net.apply_security_group(_cidr_ingress(plan), state.controller.address)
         _start_aws(state, plan, settings)
         state.shared_dir.mkdir(parents=True, exist_ok=True)
         state.booted_at = time.time()
@@ -199,6 +220,27 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
         down(state, log=lambda *_: None)
         raise
     return state
+
+
+def _client_key(home: Path) -> str:
+    """The laptop's ssh key (made once per twin, like a user's ~/.ssh/id_ed25519)."""
+    ssh = home / ".ssh"
+    ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private = ssh / "id_ed25519"
+    if not private.exists():
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "twin-admin", "-f", str(private)],
+                       check=True)
+    return (ssh / "id_ed25519.pub").read_text().strip()
+
+
+def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
+    """The security group's rules that admit addresses (not the group itself), from the plan."""
+    rules = []
+    for rule in plan.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+        cidr = rule.inputs.get("cidrIpv4") or rule.inputs.get("cidrIpv6")
+        if cidr and rule.inputs.get("ipProtocol") == "tcp":
+            rules.append((cidr, int(rule.inputs["fromPort"]), int(rule.inputs["toPort"])))
+    return rules
 
 
 def _start_aws(state: TwinState, plan, settings) -> None:
@@ -229,14 +271,38 @@ def client_env(state: TwinState) -> dict[str, str]:
     env.update({
         "AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "twin", "AWS_SECRET_ACCESS_KEY": "twin",
         "AWS_DEFAULT_REGION": state.region, "AWS_EC2_METADATA_DISABLED": "true",
-        "IPYTHONDIR": str(state.client_ipython_dir), "NO_COLOR": "1",
+        "IPYTHONDIR": str(state.client_ipython_dir), "NO_COLOR": "1", "HOME": str(state.client_home),
     })
     return env
 
 
-def client_python(state: TwinState, args: list[str], timeout: float) -> subprocess.CompletedProcess:
-    result = subprocess.run(in_namespace(state.client_namespace, [sys.executable, *args]),
+def as_client(state: TwinState, command: list[str]) -> list[str]:
+    """COMMAND as the laptop: in the client namespace, with a home of its own.
+
+    ssh finds ~/.ssh through the password database, not $HOME. In a private
+    mount namespace the client sees a copy of /etc/passwd that gives root the
+    client's home, so the machine's own ~/.ssh is neither read nor touched.
+    """
+    passwd = state.work_dir / "client-passwd"
+    if not passwd.exists():
+        lines = []
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) == 7 and fields[2] == str(os.getuid()):
+                fields[5] = str(state.client_home)
+            lines.append(":".join(fields))
+        passwd.write_text("\n".join(lines) + "\n")
+    return in_namespace(state.client_namespace, [
+        "unshare", "--mount", "--propagation", "private", "sh", "-c",
+        'mount --bind "$0" /etc/passwd && exec "$@"', str(passwd), *command])
+
+
+def client_python(state: TwinState, args: list[str], timeout: float, check: bool = True
+                  ) -> subprocess.CompletedProcess:
+    result = subprocess.run(as_client(state, [sys.executable, *args]),
                             capture_output=True, text=True, timeout=timeout, env=client_env(state))
+    if not check:
+        return result
     if result.returncode != 0:
         raise TwinError(f"`{' '.join(args[:3])}` in the client namespace failed:\n"
                         f"{result.stderr.strip()[-3000:]}")
@@ -286,19 +352,33 @@ def describe_node(node: Node) -> str:
     return "\n".join(lines)
 
 
+def session_proxy_command(state: TwinState) -> str:
+    """ssh's ProxyCommand standing in for Session Manager's (see ipfleet/twin/session_relay.py)."""
+    return (f"ip netns exec {state.controller.namespace} {sys.executable} "
+            f"-m ipfleet.twin.session_relay %p")
+
+
+def connect(state: TwinState, timeout: float = 300) -> dict:
+    """As a laptop: `ipfleet connect STACK --json` (Session Manager's relay stands in for ssm)."""
+    args = ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region, "--json",
+            "--timeout", str(timeout)]
+    if state.access == "ssm":
+        args += ["--proxy-command", session_proxy_command(state)]
+    return json.loads(client_python(state, args, timeout=timeout + 30).stdout)
+
+
 def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
-    """As a laptop: `ipfleet fetch`, then StarCluster's demo through ipyparallel.Client."""
-    fetched = client_python(state, ["-m", "ipfleet.cli", "fetch", state.stack, "--region", state.region,
-                                    "--json", "--timeout", str(timeout)], timeout=timeout + 30)
-    profile = json.loads(fetched.stdout)["profile"]
-    log(f"fetched the connection file; waiting for {state.engines_expected} engines")
-    demo = client_python(state, ["-m", "ipfleet.twin.client_demo", profile, str(state.engines_expected),
+    """As a laptop: `ipfleet connect`, then StarCluster's demo through `ipfleet.client()`."""
+    connected = connect(state, timeout)
+    log(f"connected ({state.access}: {connected['ssh_command'] or 'direct, CurveZMQ'}); "
+        f"waiting for {state.engines_expected} engines")
+    demo = client_python(state, ["-m", "ipfleet.twin.client_demo", state.stack, str(state.engines_expected),
                                  str(timeout)], timeout=timeout + 30)
     result = json.loads(demo.stdout)
     state.timings["boot_to_registered"] = round(result.pop("registered_at") - state.booted_at, 2)
     state.timings["boot_to_demo_done"] = round(result.pop("done_at") - state.booted_at, 2)
     state.save()
-    return {**result, "timings": dict(state.timings)}
+    return {**result, "access": state.access, "timings": dict(state.timings)}
 
 
 def status(state: TwinState) -> dict:
@@ -320,6 +400,23 @@ def status(state: TwinState) -> dict:
             "namespaces": state.namespaces, "aws_endpoint": ENDPOINT}
 
 
+def _stop_client_processes(state: TwinState) -> list[str]:
+    """The laptop's ssh control masters and tunnels outlive the demo by design: stop them."""
+    if state.client_namespace not in network.existing_namespaces():
+        return []
+    listing = subprocess.run(["ip", "netns", "pids", state.client_namespace], capture_output=True, text=True)
+    pids = [int(p) for p in listing.stdout.split()]
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [f"client process {p} still running" for p in pids if process_alive(p)]
+
+
 def down(state: TwinState, log=print) -> list[str]:
     """Stop every node and process, unmount, delete namespaces and files. Returns leftovers."""
     leftovers = []
@@ -339,6 +436,7 @@ def down(state: TwinState, log=print) -> list[str]:
             os.killpg(state.moto_pid, signal.SIGKILL)
             time.sleep(0.2)
         reap(state.moto_pid)
+    leftovers += _stop_client_processes(state)
     leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
     mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]
     leftovers += [f"{name}: still mounted" for name in mounted]

@@ -1,14 +1,22 @@
 """The twin's private network: network namespaces on a bridge of their own.
 
-    router namespace  (bridge br0: 10.213.0.1/24 and 169.254.169.254, moto server)
-      ├── veth ── controller namespace  10.213.0.10
-      ├── veth ── engine-1 namespace    10.213.0.11 ...
-      └── veth ── client namespace      10.213.0.250
+    router namespace  (bridge br0: 10.213.0.1/24 and 169.254.169.254, moto server;
+      │                nftables: the stack's security group, the controller's public address)
+      ├── veth ── controller namespace  10.213.0.10     ┐ the VPC: one subnet
+      ├── veth ── engine-1 namespace    10.213.0.11 ... ┘
+      └── veth ── client namespace      10.213.1.250    the laptop, "on the internet"
 
 Nothing is attached to the machine's own (root) namespace: all traffic stays
 between namespaces this twin created. Every node's default route points at the
 router namespace, where the AWS stand-in answers both the API endpoint and the
 instance metadata address, as AWS does for an EC2 instance.
+
+The client sits on its own subnet, routed through the router namespace, so
+whatever reaches a node from it crosses the forward hook, where the stack's
+planned ingress rules (CIDR sources) are the only accept rules: a port the
+security group does not open is closed to the client, as on AWS. The address
+EC2 would give the controller as its public IP is translated to the controller
+there, as an internet gateway does.
 """
 
 from __future__ import annotations
@@ -18,9 +26,16 @@ from dataclasses import dataclass
 
 SUBNET_PREFIX = "10.213.0"
 ROUTER_ADDRESS = f"{SUBNET_PREFIX}.1"
+CLUSTER_SUBNET = f"{SUBNET_PREFIX}.0/24"
 METADATA_ADDRESS = "169.254.169.254"
+# The laptop's side: a subnet of its own, "outside the VPC".
+CLIENT_PREFIX = "10.213.1"
+CLIENT_SUBNET = f"{CLIENT_PREFIX}.0/24"
+CLIENT_GATEWAY = f"{CLIENT_PREFIX}.1"
 CLIENT_HOST = 250
 FIRST_NODE_HOST = 10
+# What moto's instance metadata calls every node's public IPv4 address.
+PUBLIC_ADDRESS = "198.51.100.1"
 
 
 class NetworkError(RuntimeError):
@@ -69,6 +84,53 @@ class TwinNetwork:
         ip("addr", "add", f"{ROUTER_ADDRESS}/24", "dev", "br0", namespace=self.router)
         ip("addr", "add", f"{METADATA_ADDRESS}/32", "dev", "br0", namespace=self.router)
         ip("link", "set", "br0", "up", namespace=self.router)
+
+    def client(self) -> Host:
+        return Host(f"ipft-{self.tag}-client", f"{CLIENT_PREFIX}.{CLIENT_HOST}", f"ipft{self.tag}c")
+
+    def attach_client(self, host: Host) -> None:
+        """The client on its own routed subnet (no bridge): its traffic is forwarded, so filtered."""
+        ip("netns", "add", host.namespace)
+        ip("link", "set", "lo", "up", namespace=host.namespace)
+        ip("link", "add", host.veth, "netns", self.router, "type", "veth",
+           "peer", "name", "eth0", "netns", host.namespace)
+        ip("addr", "add", f"{CLIENT_GATEWAY}/24", "dev", host.veth, namespace=self.router)
+        ip("link", "set", host.veth, "up", namespace=self.router)
+        ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
+        ip("link", "set", "eth0", "up", namespace=host.namespace)
+        ip("route", "add", "default", "via", CLIENT_GATEWAY, namespace=host.namespace)
+
+    def apply_security_group(self, ingress: list[tuple[str, int, int]], controller: str) -> str:
+        """Route between the subnets, filtered by the stack's CIDR ingress rules. Returns the ruleset.
+
+        `ingress` holds (cidr, first_port, last_port) from the plan. Traffic from
+        inside the VPC to the client subnet, and replies, pass; nothing else does.
+        """
+        accepts = "\n".join(
+            f"    ip saddr {cidr} ip daddr {CLUSTER_SUBNET} tcp dport {first}-{last} accept"
+            for cidr, first, last in ingress if ":" not in cidr)
+        ruleset = f"""table ip ipfleet_twin {{
+  chain public_address {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {PUBLIC_ADDRESS} dnat to {controller}
+  }}
+  chain security_group {{
+    type filter hook forward priority filter; policy drop;
+    ct state established,related accept
+    ip saddr {CLUSTER_SUBNET} accept
+{accepts}
+  }}
+}}
+"""
+        result = subprocess.run(in_namespace(self.router, ["nft", "-f", "-"]), input=ruleset,
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise NetworkError(f"nft refused the security group: {result.stderr.strip()}\n{ruleset}")
+        forwarding = subprocess.run(in_namespace(self.router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
+                                    capture_output=True, text=True)
+        if forwarding.returncode != 0:
+            raise NetworkError(f"cannot turn on forwarding: {forwarding.stderr.strip()}")
+        return ruleset
 
     def attach(self, host: Host) -> None:
         ip("netns", "add", host.namespace)
