@@ -70,6 +70,18 @@ def test_four_engines_ran_the_demo_on_both_engine_hosts(twin):
     assert 0 < timings["boot_to_controller_up"] <= timings["boot_to_published"] <= timings["boot_to_registered"]
 
 
+def test_nothing_is_open_to_the_laptop_in_ssm_mode(twin):
+    """access: ssm. The demo above ran through ssh over the Session Manager stand-in;
+    no port of the controller, ssh included, accepts the laptop directly."""
+    from ipfleet import ports
+    from ipfleet.twin.network import PUBLIC_ADDRESS
+
+    assert twin["demo"]["access"] == "ssm"
+    probed = [ports.SSH_PORT, ports.CLIENT_PORTS.first, ports.ENGINE_PORTS.first, ports.CONTROLLER_PORTS.last]
+    for host in (twin["state"].controller.address, PUBLIC_ADDRESS):
+        assert cluster.client_reaches(twin["state"], host, probed) == {p: False for p in probed}
+
+
 def test_shared_storage_is_shared(twin):
     first, second = twin["state"].engine_nodes
     written = first.run("sh", "-c", "echo written-on-engine-1 > /shared/hello.txt")

@@ -158,7 +158,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     from ipfleet.project import resolve_stack
     from ipfleet.settings import parse_settings
     from ipfleet.stack_config import read_stack_file
-    from ipfleet.twin.rootfs import ensure_rootfs
+    from ipfleet.twin.rootfs import ensure_rootfs, image_python_version
     from ipfleet.twin.wheelhouse import ensure_wheelhouse
 
     ref = resolve_stack(stack)
@@ -179,7 +179,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     image = ensure_rootfs(apt_packages_of(user_data["controller"]) + apt_packages_of(user_data["engine"]), log)
     requirements = set(node_spec(settings, "controller", None).python_requirements) | \
         set(node_spec(settings, "engine", None).python_requirements)
-    wheelhouse = ensure_wheelhouse(requirements, log)
+    wheelhouse = ensure_wheelhouse(requirements, image_python_version(image), log)
     prepare_seconds = time.monotonic() - started
 
     per_node = (os.cpu_count() or 1) if settings.engines_per_node == "auto" else settings.engines_per_node
@@ -350,6 +350,25 @@ def describe_node(node: Node) -> str:
         except Exception as e:
             lines.append(f"$ {' '.join(command)}\n({e})")
     return "\n".join(lines)
+
+
+REACH_PROBE = """
+import json, socket, sys
+host, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
+def reach(port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+print(json.dumps({port: reach(port) for port in ports}))
+"""
+
+
+def client_reaches(state: TwinState, host: str, ports: list[int]) -> dict[int, bool]:
+    """Which of PORTS on HOST accept a TCP connection from the laptop (2 s each)."""
+    result = client_python(state, ["-c", REACH_PROBE, host, *map(str, ports)], timeout=60)
+    return {int(k): v for k, v in json.loads(result.stdout).items()}
 
 
 def session_proxy_command(state: TwinState) -> str:

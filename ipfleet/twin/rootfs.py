@@ -10,6 +10,7 @@ list changes.
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from collections.abc import Iterable
@@ -103,3 +104,13 @@ def _bake(root: Path) -> None:
     # Empty: systemd makes a fresh machine id on each node's first boot.
     (root / "etc/machine-id").write_text("")
     (root / "etc/hostname").unlink(missing_ok=True)
+
+
+def image_python_version(image: Path) -> str:
+    """The image's python3 version (e.g. 3.11.2), read from its dpkg database."""
+    status = (image / "var/lib/dpkg/status").read_text()
+    for stanza in status.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
+        if re.fullmatch(r"python3\.\d+", fields.get("Package", "")) and "Version" in fields:
+            return fields["Version"].split("-", 1)[0].split("+", 1)[0]
+    raise RuntimeError(f"no python3.X package in {image}")

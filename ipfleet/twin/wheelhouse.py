@@ -24,11 +24,15 @@ class WheelhouseError(RuntimeError):
     pass
 
 
-def ensure_wheelhouse(requirements: Iterable[str], log=print) -> Path:
-    """A folder holding `files/*.whl` and `simple/<project>/index.html`."""
+def ensure_wheelhouse(requirements: Iterable[str], python_version: str, log=print) -> Path:
+    """A folder holding `files/*.whl` and `simple/<project>/index.html`.
+
+    Resolved for the nodes' Python (`python_version`, the image's), not this
+    machine's: a wheel that requires a newer patch release would not install there.
+    """
     requirements = sorted(requirements)
     lock = LOCK.read_text() if LOCK.exists() else ""
-    key = hashlib.sha256("\n".join([*requirements, lock]).encode()).hexdigest()[:12]
+    key = hashlib.sha256("\n".join([*requirements, lock, python_version]).encode()).hexdigest()[:12]
     target = CACHE / f"wheelhouse-{key}"
     if (target / "simple" / "index.html").exists():
         return target
@@ -38,7 +42,7 @@ def ensure_wheelhouse(requirements: Iterable[str], log=print) -> Path:
     files.mkdir(parents=True)
     log(f"downloading {len(requirements)} node requirements and their dependencies into {target}")
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", "-d", str(files), *requirements]
+               "--only-binary=:all:", "--python-version", python_version, "-d", str(files), *requirements]
     if lock:
         command[4:4] = ["-c", str(LOCK)]
     result = subprocess.run(command, capture_output=True, text=True)
