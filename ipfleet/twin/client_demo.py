@@ -17,6 +17,28 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def wait_for_engines(rc, stack: str, engines: int, timeout: float):
+    """Wait until the controller has ENGINES engines, and return a client that knows them all.
+
+    ipyparallel's own wait_for_engines counts registration notifications. One
+    that arrives while the client's subscription is still travelling through
+    the tunnel is lost, and the client never learns of that engine. So ask the
+    controller (queue_status is a request and reply), and if it knows engines
+    the client does not, connect again: a new client gets the full list.
+    """
+    import ipfleet
+
+    deadline = time.monotonic() + timeout
+    while sum(isinstance(k, int) for k in rc.queue_status()) < engines:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{engines} engines not registered in {timeout:.0f} s")
+        time.sleep(0.5)
+    if len(rc.ids) < engines:
+        rc.close()
+        rc = ipfleet.client(stack, timeout=timeout)
+    return rc
+
+
 def main() -> None:
     import ipfleet
 
@@ -24,7 +46,7 @@ def main() -> None:
     # What `ipfleet connect` prints for users to run: the right file, tunnel and key.
     rc = ipfleet.client(stack, timeout=timeout)
     try:
-        rc.wait_for_engines(engines, timeout=timeout)
+        rc = wait_for_engines(rc, stack, engines, timeout)
         registered_at = time.time()
         view = rc[:]
         results = view.map_async(lambda x: x**30, range(8)).get(timeout=timeout)
