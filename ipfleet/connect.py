@@ -191,14 +191,18 @@ def tunnel_for(stack: str, region: str, controller: dict, identity: Path, direct
     )
 
 
+def write_known_hosts(tunnel: Tunnel, host_keys: list[str]) -> Path:
+    """The controller's host keys, under the alias ssh checks them by (HostKeyAlias)."""
+    tunnel.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {key}\n" for key in host_keys))
+    return tunnel.known_hosts
+
+
 def write_ssh_files(stack: str, tunnel: Tunnel, host_keys: list[str], directory: Path,
                     include: bool = True) -> list[Path]:
     """The stack's entry and pinned host keys; returns the files written."""
-    folder = directory / "ipfleet"
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    entry = folder / f"{stack}.conf"
+    entry = write_known_hosts(tunnel, host_keys).with_name(f"{stack}.conf")
     entry.write_text(tunnel.config_entry(stack))
-    tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {key}\n" for key in host_keys))
     written = [entry, tunnel.known_hosts]
     if include and ensure_include(directory):
         written.append(directory / "config")
@@ -247,12 +251,11 @@ def connect(
         directory = ssh_dir()
         key = find_identity(controller.get("ssh", {}).get("authorized_key"), identity, directory)
         tunnel = tunnel_for(stack, region, controller, key, directory, proxy_command)
+        host_keys = controller["ssh"].get("host_keys", [])
         if write_ssh_config:
-            written += write_ssh_files(stack, tunnel, controller["ssh"].get("host_keys", []), directory)
+            written += write_ssh_files(stack, tunnel, host_keys, directory)
         else:
-            tunnel.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {k}\n" for k in controller["ssh"]["host_keys"]))
-            written.append(tunnel.known_hosts)
+            written.append(write_known_hosts(tunnel, host_keys))
     connection = Connection(
         stack=stack, region=region, access=access, client_file=str(fetched.path),
         ssh_host=tunnel.alias if tunnel and write_ssh_config else None,

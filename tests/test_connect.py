@@ -175,3 +175,16 @@ def test_client_helper_warns_before_connecting(aws_env, tmp_path, monkeypatch):
         warnings.simplefilter("always")
         ipfleet.client(STACK, timeout=1)  # nothing listens at 10.0.1.5 from here: it fails after warning
     assert any(issubclass(w.category, versions.VersionMismatchWarning) for w in caught)
+
+
+def test_no_ssh_config_prints_the_command_and_leaves_ssh_config_alone(aws_env, tmp_path):
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    publish(aws_env, published("ssm", public))
+    result = run_connect(aws_env, home, "--no-ssh-config", "--json")
+    assert result.returncode == 0, result.stderr
+    command = json.loads(result.stdout)["ssh_command"]
+    assert "'ProxyCommand=aws ssm start-session --target %h" in command
+    assert command.endswith("ipfleet-admin@i-0123456789abcdef0")
+    assert not (home / ".ssh" / "config").exists()
+    assert (home / ".ssh" / "ipfleet" / "lab.known_hosts").exists()
