@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipfleet.plan import Plan, PlannedResource
+from ipfleet.plan_view import INSTANCE, LAUNCH_TEMPLATE
 from ipfleet.settings import Settings
 
-INSTANCE = "aws:ec2/instance:Instance"
-LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 LEGACY_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"

@@ -108,6 +108,13 @@ def render(
     typer.echo(user_data(_plan(stack), role.value), nl=False)
 
 
+def _region(stack: str, given: str | None) -> str:
+    region = given or default_region(stack)
+    if not region:
+        _fail("no AWS region: pass --region, or set AWS_REGION", 2)
+    return region
+
+
 @app.command()
 def fetch(
     stack: DeployedStackArg,
@@ -127,9 +134,7 @@ def fetch(
     from ipfleet.fetch import fetch as do_fetch
     from ipfleet.progress import waiting
 
-    region = region or default_region(stack)
-    if not region:
-        _fail("no AWS region: pass --region, or set AWS_REGION", 2)
+    region = _region(stack, region)
     try:
         with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
             result = do_fetch(stack, region, timeout, on_wait=tick)
@@ -177,9 +182,7 @@ def connect(
     from ipfleet.fetch import FetchError
     from ipfleet.progress import waiting
 
-    region = region or default_region(stack)
-    if not region:
-        _fail("no AWS region: pass --region, or set AWS_REGION", 2)
+    region = _region(stack, region)
     try:
         with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
             result = do_connect(stack, region, timeout, identity=identity, write_ssh_config=ssh_config,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ipfleet.fetch import FetchError, Fetched, _write_private, client_file_path, fetch
+from ipfleet.fetch import FetchError, Fetched, write_private, client_file_path, fetch
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
 SIDECAR = "ipfleet-connection.json"
@@ -107,7 +107,7 @@ class Connection:
 
     def save(self, ipython_base: Path | None = None) -> None:
         # Owner-only: it holds the notebook's token.
-        _write_private(self.path(self.stack, ipython_base), asdict(self))
+        write_private(self.path(self.stack, ipython_base), asdict(self))
 
     @classmethod
     def load(cls, stack: str, ipython_base: Path | None = None) -> Connection | None:

@@ -101,7 +101,7 @@ def fetch(
 
     document = _parse(name, value)
     path = client_file_path(stack, ipython_base)
-    _write_private(path, document["client"])
+    write_private(path, document["client"])
     return Fetched(
         stack=stack, region=region, path=path, profile=profile_name(stack),
         published_at=document.get("published_at", ""), controller=document.get("controller", {}),
@@ -123,7 +123,7 @@ def _parse(name: str, value: str) -> dict:
     return document
 
 
-def _write_private(path: Path, content: dict) -> None:
+def write_private(path: Path, content: dict) -> None:
     """Write the file owner-only from its first byte: it holds the cluster's key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)

@@ -139,11 +139,14 @@ def ensure_keys() -> None:
     _write_private(local, json.dumps(keys))
 
 
+def load_keys(facts: dict) -> dict:
+    return json.loads(Path(facts["keys_file"]).read_text())
+
+
 def run_notebook() -> None:
     """Controller: JupyterLab on loopback, its token from the keys (not on the command line)."""
     facts = load_facts()
-    keys = json.loads(Path(facts["keys_file"]).read_text())
-    os.environ["JUPYTER_TOKEN"] = keys["notebook_token"]
+    os.environ["JUPYTER_TOKEN"] = load_keys(facts)["notebook_token"]
     lab = str(Path(sys.executable).with_name("jupyter-lab"))
     os.execv(lab, [lab, "--no-browser", "--ip=127.0.0.1", f"--port={facts['notebook_port']}",
                    "--ServerApp.port_retries=0"])
@@ -202,8 +205,7 @@ def publish(timeout: float) -> None:
         "engine": json.loads(engine_file.read_text()),
     }
     if facts.get("notebook_port"):
-        keys = json.loads(Path(facts["keys_file"]).read_text())
-        document["notebook"] = {"port": facts["notebook_port"], "token": keys["notebook_token"]}
+        document["notebook"] = {"port": facts["notebook_port"], "token": load_keys(facts)["notebook_token"]}
     ssm_client(facts).put_parameter(
         Name=facts["rendezvous_parameter"],
         Value=json.dumps(document),

@@ -235,8 +235,10 @@ def _client_key(home: Path) -> str:
 
 def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
     """The security group's rules that admit addresses (not the group itself), from the plan."""
+    from ipfleet.checks import INGRESS_RULE
+
     rules = []
-    for rule in plan.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"):
+    for rule in plan.of_type(INGRESS_RULE):
         cidr = rule.inputs.get("cidrIpv4") or rule.inputs.get("cidrIpv6")
         if cidr and rule.inputs.get("ipProtocol") == "tcp":
             rules.append((cidr, int(rule.inputs["fromPort"]), int(rule.inputs["toPort"])))
