@@ -10,11 +10,13 @@ raised before any resource is declared.
 
 from __future__ import annotations
 
+import base64
 import difflib
 import ipaddress
 import json
 import posixpath
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -28,10 +30,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ipfleet.images import DEFAULT_IMAGE, IMAGES
+
 NAMESPACE = "ipfleet"
 
 # Official images, looked up by owner and name at deploy time.
-KNOWN_IMAGES = ("debian-12", "ubuntu-24.04")
+KNOWN_IMAGES = tuple(IMAGES)
+# Pulumi's own rule for stack names (the CLI refuses others).
+STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
@@ -41,10 +47,27 @@ BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 S3_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
 VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
-SSH_KEY = re.compile(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/=]+( .*)?$")
-# Where a mount would hide the node's own system.
-RESERVED_MOUNTS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/opt", "/proc",
-                   "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var")
+SSH_KEY = re.compile(r"^(\S+) ([A-Za-z0-9+/=]+)( .*)?$")
+# EC2's ImportKeyPair takes these two kinds only (not ECDSA, not DSA).
+EC2_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
+# Trees of the node's own system: a mount at or anywhere below one would hide it.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
+                "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var")
+
+# Limits of the AWS APIs, each checked here rather than half-way through `pulumi up`.
+# Auto Scaling group sizes are 32-bit integers in the API.
+ASG_SIZE_MAX = 2**31 - 1
+# An Auto Scaling group takes at most 40 instance types.
+INSTANCE_TYPES_MAX = 40
+# A security group holds 60 inbound rules by default; ipfleet's own take 2.
+ADMIN_CIDRS_MAX = 58
+# AWS resources take 50 tags; ipfleet adds ipfleet:stack, Name and ipfleet:role.
+RESERVED_TAG_KEYS = ("ipfleet:stack", "ipfleet:role", "Name")
+USER_TAGS_MAX = 50 - len(RESERVED_TAG_KEYS)
+# More engines on one node than any EC2 instance has vCPUs is a typo.
+ENGINES_PER_NODE_MAX = 1024
+# IAM, EFS and SSM accept tags of letters, separators, digits and these (keys 128, values 256).
+TAG_PUNCTUATION = set("_.:/=+-@")
 
 # ipyparallel task schedulers (`ipcontroller --scheme`).
 Scheme = Literal["leastload", "lru", "twobin", "weighted", "plainrandom", "pure"]
@@ -63,9 +86,11 @@ class SettingsError(ValueError):
 
 
 class _Model(BaseModel):
-    # camelCase in stack files, snake_case in Python; unknown keys are errors.
+    # camelCase in stack files, snake_case in Python; unknown keys are errors. Only the
+    # camelCase name is accepted: `mountPoint` and `mount_point` side by side would be
+    # the same setting twice.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=False, extra="forbid", frozen=True
     )
 
 
@@ -143,9 +168,12 @@ class Settings(_Model):
     )
     engines_per_node: int | Literal["auto"] = "auto"
     on_demand_base: int = Field(default=0, ge=0)
-    spot_max_price: float | None = Field(default=None, gt=0)
+    spot_max_price: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     controller_instance_type: str = "t3.medium"
-    image: str = "debian-12"
+    image: str = DEFAULT_IMAGE
+    # Replace the controller on purpose: a running controller keeps its image and
+    # bootstrap through `pulumi up` until this number changes.
+    controller_revision: int = Field(default=1, ge=1, le=1_000_000)
     python_packages: list[str] = Field(default_factory=list)
     apt_packages: list[str] = Field(default_factory=list)
     package_index_url: str | None = None
@@ -153,6 +181,8 @@ class Settings(_Model):
     shared_storage: SharedStorage = Field(default_factory=SharedStorage)
     s3_mounts: list[S3Mount] = Field(default_factory=list)
     ssh_public_key: str | None = None
+    # Passwordless sudo for the controller's ipfleet-admin login: opt-in.
+    admin_sudo: bool = False
     access: Literal["ssm", "ssh", "direct"] = "ssm"
     admin_cidrs: list[str] = Field(default_factory=list)
     # Where nodes download the SSM agent from (access: ssm). None: AWS's own
@@ -166,6 +196,30 @@ class Settings(_Model):
     tags: dict[str, str] = Field(default_factory=dict)
 
     # --- single fields -----------------------------------------------------
+
+    @field_validator("stack")
+    @classmethod
+    def _stack(cls, v: str) -> str:
+        if not STACK_NAME.match(v):
+            raise ValueError("stack names are 1-100 of A-Z a-z 0-9 _ . - (Pulumi's rule)")
+        return v
+
+    @field_validator("engine_nodes", "max_engine_nodes", "on_demand_base", "controller_revision",
+                     mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: Any) -> Any:
+        # YAML's `true` would otherwise count as 1.
+        if isinstance(v, bool):
+            raise ValueError("must be a whole number, not true or false")
+        return v
+
+    @field_validator("engine_nodes", "max_engine_nodes", "on_demand_base")
+    @classmethod
+    def _group_size(cls, v: int | None) -> int | None:
+        if v is not None and v > ASG_SIZE_MAX:
+            raise ValueError(f"must be at most {ASG_SIZE_MAX}, the largest size the Auto Scaling API takes "
+                             "(your account's EC2 quotas are far lower)")
+        return v
 
     @field_validator("region")
     @classmethod
@@ -185,6 +239,8 @@ class Settings(_Model):
             number = 0
         if isinstance(v, bool) or number < 1 or str(number) != str(v).strip():
             raise ValueError("must be 'auto' or a whole number of at least 1")
+        if number > ENGINES_PER_NODE_MAX:
+            raise ValueError(f"must be at most {ENGINES_PER_NODE_MAX}; no EC2 instance has that many vCPUs")
         return number
 
     @field_validator("engine_instance_types")
@@ -192,6 +248,8 @@ class Settings(_Model):
     def _engine_types(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("needs at least one instance type")
+        if len(v) > INSTANCE_TYPES_MAX:
+            raise ValueError(f"lists {len(v)} types; an Auto Scaling group takes at most {INSTANCE_TYPES_MAX}")
         for t in v:
             _check_instance_type(t)
         if len(set(v)) != len(v):
@@ -275,14 +333,29 @@ class Settings(_Model):
         if v is None:
             return v
         v = v.strip()
-        if not SSH_KEY.match(v):
-            raise ValueError("not an OpenSSH public key (ssh-ed25519, ssh-rsa or ecdsa-sha2-*)")
+        match = SSH_KEY.match(v)
+        if not match:
+            raise ValueError("not an OpenSSH public key (the one line of ~/.ssh/id_ed25519.pub)")
+        kind, body = match.group(1), match.group(2)
+        if kind not in EC2_KEY_TYPES:
+            raise ValueError(f"key type {kind}: EC2 imports only ssh-ed25519 and ssh-rsa keys "
+                             "(make one with ssh-keygen -t ed25519)")
+        try:
+            blob = base64.b64decode(body, validate=True)
+        except ValueError:
+            blob = b""
+        # The key's body names its own type: a pasted key cut short or mixed up fails here.
+        if blob[4:4 + len(kind)] != kind.encode() or int.from_bytes(blob[:4], "big") != len(kind):
+            raise ValueError(f"the key's body is not a {kind} key (cut short or mixed up?)")
         return v
 
     @field_validator("admin_cidrs")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
         out = []
+        if len(v) > ADMIN_CIDRS_MAX:
+            raise ValueError(f"lists {len(v)} blocks; a security group holds 60 inbound rules by default "
+                             f"and ipfleet uses 2, so at most {ADMIN_CIDRS_MAX}")
         for item in v:
             try:
                 out.append(str(ipaddress.ip_network(item, strict=True)))
@@ -310,9 +383,18 @@ class Settings(_Model):
     @field_validator("tags")
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if key.lower().startswith("aws:") or not 0 < len(key) <= 128:
-                raise ValueError(f"tag key {key!r} is reserved or too long")
+        if len(v) > USER_TAGS_MAX:
+            raise ValueError(f"has {len(v)} tags; AWS resources take 50 and ipfleet sets 3, "
+                             f"so at most {USER_TAGS_MAX}")
+        for key, value in v.items():
+            if key.lower().startswith("aws:") or key in RESERVED_TAG_KEYS:
+                raise ValueError(f"tag key {key!r} is reserved (aws:*, {', '.join(RESERVED_TAG_KEYS)})")
+            if not 0 < len(key) <= 128 or not _tag_text(key):
+                raise ValueError(f"tag key {key!r} must be 1-128 letters, digits, spaces or _.:/=+-@ "
+                                 "(IAM, EFS and SSM refuse others)")
+            if len(value) > 256 or not _tag_text(value):
+                raise ValueError(f"tag {key!r} has value {value!r}; values are up to 256 letters, digits, "
+                                 "spaces or _.:/=+-@ (IAM, EFS and SSM refuse others)")
         return v
 
     # --- settings that depend on each other ---------------------------------
@@ -350,6 +432,18 @@ class Settings(_Model):
             )
         if self.subnet_ids and not self.vpc_id:
             raise _FieldError("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
+        if self.admin_sudo and not (self.ssh_public_key and self.access in ("ssm", "ssh")):
+            raise _FieldError("adminSudo", self.admin_sudo,
+                              "applies to the ipfleet-admin login, which exists only with access ssm or ssh "
+                              "and an ipfleet:sshPublicKey")
+        image = IMAGES.get(self.image)
+        if self.s3_mounts and image is not None and not image.s3fs_imdsv2:
+            raise _FieldError(
+                "s3Mounts", [m.bucket for m in self.s3_mounts],
+                f"cannot work on image {self.image}: its s3fs gets no IAM role credentials when IMDSv2 is "
+                "required (fixed in s3fs 1.91), and ipfleet requires IMDSv2; use image debian-13 "
+                "(the default) or ubuntu-24.04",
+            )
         self._check_mounts()
         return self
 
@@ -364,7 +458,12 @@ class Settings(_Model):
             if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point \
                     or ".." in point.split("/"):
                 raise _FieldError(key, point, "must be a plain absolute path (letters, digits, _ . -)")
-            if point in RESERVED_MOUNTS or point.startswith(("/proc/", "/sys/", "/dev/", "/run/")):
+            from bootstrap.paths import NODE_PATHS  # here: bootstrap's package imports this module
+
+            for used in NODE_PATHS:
+                if _at_or_below(point, used) or _at_or_below(used, point):
+                    raise _FieldError(key, point, f"would hide ipfleet's own files on the node ({used})")
+            if point == "/" or any(_at_or_below(point, tree) for tree in SYSTEM_TREES):
                 raise _FieldError(key, point, "would hide part of the node's own system")
             for other, other_key in seen.items():
                 if point == other or point.startswith(other + "/") or other.startswith(point + "/"):
@@ -428,6 +527,15 @@ def architecture(instance_type: str) -> str:
 def _check_instance_type(v: str) -> None:
     if not INSTANCE_TYPE.match(v):
         raise ValueError(f"{v!r} is not an EC2 instance type such as c6i.large")
+
+
+def _at_or_below(path: str, tree: str) -> bool:
+    return path == tree or path.startswith(tree.rstrip("/") + "/")
+
+
+def _tag_text(text: str) -> bool:
+    """IAM's tag pattern [\\p{L}\\p{Z}\\p{N}_.:/=+\\-@]*: letters, separators, numbers, and _.:/=+-@."""
+    return all(c in TAG_PUNCTUATION or unicodedata.category(c)[0] in "LZN" for c in text)
 
 
 def _looks_like_ip(v: str) -> bool:
@@ -506,6 +614,8 @@ def _describe(err: Mapping[str, Any]) -> str:
     loc = [p for p in loc if not p.startswith(("int", "literal[", "function-", "str"))]
     if loc and loc[0] == "region":
         key = "aws:region"
+    elif loc and loc[0] == "stack":
+        key = "stack name"
     else:
         path = "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc).lstrip(".")
         key = f"{NAMESPACE}:{path}" if path else NAMESPACE

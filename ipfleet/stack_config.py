@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from ipfleet.settings import SettingsError
+
 SECRET_PLACEHOLDER = "[secret]"
 
 
@@ -28,14 +30,45 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     """The `config:` map of a stacks/Pulumi.NAME.yaml file, as the Pulumi CLI would pass it.
 
     Encrypted values (`secure:`) cannot be read offline; they become a placeholder.
+    A key set twice is a SettingsError: YAML keeps the last one silently, while the
+    Pulumi CLI refuses the file, so `ipfleet plan` and `pulumi up` would disagree.
     """
-    document = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    try:
+        duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({e})") from None
+    if duplicates:
+        raise SettingsError([f"{key}: set twice in {path.name} ({where}); the Pulumi CLI refuses a "
+                             "stack file with a key twice, so keep one" for key, where in duplicates])
+    document = yaml.safe_load(text) or {}
     if not isinstance(document, dict):
         raise ValueError(f"{path}: not a Pulumi stack file (expected a mapping)")
     config = document.get("config") or {}
     if not isinstance(config, dict):
         raise ValueError(f"{path}: `config:` must be a mapping")
     return {key: _decode(value) for key, value in config.items()}
+
+
+def _duplicate_keys(node: yaml.Node | None, path: str = "") -> list[tuple[str, str]]:
+    """(setting, "line A: …, line B: …") for every key a mapping holds twice, at any depth."""
+    found: list[tuple[str, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            # The top-level `config:` map's keys are the settings themselves (ipfleet:engineNodes).
+            full = key if path in ("", "config") else f"{path}.{key}"
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                found.append((full, f"lines {first_line[key]} and {line}"))
+            else:
+                first_line[key] = line
+            found += _duplicate_keys(value_node, full)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            found += _duplicate_keys(item, f"{path}[{index}]")
+    return found
 
 
 def as_engine_config(config: dict[str, Any]) -> dict[str, str]:

@@ -14,7 +14,7 @@ def test_defaults_are_the_documented_ones():
     assert s.engine_nodes == 2 and s.fleet_max == 2
     assert s.engines_per_node == "auto"
     assert s.on_demand_base == 0 and s.spot_max_price is None
-    assert s.image == "debian-12"
+    assert s.image == "debian-13" and s.controller_revision == 1 and not s.admin_sudo
     assert s.access == "ssm" and s.admin_cidrs == []
     assert s.shared_storage.enabled and s.shared_storage.mount_point == "/shared"
     assert s.shared_storage.retain_on_destroy
@@ -77,6 +77,40 @@ BAD_INPUT = [
     ({"ipfleet:sharedStorage": {"mountpoint": "/x"}}, "ipfleet:sharedStorage.mountpoint", "/x"),
     ({"ipfleet:s3Mounts": "[{not json"}, "ipfleet:s3Mounts", "[{not json"),
     ({"aws:region": "mars-1"}, "aws:region", "mars-1"),
+    # EC2 imports RSA and ED25519 keys only; a key's body names its own type.
+    ({"ipfleet:sshPublicKey": "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBA== me"},
+     "ipfleet:sshPublicKey", "ecdsa-sha2-nistp256"),
+    ({"ipfleet:sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me"},
+     "ipfleet:sshPublicKey", "ssh-rsa"),
+    # IAM, EFS and SSM refuse other tag characters half-way through `pulumi up`.
+    ({"ipfleet:tags": {"team": "ML (infra)"}}, "ipfleet:tags", "ML (infra)"),
+    ({"ipfleet:tags": {"owner": "x" * 257}}, "ipfleet:tags", "owner"),
+    ({"ipfleet:tags": {"cost#centre": "ml"}}, "ipfleet:tags", "cost#centre"),
+    ({"ipfleet:tags": {"Name": "mine"}}, "ipfleet:tags", "Name"),
+    ({"ipfleet:tags": {"ipfleet:stack": "other"}}, "ipfleet:tags", "ipfleet:stack"),
+    ({"ipfleet:tags": {f"t{i}": "v" for i in range(48)}}, "ipfleet:tags", "at most 47"),
+    # Counts beyond what the APIs take (the Auto Scaling API's sizes are 32-bit).
+    ({"ipfleet:engineNodes": 10**20}, "ipfleet:engineNodes", "2147483647"),
+    ({"ipfleet:engineNodes": "100000000000000000000"}, "ipfleet:engineNodes", "2147483647"),
+    ({"ipfleet:maxEngineNodes": 2**31}, "ipfleet:maxEngineNodes", "2147483648"),
+    ({"ipfleet:onDemandBase": 2**40}, "ipfleet:onDemandBase", "Auto Scaling API"),
+    ({"ipfleet:engineNodes": True}, "ipfleet:engineNodes", "true"),
+    ({"ipfleet:enginesPerNode": 5000}, "ipfleet:enginesPerNode", "5000"),
+    ({"ipfleet:spotMaxPrice": float("inf")}, "ipfleet:spotMaxPrice", "Infinity"),
+    ({"ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 43)]},
+     "ipfleet:engineInstanceTypes", "at most 40"),
+    ({"ipfleet:adminCidrs": [f"203.0.113.{i}/32" for i in range(59)]}, "ipfleet:adminCidrs", "at most 58"),
+    ({"ipfleet:controllerRevision": 0}, "ipfleet:controllerRevision", "0"),
+    # The same setting twice: camelCase only, not its snake_case spelling beside it.
+    ({"ipfleet:sharedStorage": {"mountPoint": "/a", "mount_point": "/b"}},
+     "ipfleet:sharedStorage.mount_point", "/b"),
+    # Debian 12's s3fs (1.90) cannot get role credentials under IMDSv2.
+    ({"ipfleet:image": "debian-12", "ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": "/data"}]},
+     "ipfleet:s3Mounts", "debian-12"),
+    ({"ipfleet:adminSudo": True}, "ipfleet:adminSudo", "true"),
+    ({"ipfleet:sharedStorage": {"mountPoint": "/usr/local/share"}}, "ipfleet:sharedStorage.mountPoint",
+     "/usr/local/share"),
+    ({"ipfleet:sharedStorage": {"mountPoint": "/var/data"}}, "ipfleet:sharedStorage.mountPoint", "/var/data"),
 ]
 
 
@@ -114,3 +148,86 @@ def test_explicit_world_cidr_is_allowed_when_the_stack_asks_for_it():
 ])
 def test_architecture_of_instance_types(instance_type, arch):
     assert architecture(instance_type) == arch
+
+
+def test_admin_sudo_is_an_opt_in_with_a_login():
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me@laptop"
+    assert parse_settings("demo", {**BASE, "ipfleet:sshPublicKey": key, "ipfleet:adminSudo": True}).admin_sudo
+    assert not parse_settings("demo", {**BASE, "ipfleet:sshPublicKey": key}).admin_sudo
+
+
+def test_tags_of_any_script_pass_when_iam_takes_them():
+    tags = {"équipe": "apprentissage automatique", "cost-centre": "ml/gpu=1", "owner": "ana@example.org"}
+    assert parse_settings("demo", {**BASE, "ipfleet:tags": tags}).tags == tags
+
+
+def test_counts_up_to_the_api_limits_pass():
+    s = parse_settings("demo", {**BASE, "ipfleet:engineNodes": 2**31 - 1, "ipfleet:enginesPerNode": 1024,
+                                "ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 42)]})
+    assert s.engine_nodes == 2**31 - 1 and len(s.engine_instance_types) == 40
+
+
+@pytest.mark.parametrize("name", ["a b", "", "x" * 101, "stack/name", "déjà"])
+def test_stack_names_follow_pulumis_rule(name):
+    with pytest.raises(SettingsError) as caught:
+        parse_settings(name, BASE)
+    assert caught.value.problems[0].startswith("stack name:")
+
+
+def test_the_longest_valid_stack_name_parses():
+    assert parse_settings("s" * 100, BASE).rendezvous_parameter == f"/ipfleet/{'s' * 100}/connection"
+
+
+def _mount_variants():
+    from bootstrap.paths import NODE_PATHS
+
+    for used in NODE_PATHS:
+        parent = used.rsplit("/", 1)[0]
+        yield used                   # at
+        yield f"{used}/data"         # below
+        if parent.count("/") >= 1 and parent not in ("", "/"):
+            yield parent             # above
+
+
+@pytest.mark.parametrize("point", sorted(set(_mount_variants())))
+@pytest.mark.parametrize("setting", ["sharedStorage", "s3Mounts"])
+def test_no_mount_at_above_or_below_ipfleets_own_files(point, setting):
+    """The shared storage (or a bucket) mounted over the node's venv, state or configuration
+    would hide them, as a mount over /usr would hide the system."""
+    if setting == "sharedStorage":
+        config, key = {"ipfleet:sharedStorage": {"mountPoint": point}}, "ipfleet:sharedStorage.mountPoint"
+    else:
+        config, key = {"ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": point}]}, \
+            "ipfleet:s3Mounts[0].mountPoint"
+    with pytest.raises(SettingsError) as caught:
+        parse_settings("demo", {**BASE, **config})
+    assert len(caught.value.problems) == 1
+    problem = caught.value.problems[0]
+    assert problem.startswith(key + ":") and repr(point) in problem
+    assert "would hide" in problem
+
+
+@pytest.mark.parametrize("point", ["/data", "/mnt/results", "/opt/data", "/home/ana/data", "/scratch/.cache"])
+def test_ordinary_mount_points_pass(point):
+    assert parse_settings("demo", {**BASE, "ipfleet:sharedStorage": {"mountPoint": point}})
+
+
+def test_a_key_set_twice_in_the_stack_file_is_refused(tmp_path):
+    """YAML keeps the last of two equal keys; the Pulumi CLI refuses the file. So does ipfleet."""
+    from ipfleet.stack_config import read_stack_file
+
+    path = tmp_path / "Pulumi.twice.yaml"
+    path.write_text("config:\n  aws:region: us-east-1\n  ipfleet:engineNodes: 2\n"
+                    "  ipfleet:sharedStorage:\n    enabled: true\n    enabled: false\n"
+                    "  ipfleet:s3Mounts:\n    - bucket: a-bucket\n      bucket: b-bucket\n      mountPoint: /d\n"
+                    "  ipfleet:engineNodes: 5\n")
+    with pytest.raises(SettingsError) as caught:
+        read_stack_file(path)
+    assert caught.value.problems == [
+        "ipfleet:sharedStorage.enabled: set twice in Pulumi.twice.yaml (lines 5 and 6); the Pulumi CLI "
+        "refuses a stack file with a key twice, so keep one",
+        "ipfleet:s3Mounts[0].bucket: set twice in Pulumi.twice.yaml (lines 8 and 9); the Pulumi CLI "
+        "refuses a stack file with a key twice, so keep one",
+        "ipfleet:engineNodes: set twice in Pulumi.twice.yaml (lines 3 and 11); the Pulumi CLI "
+        "refuses a stack file with a key twice, so keep one",
+    ]
