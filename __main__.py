@@ -8,15 +8,15 @@ declare the cluster, export what `ipfleet fetch` and users need.
 import pulumi
 import pulumi_aws as aws
 
-from bootstrap.preflight import check_user_data
+from bootstrap.preflight import preflight
 from components.cluster import Cluster, ClusterArgs
-from components.lookups import find_image, find_network
+from components.lookups import find_image, find_network, place
 from ipfleet.settings import SettingsError, parse_settings
 from ipfleet.stack_config import from_pulumi
 
 try:
     settings = parse_settings(pulumi.get_stack(), from_pulumi())
-    check_user_data(settings)
+    preflight(settings)
 except SettingsError as error:
     # RunError: a clean message for the user, no Python traceback.
     raise pulumi.RunError(error.report(pulumi.get_stack())) from None
@@ -28,7 +28,12 @@ provider = aws.Provider(
     default_tags={"tags": {"ipfleet:stack": settings.stack, **settings.tags}},
 )
 invoke = pulumi.InvokeOptions(provider=provider)
-network = find_network(settings, invoke)
+try:
+    network = find_network(settings, invoke)
+    # Only zones that offer the instance types asked for (not every zone offers every type).
+    placement = place(settings, network, invoke)
+except SettingsError as error:
+    raise pulumi.RunError(error.report(pulumi.get_stack())) from None
 controller_image = find_image(settings, settings.controller_architecture, invoke)
 engine_image = (
     controller_image
@@ -38,7 +43,7 @@ engine_image = (
 
 cluster = Cluster(
     settings.stack,
-    ClusterArgs(settings=settings, network=network,
+    ClusterArgs(settings=settings, network=network, placement=placement,
                 controller_image=controller_image, engine_image=engine_image),
     pulumi.ResourceOptions(providers=[provider]),
 )

@@ -1,6 +1,8 @@
-"""Checks on what the nodes will receive, run before any resource is declared."""
+"""Checks on what the stack will hand AWS and the nodes, run before any resource is declared."""
 
 from __future__ import annotations
+
+import json
 
 from bootstrap.render import UserDataTooLarge, encode_user_data, render_user_data
 from bootstrap.spec import ROLES, node_spec
@@ -8,6 +10,14 @@ from ipfleet.settings import Settings, SettingsError
 
 # EFS DNS names are known only after deploy, and all have this length.
 PLACEHOLDER_EFS_DNS = "fs-0123456789abcdef0.efs.{region}.amazonaws.com"
+# IAM refuses a role whose inline policies add up to more than this (whitespace not counted).
+ROLE_POLICY_CHARACTERS = 10_240
+
+
+def preflight(settings: Settings) -> None:
+    """Everything AWS would refuse half-way through `pulumi up`, refused now."""
+    check_user_data(settings)
+    check_role_policy_size(settings)
 
 
 def check_user_data(settings: Settings) -> None:
@@ -21,3 +31,25 @@ def check_user_data(settings: Settings) -> None:
                 f"ipfleet:pythonPackages/aptPackages: the {role} {e}; install fewer packages "
                 "at boot (bake an AMI and set ipfleet:image, or use ipfleet:packageIndexUrl)"
             ]) from None
+
+
+def check_role_policy_size(settings: Settings) -> None:
+    """The controller's role carries the most: Session Manager, the rendezvous and the S3 mounts."""
+    from components.node_role import SESSION_MANAGER_STATEMENTS
+    from components.s3_mounts import policy_document
+
+    arn = f"arn:aws:ssm:{settings.region}:123456789012:parameter"
+    documents = [
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+         "Action": ["ssm:PutParameter", "ssm:GetParameter"],
+         "Resource": [arn + settings.rendezvous_parameter, arn + settings.keys_parameter]}]},
+        {"Version": "2012-10-17", "Statement": SESSION_MANAGER_STATEMENTS},
+        policy_document(settings.s3_mounts),
+    ]
+    size = sum(len(json.dumps(d, separators=(",", ":"))) for d in documents)
+    if size > ROLE_POLICY_CHARACTERS:
+        raise SettingsError([
+            f"ipfleet:s3Mounts: {len(settings.s3_mounts)} mounts need IAM policies of {size} characters, "
+            f"over the {ROLE_POLICY_CHARACTERS} IAM allows a role; mount fewer buckets or whole buckets "
+            "instead of many prefixes"
+        ])

@@ -11,7 +11,7 @@ from bootstrap import encode_user_data, node_spec, render_user_data
 from components.controller import Controller, ControllerArgs
 from components.engine_fleet import EngineFleet, EngineFleetArgs
 from components.key_pair import KeyPair, KeyPairArgs
-from components.lookups import Image, Network
+from components.lookups import Image, Network, Placement
 from components.node_role import NodeRole, NodeRoleArgs
 from components.rendezvous import Rendezvous, RendezvousArgs
 from components.s3_mounts import S3Mounts, S3MountsArgs
@@ -26,6 +26,7 @@ TYPE = "ipfleet:index:Cluster"
 class ClusterArgs:
     settings: Settings
     network: Network
+    placement: Placement
     controller_image: Image
     engine_image: Image
 
@@ -46,9 +47,14 @@ class Cluster(pulumi.ComponentResource):
             key_name = KeyPair(f"{name}-key", KeyPairArgs(public_key=s.ssh_public_key), child).key_name
 
         session_manager = s.access == "ssm"
-        controller_role = NodeRole(f"{name}-controller-iam", NodeRoleArgs("controller", session_manager), child)
-        engine_role = NodeRole(f"{name}-engine-iam", NodeRoleArgs("engine", session_manager), child)
+        controller_role = NodeRole(f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager),
+                                   child)
+        engine_role = NodeRole(f"{name}-engine-iam", NodeRoleArgs(s.stack, "engine", session_manager), child)
         roles = [controller_role.role_name, engine_role.role_name]
+        # What each role's nodes need before they boot: a node whose first AWS call is
+        # refused, or whose file system's name does not resolve yet, fails its bootstrap.
+        controller_needs: list[pulumi.Resource] = [*controller_role.policies, controller_role.profile]
+        engine_needs: list[pulumi.Resource] = [*engine_role.policies, engine_role.profile]
 
         self.rendezvous = Rendezvous(
             f"{name}-rendezvous",
@@ -60,8 +66,12 @@ class Cluster(pulumi.ComponentResource):
             ),
             child,
         )
+        controller_needs += self.rendezvous.publisher_policies
+        engine_needs += self.rendezvous.reader_policies
         if s.s3_mounts:
-            S3Mounts(f"{name}-s3", S3MountsArgs(mounts=s.s3_mounts, roles=roles), child)
+            s3 = S3Mounts(f"{name}-s3", S3MountsArgs(mounts=s.s3_mounts, roles=roles), child)
+            controller_needs.append(s3.policies[0])
+            engine_needs.append(s3.policies[1])
 
         self.shared_storage = None
         efs_dns_name: pulumi.Output[str | None] = pulumi.Output.from_input(None)
@@ -69,13 +79,15 @@ class Cluster(pulumi.ComponentResource):
             self.shared_storage = SharedStorage(
                 f"{name}-shared",
                 SharedStorageArgs(
-                    subnets=args.network.subnets,
+                    subnets=args.placement.node_subnets,
                     security_group_id=self.security_group.id,
                     retain_on_destroy=s.shared_storage.retain_on_destroy,
                 ),
                 child,
             )
             efs_dns_name = self.shared_storage.dns_name
+            controller_needs += self.shared_storage.mount_targets
+            engine_needs += self.shared_storage.mount_targets
 
         def user_data(role: str) -> pulumi.Output[str]:
             return efs_dns_name.apply(
@@ -88,13 +100,15 @@ class Cluster(pulumi.ComponentResource):
                 image_id=args.controller_image.id,
                 root_device_name=args.controller_image.root_device_name,
                 instance_type=s.controller_instance_type,
-                subnet_id=args.network.subnet_ids[0],
+                subnet_id=args.placement.controller_subnet,
                 security_group_id=self.security_group.id,
                 instance_profile=controller_role.profile_name,
                 user_data_base64=user_data("controller"),
                 key_name=key_name,
                 # ssh and direct dial the controller from outside the VPC.
                 public_ip=True if s.access in ("ssh", "direct") else None,
+                revision=s.controller_revision,
+                depends_on=controller_needs,
             ),
             child,
         )
@@ -104,7 +118,7 @@ class Cluster(pulumi.ComponentResource):
                 image_id=args.engine_image.id,
                 root_device_name=args.engine_image.root_device_name,
                 instance_types=s.engine_instance_types,
-                subnet_ids=args.network.subnet_ids,
+                subnet_ids=args.placement.engine_subnet_ids,
                 security_group_id=self.security_group.id,
                 instance_profile_arn=engine_role.profile_arn,
                 user_data_base64=user_data("engine"),
@@ -114,10 +128,11 @@ class Cluster(pulumi.ComponentResource):
                 spot_max_price=s.spot_max_price,
                 key_name=key_name,
                 tags={"ipfleet:stack": s.stack, **s.tags},
+                # Engines wait for the controller anyway; starting them after it is
+                # created just saves spot hours spent waiting.
+                depends_on=[*engine_needs, self.controller.instance],
             ),
-            # Engines wait for the controller anyway; starting them after it is
-            # created just saves spot hours spent waiting.
-            pulumi.ResourceOptions(parent=self, depends_on=[self.controller]),
+            child,
         )
         self.outputs = {
             "stack": s.stack,

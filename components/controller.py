@@ -1,8 +1,18 @@
-"""The controller node: one on-demand instance running ipcontroller."""
+"""The controller node: one on-demand instance running ipcontroller.
+
+Update semantics (README, "Updating a running cluster"):
+- A newer image (official images are looked up as the most recent) does not
+  replace a running controller: its AMI is pinned by `ignoreChanges`.
+- Changed user data (settings the controller's bootstrap uses) replaces it, as
+  `pulumi preview` shows; the keys survive (the keys parameter), engines follow
+  the rendezvous to the new address, and laptops run `ipfleet connect` again.
+- `ipfleet:controllerRevision` replaces it on purpose, on the current image: a
+  new revision is a new resource, created from the program's values.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -24,13 +34,18 @@ class ControllerArgs:
     key_name: pulumi.Input[str] | None = None
     # None: the subnet's default. True where laptops dial the controller directly.
     public_ip: bool | None = None
+    # ipfleet:controllerRevision: a new number is a new controller.
+    revision: int = 1
+    # What must exist before the node boots (IAM grants, mount targets).
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class Controller(pulumi.ComponentResource):
     def __init__(self, name: str, args: ControllerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
+        node_name = f"{name}-node" if args.revision == 1 else f"{name}-node-r{args.revision}"
         self.instance = aws.ec2.Instance(
-            f"{name}-node",
+            node_name,
             ami=args.image_id,
             instance_type=args.instance_type,
             subnet_id=args.subnet_id,
@@ -44,7 +59,8 @@ class Controller(pulumi.ComponentResource):
             metadata_options=IMDS_V2,
             root_block_device=encrypted_root(),
             tags={"Name": name, "ipfleet:role": "controller"},
-            opts=pulumi.ResourceOptions(parent=self),
+            # The resolved image is pinned: Debian's monthly AMIs must not replace a running controller.
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"], depends_on=args.depends_on),
         )
         self.instance_id = self.instance.id
         self.private_ip = self.instance.private_ip

@@ -4,6 +4,10 @@ A mixed-instances policy over several instance types (100% spot above the
 on-demand base, capacity-optimized allocation, capacity rebalancing) is the
 AWS-recommended form of a spot fleet; SpotFleetRequest is the legacy API.
 Scaling is a config change (`ipfleet:engineNodes`) and `pulumi up`.
+
+A new image or bootstrap makes a new launch template version, and the group
+rolls its nodes onto it with an instance refresh (half of them at a time);
+without one, running nodes would keep the old version for good.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class EngineFleetArgs:
     spot_max_price: float | None = None
     key_name: pulumi.Input[str] | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # What must exist before a node boots (IAM grants, mount targets, the controller).
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class EngineFleet(pulumi.ComponentResource):
@@ -80,8 +86,11 @@ class EngineFleet(pulumi.ComponentResource):
             },
             # Engines configure themselves; `pulumi up` need not wait for spot capacity.
             wait_for_capacity_timeout="0",
+            # A new launch template version replaces running nodes, half at a time.
+            instance_refresh={"strategy": "Rolling",
+                              "preferences": {"min_healthy_percentage": 50, "skip_matching": True}},
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in node_tags.items()],
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
         )
         self.group_name = self.group.name
         self.register_outputs({"group_name": self.group_name})

@@ -8,13 +8,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from ipfleet.settings import Settings
+from ipfleet.images import IMAGES
+from ipfleet.settings import Settings, SettingsError
 
-# Official images by publisher account and name pattern, per architecture.
-IMAGE_SOURCES = {
-    "debian-12": ("136693071363", "debian-12-{debian_arch}-*"),
-    "ubuntu-24.04": ("099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{debian_arch}-server-*"),
-}
 DEBIAN_ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 
 
@@ -36,13 +32,13 @@ class Network:
 
 
 def find_image(settings: Settings, architecture: str, opts: pulumi.InvokeOptions | None = None) -> Image:
-    if settings.image in IMAGE_SOURCES:
-        owner, pattern = IMAGE_SOURCES[settings.image]
+    if settings.image in IMAGES:
+        image = IMAGES[settings.image]
         ami = aws.ec2.get_ami(
-            owners=[owner],
+            owners=[image.owner],
             most_recent=True,
             filters=[
-                {"name": "name", "values": [pattern.format(debian_arch=DEBIAN_ARCH[architecture])]},
+                {"name": "name", "values": [image.name_pattern.format(arch=DEBIAN_ARCH[architecture])]},
                 {"name": "architecture", "values": [architecture]},
                 {"name": "state", "values": ["available"]},
             ],
@@ -64,11 +60,58 @@ def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -
         filters = [{"name": "vpc-id", "values": [vpc_id]}]
     subnet_ids = settings.subnet_ids or sorted(aws.ec2.get_subnets(filters=filters, opts=opts).ids)
     if not subnet_ids:
-        raise LookupError(f"VPC {vpc_id} has no subnets ipfleet can use; set ipfleet:subnetIds")
+        raise SettingsError([f"ipfleet:vpcId: VPC {vpc_id} has no subnets ipfleet can use; set ipfleet:subnetIds"])
     subnets = []
     for subnet_id in subnet_ids:
         subnet = aws.ec2.get_subnet(id=subnet_id, opts=opts)
         if subnet.vpc_id != vpc_id:
-            raise LookupError(f"ipfleet:subnetIds: {subnet_id} is in {subnet.vpc_id}, not in {vpc_id}")
+            raise SettingsError([f"ipfleet:subnetIds: {subnet_id} is in {subnet.vpc_id}, not in {vpc_id} "
+                                 f"(got {subnet_id!r})"])
         subnets.append((subnet_id, subnet.availability_zone))
     return Network(vpc_id=vpc_id, subnets=subnets)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which of the network's subnets each role may use: only zones that offer its types."""
+
+    controller_subnet: str
+    # (subnet id, zone) pairs for the engine group.
+    engine_subnets: list[tuple[str, str]]
+    # Every (subnet id, zone) a node may boot in: shared storage needs a mount target there.
+    node_subnets: list[tuple[str, str]]
+
+    @property
+    def engine_subnet_ids(self) -> list[str]:
+        return [subnet for subnet, _ in self.engine_subnets]
+
+
+def place(settings: Settings, network: Network, opts: pulumi.InvokeOptions | None = None) -> Placement:
+    """Put the controller in the first subnet whose zone offers its instance type, and the
+    engines in every subnet whose zone offers one of theirs (not every zone offers every
+    type: us-east-1e has no t3, for one). A type no zone offers is a settings error."""
+    types = sorted({settings.controller_instance_type, *settings.engine_instance_types})
+    offerings = aws.ec2.get_instance_type_offerings(
+        filters=[{"name": "instance-type", "values": types}], location_type="availability-zone", opts=opts)
+    offered: dict[str, set[str]] = {}
+    for instance_type, zone in zip(offerings.instance_types, offerings.locations):
+        offered.setdefault(zone, set()).add(instance_type)
+    zones = sorted({zone for _, zone in network.subnets})
+    problems = []
+    controller = [subnet for subnet, zone in network.subnets
+                  if settings.controller_instance_type in offered.get(zone, set())]
+    if not controller:
+        problems.append(f"ipfleet:controllerInstanceType: no zone of the cluster's subnets ({', '.join(zones)}) "
+                        f"offers it (got {settings.controller_instance_type!r}); pick another type or set "
+                        "ipfleet:subnetIds")
+    for instance_type in settings.engine_instance_types:
+        if not any(instance_type in offered.get(zone, set()) for zone in zones):
+            problems.append(f"ipfleet:engineInstanceTypes: no zone of the cluster's subnets ({', '.join(zones)}) "
+                            f"offers {instance_type!r}; drop it or set ipfleet:subnetIds")
+    if problems:
+        raise SettingsError(problems)
+    engines = [(subnet, zone) for subnet, zone in network.subnets
+               if offered.get(zone, set()) & set(settings.engine_instance_types)]
+    used = {controller[0], *(subnet for subnet, _ in engines)}
+    return Placement(controller_subnet=controller[0], engine_subnets=engines,
+                     node_subnets=[(subnet, zone) for subnet, zone in network.subnets if subnet in used])

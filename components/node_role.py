@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from components.naming import iam_name_prefix
+
 TYPE = "ipfleet:cluster:NodeRole"
 
 ASSUME_BY_EC2 = json.dumps({
@@ -38,6 +40,7 @@ SESSION_MANAGER_STATEMENTS = [
 
 @dataclass(frozen=True)
 class NodeRoleArgs:
+    stack: str
     role: str  # "controller" or "engine"
     session_manager: bool
 
@@ -48,21 +51,27 @@ class NodeRole(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.role = aws.iam.Role(
             f"{name}-role",
+            name_prefix=iam_name_prefix(args.stack, args.role),
             assume_role_policy=ASSUME_BY_EC2,
             description=f"ipfleet {args.role} nodes",
             opts=child,
         )
+        # Everything granted to this role: nodes start only once these exist.
+        self.policies: list[aws.iam.RolePolicy] = []
         if args.session_manager:
-            aws.iam.RolePolicy(
+            self.policies.append(aws.iam.RolePolicy(
                 f"{name}-session-manager",
+                name="ipfleet-session-manager",
                 role=self.role.name,
                 policy=json.dumps({
                     "Version": "2012-10-17",
                     "Statement": SESSION_MANAGER_STATEMENTS,
                 }),
                 opts=child,
-            )
-        self.profile = aws.iam.InstanceProfile(f"{name}-profile", role=self.role.name, opts=child)
+            ))
+        self.profile = aws.iam.InstanceProfile(
+            f"{name}-profile", name_prefix=iam_name_prefix(args.stack, args.role), role=self.role.name,
+            opts=child)
         self.role_name = self.role.name
         self.profile_name = self.profile.name
         self.profile_arn = self.profile.arn

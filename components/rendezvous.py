@@ -51,17 +51,23 @@ class Rendezvous(pulumi.ComponentResource):
             "parameter", args.parameter_name, "ipfleet connection info, published by the controller at boot")
         self.keys = placeholder(
             "keys", args.keys_parameter_name, "ipfleet cluster keys, made by the controller at first boot")
-        aws.iam.RolePolicy(
+        publish = aws.iam.RolePolicy(
             f"{name}-publish",
+            name="ipfleet-rendezvous-publish",
             role=args.publisher_role,
             policy=_policy([self.parameter.arn, self.keys.arn], ["ssm:PutParameter", "ssm:GetParameter"]),
             opts=child,
         )
-        for index, role in enumerate(args.reader_roles):
+        readers = [
             aws.iam.RolePolicy(
-                f"{name}-read-{index}", role=role, policy=_policy([self.parameter.arn], ["ssm:GetParameter"]),
-                opts=child,
+                f"{name}-read-{index}", name="ipfleet-rendezvous-read", role=role,
+                policy=_policy([self.parameter.arn], ["ssm:GetParameter"]), opts=child,
             )
+            for index, role in enumerate(args.reader_roles)
+        ]
+        # By role: what the publisher's nodes and each reader's nodes need before they boot.
+        self.publisher_policies = [publish]
+        self.reader_policies = readers
         self.parameter_name = self.parameter.name
         self.keys_parameter_name = self.keys.name
         self.register_outputs({"parameter_name": self.parameter_name})

@@ -26,11 +26,14 @@ class S3Mounts(pulumi.ComponentResource):
     def __init__(self, name: str, args: S3MountsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
         policy = json.dumps(policy_document(args.mounts))
-        for index, role in enumerate(args.roles):
+        # One per role, in the order of args.roles.
+        self.policies = [
             aws.iam.RolePolicy(
-                f"{name}-access-{index}", role=role, policy=policy,
+                f"{name}-access-{index}", name="ipfleet-s3-mounts", role=role, policy=policy,
                 opts=pulumi.ResourceOptions(parent=self),
             )
+            for index, role in enumerate(args.roles)
+        ]
         self.register_outputs({})
 
 

@@ -36,17 +36,20 @@ class SharedStorage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, retain_on_delete=args.retain_on_destroy),
         )
         seen_zones: set[str] = set()
+        # Nodes mount only once these exist: the file system's name resolves in a
+        # zone only when that zone has a mount target.
+        self.mount_targets: list[aws.efs.MountTarget] = []
         for subnet_id, zone in args.subnets:
             if zone in seen_zones:
                 continue
             seen_zones.add(zone)
-            aws.efs.MountTarget(
+            self.mount_targets.append(aws.efs.MountTarget(
                 f"{name}-mount-{zone}",
                 file_system_id=self.file_system.id,
                 subnet_id=subnet_id,
                 security_groups=[args.security_group_id],
                 opts=pulumi.ResourceOptions(parent=self),
-            )
+            ))
         self.file_system_id = self.file_system.id
         self.dns_name = self.file_system.dns_name
         self.register_outputs({"file_system_id": self.file_system_id, "dns_name": self.dns_name})

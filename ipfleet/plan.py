@@ -43,9 +43,13 @@ class PlannedResource:
     custom: bool
     # Resource options a reviewer should see (retainOnDelete, ignoreChanges...).
     options: dict[str, Any] = field(default_factory=dict)
+    # What must exist before this resource is created: the resources named in
+    # depends_on and those whose outputs its inputs use, by name, sorted.
+    depends_on: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
-        out = {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs}
+        out = {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs,
+               "dependsOn": self.depends_on}
         if self.options:
             out["options"] = self.options
         return out
@@ -71,7 +75,14 @@ class Plan:
 
 
 class _Answers(pulumi_mocks.Mocks):
-    """The offline world: lookups answered with labelled placeholders."""
+    """The offline world: lookups answered with labelled placeholders.
+
+    Every zone offers every instance type here unless `unoffered` (a set of
+    (instance type, zone) pairs) says otherwise, as tests do to play a zone
+    without a type.
+    """
+
+    unoffered: frozenset[tuple[str, str]] = frozenset()
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -95,6 +106,12 @@ class _Answers(pulumi_mocks.Mocks):
                 "abc"[self.settings.subnet_ids.index(subnet_id) % 3]
             vpc = self.settings.vpc_id or "<default VPC>"
             return {"id": subnet_id, "vpcId": vpc, "availabilityZone": f"{region}{zone}"}
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            types = next(f["values"] for f in a.get("filters", []) if f["name"] == "instance-type")
+            pairs = [(t, f"{region}{zone}") for zone in "abc" for t in types
+                     if (t, f"{region}{zone}") not in self.unoffered]
+            return {"id": region, "instanceTypes": [t for t, _ in pairs], "locations": [z for _, z in pairs],
+                    "locationTypes": ["availability-zone"] * len(pairs)}
         raise NotImplementedError(f"ipfleet plan has no offline answer for {token}")
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
@@ -112,6 +129,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def __init__(self, answers: _Answers):
         super().__init__(answers)
         self.recorded: list[tuple[str, PlannedResource, str]] = []
+        self.dependencies: dict[str, list[str]] = {}
 
     def RegisterResource(self, request):  # noqa: N802 (gRPC method name)
         response = super().RegisterResource(request)
@@ -125,6 +143,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
             resource = PlannedResource(request.type, request.name, None, inputs,
                                        bool(request.custom), options)
             self.recorded.append((response.urn, resource, request.parent))
+            self.dependencies[response.urn] = list(request.dependencies)
         return response
 
 
@@ -170,8 +189,9 @@ def record(settings: Settings, config: dict[str, Any], declare: Callable[[], Any
 
     names = {urn: resource.name for urn, resource, _ in monitor.recorded}
     plan = Plan(stack=stack)
-    for _, resource, parent_urn in monitor.recorded:
+    for urn, resource, parent_urn in monitor.recorded:
         resource.parent = names.get(parent_urn)
+        resource.depends_on = sorted({names[d] for d in monitor.dependencies.get(urn, []) if d in names})
         plan.resources.append(resource)
     plan.outputs = outputs
     return plan

@@ -44,7 +44,7 @@ def test_shared_storage_one_mount_target_per_zone():
 
 
 def test_node_role_trusts_only_ec2_and_starts_empty():
-    plan = declare(settings_of(), lambda: NodeRole("engine", NodeRoleArgs("engine", session_manager=False)))
+    plan = declare(settings_of(), lambda: NodeRole("engine", NodeRoleArgs("demo", "engine", session_manager=False)))
     role = plan.one("aws:iam/role:Role").inputs
     trust = json.loads(role["assumeRolePolicy"])["Statement"]
     assert trust == [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}]

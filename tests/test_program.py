@@ -187,7 +187,7 @@ def test_user_data_decodes_to_cloud_config_for_each_role(example):
 
 def test_image_lookup_by_architecture_and_custom_ami():
     arm = plan_of(engineInstanceTypes=["m7g.large", "c7g.large"], controllerInstanceType="t4g.medium")
-    assert arm.one(LAUNCH_TEMPLATE).inputs["imageId"] == "<debian-12 arm64 image>"
+    assert arm.one(LAUNCH_TEMPLATE).inputs["imageId"] == "<debian-13 arm64 image>"
     custom = plan_of(image="ami-0123456789abcdef0")
     assert custom.one(INSTANCE).inputs["ami"] == "<ami-0123456789abcdef0 x86_64 image>"
 
@@ -217,3 +217,125 @@ def test_outputs_name_what_the_cli_needs(example):
 def test_user_data_is_decodable_from_base64(example):
     encoded = example.one(LAUNCH_TEMPLATE).inputs["userData"]
     assert decode_user_data(encoded) == user_data(example, "engine")
+
+
+def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
+    """An EFS name resolves only once a mount target exists in the node's zone, and a node's
+    first AWS call needs its role's policies: both come before the node."""
+    by_name = {r.name: r for r in example.resources}
+    targets = {r.name for r in example.of_type("aws:efs/mountTarget:MountTarget")}
+    controller = example.one(INSTANCE)
+    assert targets <= set(controller.depends_on)
+    assert {"example-controller-iam-profile", "example-controller-iam-session-manager",
+            "example-rendezvous-publish"} <= set(controller.depends_on)
+    group = example.one(GROUP)
+    assert targets <= set(group.depends_on)
+    assert {"example-engine-iam-profile", "example-engine-iam-session-manager", "example-rendezvous-read-0",
+            "example-controller-node"} <= set(group.depends_on)
+    # The engines' grants are theirs, not the controller's.
+    assert "example-rendezvous-publish" not in group.depends_on
+    assert all(by_name[d].type != "aws:iam/rolePolicy:RolePolicy" or d in {
+        "example-engine-iam-session-manager", "example-rendezvous-read-0"} for d in group.depends_on)
+
+
+def test_s3_grants_come_before_the_nodes_that_mount():
+    plan = plan_of(s3Mounts=[{"bucket": "inputs-bucket", "mountPoint": "/data"}])
+    assert "test-s3-access-0" in plan.one(INSTANCE).depends_on
+    assert "test-s3-access-1" in plan.one(GROUP).depends_on
+
+
+def test_plan_json_shows_depends_on():
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-m", "ipfleet.cli", "plan", "example", "--json"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    resources = {r["name"]: r for r in json.loads(result.stdout)["resources"]}
+    assert "example-shared-mount-us-east-1a" in resources["example-controller-node"]["dependsOn"]
+
+
+def test_a_newer_image_does_not_replace_the_running_controller(example):
+    assert example.one(INSTANCE).options["ignoreChanges"] == ["ami"]
+    # Changed user data still replaces it, visibly in `pulumi preview`.
+    assert example.one(INSTANCE).inputs["userDataReplaceOnChange"] is True
+
+
+def test_controller_revision_is_a_new_controller():
+    assert plan_of().one(INSTANCE).name == "test-controller-node"
+    assert plan_of(controllerRevision=2).one(INSTANCE).name == "test-controller-node-r2"
+
+
+def test_engine_group_rolls_onto_a_new_launch_template_version(example):
+    group = example.one(GROUP).inputs
+    assert group["instanceRefresh"] == {"strategy": "Rolling",
+                                        "preferences": {"minHealthyPercentage": 50, "skipMatching": True}}
+    version = group["mixedInstancesPolicy"]["launchTemplate"]["launchTemplateSpecification"]["version"]
+    assert version == "<example-engines-template.latestVersion>"
+    assert example.one(LAUNCH_TEMPLATE).inputs["updateDefaultVersion"] is True
+
+
+def _plan_with_gaps(monkeypatch, gaps, **overrides):
+    from ipfleet.plan import _Answers
+
+    monkeypatch.setattr(_Answers, "unoffered", frozenset(gaps))
+    return plan_of(**overrides)
+
+
+def test_controller_goes_to_a_zone_that_offers_its_type(monkeypatch):
+    """us-east-1a here lacks t3.medium: the controller skips the first subnet."""
+    plan = _plan_with_gaps(monkeypatch, {("t3.medium", "us-east-1a")})
+    assert plan.one(INSTANCE).inputs["subnetId"] == "<default subnet b>"
+
+
+def test_engines_use_only_zones_that_offer_one_of_their_types(monkeypatch):
+    gaps = {(t, "us-east-1c") for t in ("c6i.large", "c5.large", "m6i.large")}
+    plan = _plan_with_gaps(monkeypatch, gaps)
+    assert plan.one(GROUP).inputs["vpcZoneIdentifiers"] == ["<default subnet a>", "<default subnet b>"]
+    # No node boots in 1c, and no EFS mount target is made there.
+    zones = sorted(r.name.rsplit("-", 1)[-1] for r in plan.of_type("aws:efs/mountTarget:MountTarget"))
+    assert zones == ["1a", "1b"]
+
+
+def test_a_type_no_zone_offers_is_a_clear_error(monkeypatch):
+    import pulumi
+
+    gaps = {("t3.medium", f"us-east-1{zone}") for zone in "abc"}
+    with pytest.raises(pulumi.RunError) as caught:
+        _plan_with_gaps(monkeypatch, gaps)
+    assert "ipfleet:controllerInstanceType: no zone of the cluster's subnets " \
+           "(us-east-1a, us-east-1b, us-east-1c) offers it (got 't3.medium')" in str(caught.value)
+
+
+# How long AWS lets each kind of name be, and how Pulumi names it when the program does not:
+# the logical name, "-" and 7 random characters; a namePrefix gets AWS's 26-character suffix.
+NAME_LIMITS = {
+    "aws:iam/role:Role": 64, "aws:iam/instanceProfile:InstanceProfile": 128,
+    "aws:iam/rolePolicy:RolePolicy": 128, "aws:ec2/launchTemplate:LaunchTemplate": 128,
+    "aws:ec2/keyPair:KeyPair": 255, "aws:ec2/securityGroup:SecurityGroup": 255,
+    "aws:autoscaling/group:Group": 255, "aws:ssm/parameter:Parameter": 1011,
+}
+
+
+def test_the_longest_stack_name_fits_every_aws_name():
+    stack = "a-very-long-stack-name-" + "x" * 77
+    assert len(stack) == 100
+    plan = plan_of(stack, sshPublicKey=PUBLIC_KEY, s3Mounts=[{"bucket": "my-data", "mountPoint": "/data"}])
+    checked = 0
+    for r in plan.resources:
+        limit = NAME_LIMITS.get(r.type)
+        if limit is None:
+            continue
+        if "name" in r.inputs:
+            length = len(r.inputs["name"])
+        elif "namePrefix" in r.inputs:
+            length = len(r.inputs["namePrefix"]) + 26
+        else:
+            length = len(r.name) + 8
+        assert length <= limit, (r.type, r.name, length, limit)
+        checked += 1
+    assert checked >= 12
+    roles = [r.inputs["namePrefix"] for r in plan.of_type("aws:iam/role:Role")]
+    assert sorted(roles) == ["a-very-long-stack-name-xxx-controller-", "a-very-long-stack-name-xxxxxxx-engine-"]
+    assert all(len(prefix) == 38 for prefix in roles)
