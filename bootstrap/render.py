@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from bootstrap import paths
 from bootstrap.spec import NodeSpec
 
 HERE = Path(__file__).parent
@@ -30,20 +31,14 @@ USER_DATA_LIMIT = 16 * 1024
 # cloud-config top-level keys ipfleet writes. `cloud-init schema` (22.4) does not
 # flag unknown top-level keys, so the tests hold rendered documents to this list.
 KNOWN_TOP_LEVEL_KEYS = frozenset({
-    "locale", "package_update", "packages", "users", "write_files", "runcmd",
+    "bootcmd", "locale", "package_update", "packages", "users", "write_files", "runcmd",
     "ssh_pwauth", "disable_root",
 })
 
-# Fixed paths on every node; templates and the agent share them via the facts file.
-VENV = "/opt/ipfleet/venv"
-AGENT = "/usr/local/lib/ipfleet/ipfleet_node.py"
-STATE_DIR = "/var/lib/ipfleet"
-IPYTHON_DIR = f"{STATE_DIR}/ipython"
-PROFILE_DIR = f"{IPYTHON_DIR}/profile_default"
-FACTS_FILE = "/etc/ipfleet/node.json"
-# The cluster's keys on the controller (0600, the service user's); see the agent.
-KEYS_FILE = f"{STATE_DIR}/keys.json"
-BOOTSTRAP_SCRIPT = "/usr/local/lib/ipfleet/bootstrap.sh"
+# Fixed paths on every node (bootstrap/paths.py); templates and the agent share them.
+VENV, AGENT, STATE_DIR, IPYTHON_DIR = paths.VENV, paths.AGENT, paths.STATE_DIR, paths.IPYTHON_DIR
+PROFILE_DIR, FACTS_FILE, KEYS_FILE = paths.PROFILE_DIR, paths.FACTS_FILE, paths.KEYS_FILE
+BOOTSTRAP_SCRIPT = paths.BOOTSTRAP_SCRIPT
 
 
 class UserDataTooLarge(ValueError):
@@ -82,6 +77,10 @@ def facts(spec: NodeSpec) -> dict:
         "profile_dir": PROFILE_DIR,
         "engines_per_node": spec.engines_per_node,
         "aws_endpoint_url": spec.aws_endpoint_url,
+        "mounts": [{"what": m.what, "where": m.where, "type": m.type, "unit": m.unit} for m in spec.mounts],
+        # Where the controller's sshd lets tunnels go: its own client-facing ports (and the notebook).
+        "forward_ports": list(spec.forward_ports),
+        "loopback_forward_ports": list(spec.loopback_forward_ports),
     }
 
 

@@ -7,6 +7,7 @@ controller at boot and travel through the rendezvous parameter.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -54,9 +55,8 @@ class Mount:
 
     @property
     def unit(self) -> str:
-        """systemd's name for the mount unit of `where` (systemd-escape --path)."""
-        parts = [_escape_unit_part(p) for p in self.where.strip("/").split("/")]
-        return "-".join(parts) + ".mount"
+        """systemd's name for the mount unit of `where` (`systemd-escape --path --suffix=mount`)."""
+        return escape_path(self.where) + ".mount"
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,12 @@ class NodeSpec:
     # The controller's login for tunnels: user and key (ssm and ssh modes).
     login_user: str = LOGIN_USER
     ssh_public_key: str | None = None
+    # Passwordless sudo for that login (ipfleet:adminSudo, off by default).
+    admin_sudo: bool = False
+    # Where the login may forward to (sshd PermitOpen): these ports on the controller's
+    # own address (what the client file names), and these on its loopback (the notebook).
+    forward_ports: tuple[int, ...] = ()
+    loopback_forward_ports: tuple[int, ...] = ()
     # Download URL of the SSM agent's package; None: not installed by ipfleet.
     ssm_agent_url: str | None = None
     notebook_port: int | None = None
@@ -113,6 +119,10 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
             f"url={endpoint or f'https://s3.{settings.region}.amazonaws.com'}",
             f"endpoint={settings.region}",
         ]
+        if m.prefix:
+            # s3fs 1.93+ refuses to mount a prefix that has no directory object (an empty
+            # or tool-written prefix) unless asked to accept directories without one.
+            options.append("compat_dir")
         if endpoint:
             options.append("use_path_request_style")  # endpoints other than AWS's own
         if m.read_only:
@@ -148,6 +158,9 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         aws_endpoint_url=endpoint,
         curve=settings.curve,
         ssh_public_key=settings.ssh_public_key if tunnels else None,
+        admin_sudo=settings.admin_sudo and tunnels,
+        forward_ports=tuple(ports.CLIENT_FACING_PORTS.as_list()) if tunnels else (),
+        loopback_forward_ports=(NOTEBOOK_PORT,) if tunnels and notebook else (),
         ssm_agent_url=_ssm_agent_url(settings, role),
         notebook_port=NOTEBOOK_PORT if notebook else None,
         environment=(("AWS_DEFAULT_REGION", settings.region),)
@@ -185,7 +198,19 @@ def pinned(name: str) -> str:
         return name
 
 
-def _escape_unit_part(part: str) -> str:
-    # systemd escapes everything but [A-Za-z0-9:_.] as \xNN; a leading dot too.
-    out = re.sub(r"[^A-Za-z0-9:_.]", lambda m: "".join(f"\\x{b:02x}" for b in m.group().encode()), part)
-    return "\\x2e" + out[1:] if out.startswith(".") else out
+def escape_path(path: str) -> str:
+    """systemd's path escaping (`systemd-escape --path`): slashes become dashes, and every
+    byte but [A-Za-z0-9:_.] becomes \\xNN, as does a dot that starts the whole path
+    (a dot starting a deeper component stays: /data/.cache is data-.cache)."""
+    trimmed = posixpath.normpath(path).strip("/")
+    if not trimmed:
+        return "-"
+    out = []
+    for index, char in enumerate(trimmed):
+        if char == "/":
+            out.append("-")
+        elif (char == "." and index == 0) or not re.fullmatch(r"[A-Za-z0-9:_.]", char):
+            out.append("".join(f"\\x{b:02x}" for b in char.encode()))
+        else:
+            out.append(char)
+    return "".join(out)

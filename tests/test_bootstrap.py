@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import re
 import shutil
 import subprocess
@@ -102,6 +103,79 @@ def test_mount_unit_names_follow_systemd_escaping():
     assert units == ["shared.mount", "data-my\\x2dfiles.mount"]
 
 
+@pytest.mark.parametrize("where", ["/shared", "/data/.cache", "/.hidden/data", "/data/my-files",
+                                   "/srv/a_b.c/x:y", "/mnt/ünïcode", "/scratch/.a/.b"])
+def test_mount_unit_names_are_systemd_escapes_own(where):
+    """systemd names a mount unit after its path; a unit named otherwise is not the mount."""
+    from bootstrap.spec import Mount
+
+    assert shutil.which("systemd-escape"), "systemd-escape is required (the systemd package)"
+    real = subprocess.run(["systemd-escape", "--path", "--suffix=mount", where],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert Mount("x", where, "none", "bind").unit == real
+
+
+def test_service_group_has_the_fixed_gid_the_s3_mounts_name():
+    """s3fs's gid= must name a group that exists, with the same id on every node."""
+    settings = settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}])
+    document = yaml.safe_load(render_user_data(node_spec(settings, "engine", EFS)))
+    assert document["bootcmd"] == [
+        ["sh", "-c", "getent group ipfleet >/dev/null || groupadd --system --gid 2001 ipfleet"]]
+    user = next(u for u in document["users"] if isinstance(u, dict) and u["name"] == "ipfleet")
+    assert (user["uid"], user["primary_group"], user["no_user_group"]) == (2001, "ipfleet", True)
+    s3 = next(m for m in node_spec(settings, "engine", EFS).mounts if m.type == "fuse.s3fs")
+    assert "gid=2001" in s3.options.split(",")
+
+
+def _files(settings, role):
+    document = yaml.safe_load(render_user_data(node_spec(settings, role, EFS)))
+    return {f["path"]: f["content"] for f in document["write_files"]}, document
+
+
+def test_tunnel_login_forwards_only_to_the_controllers_own_ports_and_has_no_sudo():
+    from tests.conftest import PUBLIC_KEY
+
+    files, document = _files(settings_of(sshPublicKey=PUBLIC_KEY, notebook=True), "controller")
+    dropin = files["/etc/ssh/sshd_config.d/20-ipfleet.conf"]
+    # Fails closed: until (or unless) the bootstrap writes the node's destinations, none.
+    assert "PermitOpen none" in dropin and "AllowTcpForwarding local" in dropin
+    facts = json.loads(files["/etc/ipfleet/node.json"])
+    from ipfleet import ports
+
+    assert facts["forward_ports"] == ports.CLIENT_FACING_PORTS.as_list()
+    assert facts["loopback_forward_ports"] == [8888]
+    login = next(u for u in document["users"] if isinstance(u, dict) and u["name"] == "ipfleet-admin")
+    assert "sudo" not in login
+    _, with_sudo = _files(settings_of(sshPublicKey=PUBLIC_KEY, adminSudo=True), "controller")
+    login = next(u for u in with_sudo["users"] if isinstance(u, dict) and u["name"] == "ipfleet-admin")
+    assert login["sudo"] == "ALL=(ALL) NOPASSWD:ALL"
+
+
+def test_units_that_use_the_shared_storage_require_it():
+    files, _ = _files(settings_of(), "controller")
+    assert "RequiresMountsFor=/shared\n" in files["/etc/systemd/system/ipcontroller.service"]
+    files, _ = _files(settings_of(), "engine")
+    unit = files["/etc/systemd/system/ipengine@.service"]
+    assert "RequiresMountsFor=/shared\n" in unit
+    files, _ = _files(settings_of(sharedStorage={"enabled": False}), "engine")
+    assert "RequiresMountsFor" not in files["/etc/systemd/system/ipengine@.service"]
+
+
+def test_engines_reread_the_rendezvous_whenever_they_start():
+    files, _ = _files(settings_of(), "engine")
+    unit = files["/etc/systemd/system/ipengine@.service"]
+    assert "ExecStartPre=/opt/ipfleet/venv/bin/python /usr/local/lib/ipfleet/ipfleet_node.py wait-connection" in unit
+    assert "Restart=always\n" in unit and "StartLimitIntervalSec=0\n" in unit
+    assert "TimeoutStopSec=5\n" in unit  # the nanny would otherwise hold a restart back 90 s
+    config = files["/var/lib/ipfleet/ipython/profile_default/ipengine_config.py"]
+    assert "c.IPEngine.max_heartbeat_misses = 10" in config
+
+
+def test_bootstrap_mounts_through_the_agent_with_a_bound():
+    script = render_bootstrap_script(node_spec(settings_of(), "engine", EFS))
+    assert "ipfleet_node.py mount shared.mount --timeout 600" in script
+
+
 # Shapes of secrets that must never reach user data.
 SECRET_SHAPES = [
     re.compile(r"AKIA[0-9A-Z]{16}"),                    # AWS access key id
@@ -165,3 +239,12 @@ def test_controller_config_pins_ports_from_the_shared_module():
     text = render_user_data(node_spec(settings_of(), "controller", EFS))
     assert f"c.IPController.client_ports = {ports.CLIENT_PORTS.as_list()}" in text
     assert f"c.IPController.engine_ports = {ports.ENGINE_PORTS.as_list()}" in text
+
+
+def test_s3_prefixes_mount_without_a_directory_object():
+    """s3fs 1.95 (Debian 13) refuses `bucket:/prefix` when no `prefix/` object exists, as is
+    usual for prefixes written by other tools, unless given compat_dir (seen in the twin)."""
+    settings = settings_of(s3Mounts=[{"bucket": "b-1", "prefix": "runs", "mountPoint": "/data"},
+                                     {"bucket": "b-2", "mountPoint": "/whole"}])
+    options = {m.where: m.options.split(",") for m in node_spec(settings, "engine", EFS).mounts}
+    assert "compat_dir" in options["/data"] and "compat_dir" not in options["/whole"]

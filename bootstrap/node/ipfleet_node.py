@@ -50,6 +50,10 @@ def ssm_client(facts: dict):
     # boto3 also honours AWS_ENDPOINT_URL; the facts file carries the stack's
     # endpoint override so every process on the node agrees on it.
     endpoint = facts.get("aws_endpoint_url") or None
+    # botocore asks the metadata service for credentials once, with a 1 s timeout: on
+    # a busy node that can miss, and the client stays without credentials for good.
+    os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
+    os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
     return boto3.client("ssm", region_name=facts["region"], endpoint_url=endpoint)
 
 
@@ -243,6 +247,7 @@ def wait_connection(timeout: float) -> None:
         except Exception as e:  # AWS may be briefly unreachable while the node boots
             log(f"attempt {attempt}: cannot read {name} yet ({type(e).__name__}: {e})")
             document = None
+            client = ssm_client(facts)  # a client that found no credentials never looks again
         if document is not None:
             break
         if time.monotonic() + delay > deadline:
@@ -251,9 +256,73 @@ def wait_connection(timeout: float) -> None:
         time.sleep(delay)
         delay = min(delay * 2, 10.0)
     target = security_dir(facts) / "ipcontroller-engine.json"
-    _write_private(target, json.dumps(document["engine"]))
-    log(f"controller at {document['controller']['address']} published "
+    text = json.dumps(document["engine"])
+    previous = target.read_text() if target.exists() else None
+    if previous == text:
+        log(f"controller at {document['controller']['address']} (published {document['published_at']}) "
+            "unchanged")
+        return
+    _write_private(target, text)
+    moved = "" if previous is None else f" (was {json.loads(previous).get('location')})"
+    log(f"controller at {document['controller']['address']}{moved} published "
         f"{document['published_at']}; wrote {target}")
+
+
+def mount(unit: str, timeout: float) -> None:
+    """Root, at boot: start a mount unit, bounded and logged.
+
+    A network file system's server name must resolve first: an EFS file
+    system's name resolves only once a mount target exists in this node's zone,
+    a minute or two after `pulumi up` created it. Then the mount itself is
+    retried: the target may answer DNS before it answers NFS.
+    """
+    import socket
+
+    facts = load_facts()
+    entry = next((m for m in facts["mounts"] if m["unit"] == unit), None)
+    if entry is None:
+        raise SystemExit(f"ipfleet-node: {unit} is not one of this node's mounts")
+    host = entry["what"].split(":", 1)[0] if entry["type"].startswith("nfs") else None
+    deadline = time.monotonic() + timeout
+    delay, attempt = 2.0, 0
+    while True:
+        attempt += 1
+        problem = None
+        if host:
+            try:
+                socket.getaddrinfo(host, 2049, proto=socket.IPPROTO_TCP)
+            except OSError as e:
+                problem = f"{host} does not resolve yet ({e})"
+        if problem is None:
+            result = subprocess.run(["systemctl", "start", unit], capture_output=True, text=True)
+            if result.returncode == 0:
+                log(f"mounted {entry['where']} ({unit}) on attempt {attempt}")
+                return
+            problem = f"systemctl start {unit} failed: {(result.stderr or result.stdout).strip()}"
+        if time.monotonic() + delay > deadline:
+            raise SystemExit(f"ipfleet-node: {entry['where']} not mounted after {timeout:.0f} s: {problem}")
+        log(f"attempt {attempt}: {problem}; next try in {delay:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
+
+
+SSHD_FORWARDING = Path("/etc/ssh/sshd_config.d/10-ipfleet-forwarding.conf")
+
+
+def sshd_forwarding() -> None:
+    """Root, at boot: let tunnels reach this node's own client ports, and nothing else.
+
+    The client file names the controller by its private address, so that is
+    where ipyparallel's tunnels forward to; sshd compares PermitOpen literally.
+    """
+    facts = load_facts()
+    address = private_address()
+    destinations = [f"{address}:{port}" for port in facts["forward_ports"]]
+    destinations += [f"127.0.0.1:{port}" for port in facts.get("loopback_forward_ports", [])]
+    SSHD_FORWARDING.write_text(
+        "# ipfleet: where the ipfleet-admin login's tunnels may go (written at boot).\n"
+        f"PermitOpen {' '.join(destinations) or 'none'}\n")
+    log(f"sshd: tunnels may reach {len(destinations)} destinations on this node")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,6 +335,10 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("publish", "wait-connection"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=1800.0)
+    p = sub.add_parser("mount", help="root: start a mount unit, waiting for its server (bounded)")
+    p.add_argument("unit")
+    p.add_argument("--timeout", type=float, default=600.0)
+    sub.add_parser("sshd-forwarding", help="root: limit the login's tunnels to this node's client ports")
     args = parser.parse_args(argv)
     if args.command == "address":
         print(private_address())
@@ -277,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
         run_notebook()
     elif args.command == "publish":
         publish(args.timeout)
+    elif args.command == "mount":
+        mount(args.unit, args.timeout)
+    elif args.command == "sshd-forwarding":
+        sshd_forwarding()
     else:
         wait_connection(args.timeout)
 

@@ -1,0 +1,97 @@
+"""The node agent's boot-time chores, run for real where they can be: the mount wait
+against a resolver that fails first, sshd's forwarding file, and engines following a
+controller that moved (real boto3 against moto)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+
+import boto3
+import pytest
+
+from bootstrap.node import ipfleet_node as agent
+
+
+@pytest.fixture
+def facts(tmp_path, monkeypatch):
+    def write(**values):
+        path = tmp_path / "node.json"
+        path.write_text(json.dumps(values))
+        monkeypatch.setattr(agent, "FACTS_FILE", path)
+        return values
+    return write
+
+
+def test_mount_waits_for_the_file_systems_name_then_retries_the_mount(facts, monkeypatch):
+    """An EFS name resolves only once its mount target exists; the mount may fail once more after."""
+    facts(mounts=[{"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4",
+                   "unit": "shared.mount"}])
+    lookups, starts, sleeps = [], [], []
+
+    def resolve(host, *args, **kwargs):
+        lookups.append(host)
+        if len(lookups) < 3:
+            raise socket.gaierror(-2, "Name or service not known")
+        return [("inet",)]
+
+    def run(command, **kwargs):
+        starts.append(command)
+        return subprocess.CompletedProcess(command, 1 if len(starts) == 1 else 0, "", "mount.nfs4: timed out")
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    monkeypatch.setattr(agent.subprocess, "run", run)
+    monkeypatch.setattr(agent.time, "sleep", sleeps.append)
+    agent.mount("shared.mount", timeout=600)
+    assert lookups == ["fs-1.efs.us-east-1.amazonaws.com"] * 4
+    assert starts == [["systemctl", "start", "shared.mount"]] * 2
+    assert sleeps == [2.0, 4.0, 8.0]  # backing off, bounded by the timeout
+
+
+def test_mount_gives_up_at_its_bound_and_says_why(facts, monkeypatch):
+    facts(mounts=[{"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4",
+                   "unit": "shared.mount"}])
+    clock = iter(range(0, 10_000, 7))
+    monkeypatch.setattr(agent.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    monkeypatch.setattr(socket, "getaddrinfo",
+                        lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "Name or service not known")))
+    with pytest.raises(SystemExit, match="/shared not mounted after 60 s: fs-1.efs.us-east-1.amazonaws.com "
+                                         "does not resolve yet"):
+        agent.mount("shared.mount", timeout=60)
+
+
+def test_sshd_forwarding_names_this_nodes_own_address(facts, monkeypatch, tmp_path):
+    facts(forward_ports=[10101, 10102], loopback_forward_ports=[8888])
+    target = tmp_path / "10-ipfleet-forwarding.conf"
+    monkeypatch.setattr(agent, "SSHD_FORWARDING", target)
+    monkeypatch.setattr(agent, "private_address", lambda: "10.0.3.7")
+    agent.sshd_forwarding()
+    assert target.read_text().splitlines()[-1] == "PermitOpen 10.0.3.7:10101 10.0.3.7:10102 127.0.0.1:8888"
+
+
+def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys):
+    """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
+    name = "/ipfleet/mv/connection"
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    values = facts(region="us-east-1", rendezvous_parameter=name, profile_dir=str(tmp_path / "profile"),
+                   aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+    def publish(address: str) -> None:
+        document = {"format": agent.FORMAT, "stack": "mv", "published_at": "2026-11-23T10:00:00+00:00",
+                    "controller": {"address": address}, "engine": {"location": address, "key": "k"}}
+        ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+
+    engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+    publish("10.0.0.10")
+    agent.wait_connection(timeout=5)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
+    agent.wait_connection(timeout=5)
+    assert "unchanged" in capsys.readouterr().out
+    publish("10.0.0.42")  # a replaced controller published its new address
+    agent.wait_connection(timeout=5)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    assert "controller at 10.0.0.42 (was 10.0.0.10)" in capsys.readouterr().out
+    assert oct(engine_file.stat().st_mode & 0o777) == "0o600"
+    assert values["rendezvous_parameter"] == name
