@@ -111,10 +111,16 @@ def test_engines_got_their_connection_file_owner_only(twin):
 
 def test_user_data_on_the_node_is_the_plans(twin):
     """What cloud-init consumed is byte for byte what the Pulumi program produced."""
+    import gzip
+    import hashlib
+
     state = twin["state"]
-    seeded = state.controller.run("cat", "/var/lib/cloud/instance/user-data.txt").stdout
-    assert seeded.startswith("#cloud-config\n# ipfleet controller node")
-    assert "aws_endpoint_url" in seeded and cluster.ENDPOINT in seeded  # the documented knob
+    planned = state.user_data_file("controller").read_bytes()
+    consumed = state.controller.run("sha256sum", "/var/lib/cloud/instance/user-data.txt").stdout.split()[0]
+    assert consumed == hashlib.sha256(planned).hexdigest()
+    text = gzip.decompress(planned).decode() if planned[:2] == b"\x1f\x8b" else planned.decode()
+    assert text.startswith("#cloud-config\n# ipfleet controller node")
+    assert "aws_endpoint_url" in text and cluster.ENDPOINT in text  # the documented knob
 
 
 def test_status_reports_every_node_through_the_cli(twin):
@@ -131,6 +137,76 @@ def test_status_reports_every_node_through_the_cli(twin):
     assert report["nodes"][1]["units"]["ipengine@2.service"] == "active"
 
 
+def test_nodes_run_the_stacks_image_release(twin):
+    """ipfleet:image debian-13 (the default): the twin's nodes are Debian 13, s3fs 1.95."""
+    engine = twin["state"].engine_nodes[0]
+    assert 'VERSION_ID="13"' in engine.run("cat", "/etc/os-release").stdout
+    assert "1.95" in engine.run("s3fs", "--version").stdout
+
+
+IMDS_PROBE = """
+import sys, urllib.error, urllib.request
+base = "http://169.254.169.254/latest"
+def get(path, headers={}):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+print(get("/meta-data/instance-id")[0])
+token = urllib.request.urlopen(urllib.request.Request(base + "/api/token", method="PUT",
+    headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}), timeout=5).read().decode()
+print(*get("/meta-data/instance-id", {"X-aws-ec2-metadata-token": token}))
+print(get("/meta-data/instance-id", {"X-aws-ec2-metadata-token": "forged"})[0])
+"""
+
+
+def test_instance_metadata_is_imdsv2_only_as_on_ec2(twin):
+    """http_tokens: required. A request without a session token gets 401, as s3fs 1.90 would."""
+    state = twin["state"]
+    for node in state.nodes:
+        result = node.run("python3", "-c", IMDS_PROBE)
+        assert result.stdout.split("\n")[:3] == ["401", f"200 {node.instance_id}", "401"], result.stderr
+    # And the laptop cannot reach the metadata address at all.
+    from ipfleet.twin.network import METADATA_ADDRESS
+
+    assert cluster.client_reaches(state, METADATA_ADDRESS, [80]) == {80: False}
+
+
+def test_service_group_has_the_fixed_gid_the_s3_mount_uses(twin):
+    engine = twin["state"].engine_nodes[0]
+    assert engine.run("getent", "group", "ipfleet").stdout.split(":")[2] == "2001"
+    assert engine.run("stat", "-c", "%u %g", "/data/numbers.txt").stdout.split() == ["2001", "2001"]
+
+
+def test_units_that_use_the_shared_storage_require_its_mount(twin):
+    state = twin["state"]
+    shown = state.controller.run("systemctl", "show", "-p", "RequiresMountsFor", "ipcontroller.service")
+    assert shown.stdout.strip() == "RequiresMountsFor=/shared"
+    shown = state.engine_nodes[0].run("systemctl", "show", "-p", "Requires", "ipengine@1.service")
+    assert "shared.mount" in shown.stdout
+
+
+def test_engines_follow_a_replaced_controller(twin):
+    """`pulumi up` replaced the controller: new instance, new address, empty disk. Engines
+    notice the old one is gone, re-read the rendezvous and register with the new one; the
+    laptop runs `ipfleet connect` again and the demo runs on every engine."""
+    import time
+
+    state = twin["state"]
+    old = state.controller
+    new = cluster.replace_controller(state, timeout=600)
+    assert new.address != old.address and new.instance_id != old.instance_id
+    started = time.monotonic()
+    demo = cluster.fetch_and_demo(state, timeout=300)
+    recovery = time.monotonic() - started
+    assert demo["engines"] == 4 and demo["results"] == [x**30 for x in range(8)]
+    assert demo["hostnames"] == ["twintier-engine-1", "twintier-engine-2"]
+    log = state.engine_nodes[0].run("journalctl", "--no-pager", "-u", "ipengine@*").stdout
+    assert f"controller at {new.address} (was {old.address})" in log
+    print(f"engines registered with the replacement {recovery:.1f} s after it published")
+
+
 def test_down_leaves_nothing_behind(twin):
     state = twin["state"]
     # Run the teardown now (the fixture's finally will find nothing more to do).
@@ -139,7 +215,7 @@ def test_down_leaves_nothing_behind(twin):
     assert not set(state.namespaces) & existing_namespaces()
     mounts = open("/proc/mounts").read()
     assert str(state.work_dir) not in mounts
-    for pid in [n.pid for n in state.nodes] + [state.moto_pid]:
+    for pid in [n.pid for n in state.nodes] + [state.moto_pid, state.metadata_pid]:
         assert not os.path.exists(f"/proc/{pid}") or \
             open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
     assert not state.work_dir.exists() and not state.state_dir.exists()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import pytest
 
@@ -69,6 +70,32 @@ def test_ssh_mode_opens_only_ssh_and_the_demo_runs_through_the_tunnel(ssh_twin):
     assert reached == {ports.SSH_PORT: True, **{p: False for p in ZMQ_PORTS}}
     assert demo["access"] == "ssh"
     assert demo["engines"] == 2 and demo["results"] == [x**30 for x in range(8)]
+
+
+def _ssh_as_laptop(state, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cluster.as_client(state, ["ssh", "-o", "BatchMode=yes", *args]),
+                          capture_output=True, text=True, errors="replace", timeout=60, input="",
+                          env=cluster.client_env(state))
+
+
+def test_ssh_login_forwards_only_to_the_controllers_client_ports_and_has_no_sudo(ssh_twin):
+    """sshd's PermitOpen: the tunnel login reaches the controller's own client ports, not
+    the rest of the VPC (here the AWS stand-in's address), and gets no sudo unless asked."""
+    from ipfleet.twin.network import ROUTER_ADDRESS
+
+    state, _ = ssh_twin
+    alias = f"ipfleet-{state.stack}"
+    # Without the connection's control master: through the mux a refusal reads only
+    # "Session open refused by peer", so sshd's reason would not be seen.
+    direct = ("-o", "ControlPath=none")
+    allowed = _ssh_as_laptop(state, *direct, "-W", f"{state.controller.address}:{ports.CLIENT_PORTS.first}", alias)
+    assert allowed.returncode == 0, allowed.stderr
+    refused = _ssh_as_laptop(state, *direct, "-W", f"{ROUTER_ADDRESS}:80", alias)
+    assert refused.returncode != 0 and "prohibited" in refused.stderr, refused.stderr
+    refused = _ssh_as_laptop(state, *direct, "-W", f"{state.controller.address}:22", alias)
+    assert refused.returncode != 0 and "prohibited" in refused.stderr, refused.stderr
+    sudo = _ssh_as_laptop(state, alias, "sudo", "-n", "true")
+    assert sudo.returncode != 0, sudo.stdout
 
 
 NOTEBOOK_PROBE = """
@@ -150,6 +177,8 @@ def test_a_python_mismatch_is_warned_about(direct_twin):
     published = cluster.client_python(state, ["-c", REPUBLISH_WITH_OLD_PYTHON, state.rendezvous_parameter],
                                       timeout=60).stdout.strip()
     assert published == node_python  # what the controller published is what the engines run
+    laptop_python = cluster.client_python(state, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                          timeout=60).stdout.strip()
     result = cluster.client_python(state, ["-m", "ipfleet.cli", "connect", state.stack, "--region",
                                            state.region], timeout=120)
-    assert "warning: Python 3.11 here but 3.9 on the engines" in result.stderr
+    assert f"warning: Python {laptop_python} here but 3.9 on the engines" in result.stderr

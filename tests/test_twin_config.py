@@ -69,10 +69,35 @@ def test_nfs_source_creates_no_efs():
     assert not plan.of_type("aws:efs/fileSystem:FileSystem")
 
 
-def test_image_cache_key_follows_the_package_list():
-    assert cache_key(packages_for([])) == cache_key(packages_for(["s3fs"]))  # already in the base
-    assert cache_key(packages_for([])) != cache_key(packages_for(["gfortran"]))
+def test_image_cache_key_follows_the_release_and_the_package_list():
+    assert cache_key("trixie", packages_for([])) == cache_key("trixie", packages_for(["s3fs"]))  # in the base
+    assert cache_key("trixie", packages_for([])) != cache_key("trixie", packages_for(["gfortran"]))
+    assert cache_key("trixie", packages_for([])) != cache_key("bookworm", packages_for([]))
     assert set(BASE_PACKAGES) <= set(packages_for(["gfortran"]))
+
+
+@pytest.mark.parametrize("image,suite", [("debian-13", "trixie"), ("debian-12", "bookworm")])
+def test_the_twin_builds_the_stacks_release(image, suite):
+    from ipfleet.twin.cluster import twin_suite
+
+    assert twin_suite(image) == suite
+
+
+@pytest.mark.parametrize("image,says", [("ubuntu-24.04", "Debian images only"),
+                                        ("ami-0123456789abcdef0", "cannot know what that AMI holds")])
+def test_the_twin_refuses_images_it_cannot_build(image, says):
+    from ipfleet.twin.cluster import TwinError, twin_suite
+
+    with pytest.raises(TwinError, match=says):
+        twin_suite(image)
+
+
+def test_twin_host_names_fit_any_stack_name():
+    from ipfleet.twin.cluster import host_name
+
+    assert host_name("example", "engine-1") == "example-engine-1"
+    long = host_name("a_very.long" + "x" * 90, "controller-12")
+    assert len(long) <= 64 and long.startswith("a-very-long") and "_" not in long
 
 
 def test_apt_packages_are_read_from_user_data_even_compressed():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import secrets
 import shutil
 import signal
@@ -18,10 +19,11 @@ from typing import Any
 import yaml
 
 from ipfleet.twin import network
-from ipfleet.twin.network import ROUTER_ADDRESS, TwinNetwork, in_namespace
+from ipfleet.twin.network import METADATA_ADDRESS, PUBLIC_ADDRESS, ROUTER_ADDRESS, TwinNetwork, in_namespace
 from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, reap
 
 STATE_ROOT = Path("/run/ipfleet/twin")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
 ENDPOINT = f"http://{ROUTER_ADDRESS}"
 REQUIRED_TOOLS = ("ip", "systemd-nspawn", "debootstrap", "nsenter", "mount", "unshare", "cloud-init",
@@ -54,6 +56,13 @@ class TwinState:
     client_namespace: str = ""
     access: str = "ssm"
     moto_pid: int | None = None
+    metadata_pid: int | None = None
+    # The laptop's interpreter: the nodes' Python minor version (twin/client_env.py).
+    client_python: str = ""
+    # The controller's address as AWS would make it reachable from outside (access ssh, direct).
+    public_ip: bool = False
+    # The security group's CIDR ingress rules (cidr, first port, last port), from the plan.
+    ingress: list = field(default_factory=list)
     booted_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -72,6 +81,14 @@ class TwinState:
     @property
     def client_ipython_dir(self) -> Path:
         return self.work_dir / "client-ipython"
+
+    @property
+    def metadata_file(self) -> Path:
+        """What the instance metadata service serves, by node address."""
+        return self.state_dir / "metadata.json"
+
+    def user_data_file(self, role: str) -> Path:
+        return self.work_dir / f"user-data-{role}"
 
     @property
     def client_home(self) -> Path:
@@ -150,6 +167,29 @@ def apt_packages_of(user_data: bytes) -> list[str]:
     return list(yaml.safe_load(user_data.decode()).get("packages") or [])
 
 
+def twin_suite(image: str) -> str:
+    """The Debian release the twin builds for the stack's `ipfleet:image`."""
+    from ipfleet.images import IMAGES
+
+    official = IMAGES.get(image)
+    if official is None:
+        raise TwinError(f"ipfleet:image {image!r}: the twin cannot know what that AMI holds; "
+                        "run the twin with an official image (debian-13, debian-12)")
+    if official.twin_suite is None:
+        raise TwinError(f"ipfleet:image {image!r}: the twin builds Debian images only "
+                        "(only Debian's archive is reachable here); try it with debian-13")
+    return official.twin_suite
+
+
+def host_name(stack: str, role: str) -> str:
+    """A node's hostname: the stack's name cut to fit hostnames (64 characters, no _ or .)."""
+    return f"{re.sub(r'[^A-Za-z0-9-]', '-', stack)[:40]}-{role}"
+
+
+def new_instance_id() -> str:
+    return "i-" + secrets.token_hex(9)[:17]
+
+
 def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     """Boot the twin of STACK. On any failure, everything made so far is taken down."""
     check_platform()
@@ -158,6 +198,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     from ipfleet.project import resolve_stack
     from ipfleet.settings import parse_settings
     from ipfleet.stack_config import read_stack_file
+    from ipfleet.twin.client_env import ensure_client_python
     from ipfleet.twin.rootfs import ensure_rootfs, image_python_version
     from ipfleet.twin.wheelhouse import ensure_wheelhouse
 
@@ -169,17 +210,21 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     if engine_nodes is not None:
         config["ipfleet:engineNodes"] = engine_nodes
     settings = parse_settings(ref.name, config)
-    from bootstrap.preflight import check_user_data
+    from bootstrap.preflight import preflight
 
-    check_user_data(settings)
+    preflight(settings)
     plan = run_plan(ref.project_dir, ref.name, config, settings)
     user_data = {role: user_data_of(plan, role) for role in ("controller", "engine")}
 
     started = time.monotonic()
-    image = ensure_rootfs(apt_packages_of(user_data["controller"]) + apt_packages_of(user_data["engine"]), log)
+    suite = twin_suite(settings.image)
+    image = ensure_rootfs(suite, apt_packages_of(user_data["controller"]) + apt_packages_of(user_data["engine"]),
+                          log)
     requirements = set(node_spec(settings, "controller", None).python_requirements) | \
         set(node_spec(settings, "engine", None).python_requirements)
-    wheelhouse = ensure_wheelhouse(requirements, image_python_version(image), log)
+    python_version = image_python_version(image)
+    wheelhouse = ensure_wheelhouse(requirements, python_version, log)
+    client_python = ensure_client_python(".".join(python_version.split(".")[:2]), log)
     prepare_seconds = time.monotonic() - started
 
     per_node = (os.cpu_count() or 1) if settings.engines_per_node == "auto" else settings.engines_per_node
@@ -187,6 +232,8 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
         stack=ref.name, tag=secrets.token_hex(2), region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
         engines_expected=settings.engine_nodes * per_node, access=settings.access,
+        client_python=client_python,
+        public_ip=bool(plan.one("aws:ec2/instance:Instance").inputs.get("associatePublicIpAddress")),
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
@@ -195,10 +242,12 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     client = net.client()
     state.namespaces = net.namespaces([*hosts, client])
     state.client_namespace = client.namespace
-    names = [f"{ref.name}-controller"] + [f"{ref.name}-engine-{i}" for i in range(1, settings.engine_nodes + 1)]
+    names = [host_name(ref.name, "controller")] + \
+        [host_name(ref.name, f"engine-{i}") for i in range(1, settings.engine_nodes + 1)]
     state.nodes = [
         Node(name=name, role="controller" if i == 0 else "engine", namespace=host.namespace,
-             address=host.address, work_dir=str(state.work_dir / name))
+             address=host.address, work_dir=str(state.work_dir / name), instance_id=new_instance_id(),
+             image=str(image))
         for i, (name, host) in enumerate(zip(names, hosts))
     ]
     state.save()  # from here on, `down` can clean up whatever exists
@@ -207,7 +256,12 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
         for host in hosts:
             net.attach(host)
         net.attach_client(client)
-        net.apply_security_group(_cidr_ingress(plan), state.controller.address)
+        state.ingress = _cidr_ingress(plan)
+        net.apply_security_group(state.ingress, state.controller.address)
+        for role, data in user_data.items():
+            state.user_data_file(role).parent.mkdir(parents=True, exist_ok=True)
+            state.user_data_file(role).write_bytes(data)
+        write_metadata(state)
         _start_aws(state, plan, settings)
         state.shared_dir.mkdir(parents=True, exist_ok=True)
         state.booted_at = time.time()
@@ -245,15 +299,43 @@ def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
     return rules
 
 
-def _start_aws(state: TwinState, plan, settings) -> None:
-    """moto server in the router namespace, readied as `pulumi up` would leave AWS."""
-    log_file = (state.work_dir / "aws.log")
+def write_metadata(state: TwinState) -> None:
+    """What each node's instance metadata says about it (the service re-reads this file)."""
+    zone = f"{state.region}a"
+    values = {}
+    for node in state.nodes:
+        public = PUBLIC_ADDRESS if node.role == "controller" and state.public_ip else None
+        values[node.address] = {
+            "instance-id": node.instance_id, "local-ipv4": node.address, "public-ipv4": public,
+            "placement/availability-zone": zone, "placement/region": state.region,
+            "hostname": node.name, "iam-role": f"{state.stack}-{node.role}",
+        }
+    state.metadata_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.metadata_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(values, indent=2))
+    os.replace(tmp, state.metadata_file)
+
+
+def _start_in_router(state: TwinState, command: list[str], log_name: str) -> int:
+    log_file = state.work_dir / log_name
     log_file.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
-        in_namespace(state.namespaces[0], [sys.executable, "-m", "moto.server", "-H", "0.0.0.0", "-p", "80"]),
+        in_namespace(state.namespaces[0], command),
         stdout=log_file.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
     )
-    state.moto_pid = process.pid
+    return process.pid
+
+
+def _start_aws(state: TwinState, plan, settings) -> None:
+    """moto server (the AWS APIs) and the IMDSv2-only metadata service in the router
+    namespace, readied as `pulumi up` would leave AWS. moto answers on the API address
+    only: its own metadata endpoint would also answer IMDSv1, which EC2 refuses here."""
+    state.moto_pid = _start_in_router(
+        state, [sys.executable, "-m", "moto.server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log")
+    state.save()
+    state.metadata_pid = _start_in_router(
+        state, [sys.executable, "-m", "ipfleet.twin.metadata", str(state.metadata_file),
+                "--address", METADATA_ADDRESS], "metadata.log")
     state.save()
     parameters = [{"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
                   for p in plan.of_type("aws:ssm/parameter:Parameter")]
@@ -274,6 +356,8 @@ def client_env(state: TwinState) -> dict[str, str]:
         "AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "twin", "AWS_SECRET_ACCESS_KEY": "twin",
         "AWS_DEFAULT_REGION": state.region, "AWS_EC2_METADATA_DISABLED": "true",
         "IPYTHONDIR": str(state.client_ipython_dir), "NO_COLOR": "1", "HOME": str(state.client_home),
+        # The laptop's Python has the project's dependencies; ipfleet itself is this checkout.
+        "PYTHONPATH": str(PROJECT_ROOT),
     })
     return env
 
@@ -301,7 +385,7 @@ def as_client(state: TwinState, command: list[str]) -> list[str]:
 
 def client_python(state: TwinState, args: list[str], timeout: float, check: bool = True
                   ) -> subprocess.CompletedProcess:
-    result = subprocess.run(as_client(state, [sys.executable, *args]),
+    result = subprocess.run(as_client(state, [state.client_python or sys.executable, *args]),
                             capture_output=True, text=True, timeout=timeout, env=client_env(state))
     if not check:
         return result
@@ -438,6 +522,59 @@ def _stop_client_processes(state: TwinState) -> list[str]:
     return [f"client process {p} still running" for p in pids if process_alive(p)]
 
 
+def _stop_group(pid: int) -> None:
+    """SIGTERM a process group we started, SIGKILL it after 5 s."""
+    os.killpg(pid, signal.SIGTERM)
+    for _ in range(50):
+        reap(pid)
+        if not process_alive(pid):
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    reap(pid)
+
+
+def replace_controller(state: TwinState, timeout: float = 600, log=print) -> Node:
+    """What `pulumi up` does when the controller is replaced: a new instance (new id, new
+    address, empty disk) boots from the same user data; once it has published, the old
+    one is terminated and its address is gone. Returns the new controller."""
+    old = state.controller
+    net = TwinNetwork(state.tag)
+    number = max(int(n.address.rsplit(".", 1)[1]) for n in state.nodes) + 1
+    host = net.host(f"controller{number}", number)
+    name = host_name(state.stack, f"controller-{number}")
+    new = Node(name=name, role="controller", namespace=host.namespace, address=host.address,
+               work_dir=str(state.work_dir / name), instance_id=new_instance_id(), image=old.image)
+    state.namespaces.append(host.namespace)
+    state.nodes.append(new)
+    state.save()
+    net.attach(host)
+    write_metadata(state)
+    started = time.monotonic()
+    new.prepare(Path(old.image), state.user_data_file("controller").read_bytes())
+    new.boot(state.shared_dir, Path(old.wheelhouse))
+    state.save()
+    log(f"booted the replacement controller {name} ({new.address}); waiting for it to publish")
+    deadline = time.monotonic() + timeout
+    while not _unit_active(new, "ipfleet-publish.service"):
+        if not new.running() or time.monotonic() > deadline:
+            raise TwinError(f"the replacement controller did not publish:\n{describe_node(new)}")
+        time.sleep(0.5)
+    state.timings["replacement_published"] = round(time.monotonic() - started, 2)
+    # Terminate the old instance: it powers off and its address leaves the network.
+    old.stop()
+    state.nodes.remove(old)
+    net.destroy([old.namespace])
+    state.namespaces.remove(old.namespace)
+    net.apply_security_group([tuple(rule) for rule in state.ingress], new.address)
+    write_metadata(state)
+    state.save()
+    log(f"terminated {old.name} ({old.address})")
+    return new
+
+
 def down(state: TwinState, log=print) -> list[str]:
     """Stop every node and process, unmount, delete namespaces and files. Returns leftovers."""
     leftovers = []
@@ -446,17 +583,9 @@ def down(state: TwinState, log=print) -> list[str]:
             node.stop()
         except Exception as e:
             leftovers.append(f"{node.name}: {e}")
-    if state.moto_pid and process_alive(state.moto_pid):
-        os.killpg(state.moto_pid, signal.SIGTERM)
-        for _ in range(50):
-            reap(state.moto_pid)
-            if not process_alive(state.moto_pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(state.moto_pid, signal.SIGKILL)
-            time.sleep(0.2)
-        reap(state.moto_pid)
+    for pid in (state.moto_pid, state.metadata_pid):
+        if pid and process_alive(pid):
+            _stop_group(pid)
     leftovers += _stop_client_processes(state)
     leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
     mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]

@@ -105,11 +105,19 @@ class TwinNetwork:
 
         `ingress` holds (cidr, first_port, last_port) from the plan. Traffic from
         inside the VPC to the client subnet, and replies, pass; nothing else does.
+        The instance metadata address answers the nodes only, as on EC2.
         """
         accepts = "\n".join(
             f"    ip saddr {cidr} ip daddr {CLUSTER_SUBNET} tcp dport {first}-{last} accept"
             for cidr, first, last in ingress if ":" not in cidr)
-        ruleset = f"""table ip ipfleet_twin {{
+        # Declared, deleted and declared again: applying it twice (a replaced controller) starts afresh.
+        ruleset = f"""table ip ipfleet_twin
+delete table ip ipfleet_twin
+table ip ipfleet_twin {{
+  chain metadata_from_nodes_only {{
+    type filter hook input priority filter; policy accept;
+    ip daddr {METADATA_ADDRESS} ip saddr != {CLUSTER_SUBNET} drop
+  }}
   chain public_address {{
     type nat hook prerouting priority dstnat; policy accept;
     ip daddr {PUBLIC_ADDRESS} dnat to {controller}

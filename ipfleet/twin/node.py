@@ -28,6 +28,9 @@ class Node:
     address: str
     work_dir: str       # holds upper/, work/, root/ (the overlay) and the console log
     pid: int | None = None  # systemd-nspawn's
+    instance_id: str = ""   # what its instance metadata calls it, as EC2 would
+    image: str = ""         # the root file system it overlays (the AMI)
+    wheelhouse: str = ""    # the package index it was booted with
 
     @property
     def root(self) -> Path:
@@ -44,6 +47,7 @@ class Node:
 
     def prepare(self, image: Path, user_data: bytes) -> None:
         """Overlay the image and plant the NoCloud seed (what EC2 metadata would serve)."""
+        self.image = str(image)
         work = Path(self.work_dir)
         for sub in ("upper", "work", "root"):
             (work / sub).mkdir(parents=True, exist_ok=True)
@@ -55,6 +59,7 @@ class Node:
         (seed / "meta-data").write_text(f"instance-id: {self.name}\nlocal-hostname: {self.name}\n")
 
     def boot(self, shared_dir: Path, wheelhouse: Path) -> None:
+        self.wheelhouse = str(wheelhouse)
         command = [
             "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
             f"--directory={self.root}", f"--machine={self.name}",

@@ -1,6 +1,7 @@
-"""The twin's node image: a Debian 12 root file system made with debootstrap.
+"""The twin's node image: a Debian root file system made with debootstrap.
 
-It plays the part of the stack's AMI. It holds what the official Debian image
+It plays the part of the stack's AMI, of the same release (`ipfleet:image`
+debian-13 is trixie, debian-12 bookworm). It holds what the official Debian image
 holds that matters here (systemd, cloud-init, Python, sshd), plus every Debian
 package the nodes' user data asks for, pre-installed because the twin's nodes
 have no way out to a mirror. It is cached and rebuilt only when that package
@@ -16,10 +17,9 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-SUITE = "bookworm"
 CACHE = Path("/var/cache/ipfleet/twin")
 
-# What the official Debian 12 cloud image provides that the bootstrap relies on...
+# What the official Debian cloud images provide that the bootstrap relies on...
 BASE_PACKAGES = (
     "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-venv",
     # debootstrap cannot configure python3-cryptography (a cloud-init dependency) without it.
@@ -49,8 +49,8 @@ def packages_for(apt_packages: Iterable[str]) -> list[str]:
     return sorted(set(BASE_PACKAGES) | set(apt_packages))
 
 
-def cache_key(packages: list[str]) -> str:
-    return hashlib.sha256(" ".join([SUITE, *packages]).encode()).hexdigest()[:12]
+def cache_key(suite: str, packages: list[str]) -> str:
+    return hashlib.sha256(" ".join([suite, *packages]).encode()).hexdigest()[:12]
 
 
 def mirror() -> str:
@@ -68,10 +68,10 @@ def mirror() -> str:
     raise RootfsError("no Debian mirror in this machine's apt sources")
 
 
-def ensure_rootfs(apt_packages: Iterable[str], log=print) -> Path:
-    """The cached image for these packages, built on first use (about a minute)."""
+def ensure_rootfs(suite: str, apt_packages: Iterable[str], log=print) -> Path:
+    """The cached image of Debian `suite` with these packages, built on first use (about a minute)."""
     packages = packages_for(apt_packages)
-    target = CACHE / f"rootfs-{cache_key(packages)}"
+    target = CACHE / f"rootfs-{suite}-{cache_key(suite, packages)}"
     if (target / ".ipfleet-complete").exists():
         return target
     if shutil.which("debootstrap") is None:
@@ -79,12 +79,12 @@ def ensure_rootfs(apt_packages: Iterable[str], log=print) -> Path:
     building = target.with_name(target.name + ".building")
     shutil.rmtree(building, ignore_errors=True)
     building.parent.mkdir(parents=True, exist_ok=True)
-    debs = CACHE / "debs"
+    debs = CACHE / f"debs-{suite}"
     debs.mkdir(parents=True, exist_ok=True)
-    log(f"building the node image ({len(packages)} packages) in {target}")
+    log(f"building the node image (Debian {suite}, {len(packages)} packages) in {target}")
     result = subprocess.run(
         ["debootstrap", "--variant=minbase", f"--cache-dir={debs}",
-         f"--include={','.join(packages)}", SUITE, str(building), mirror()],
+         f"--include={','.join(packages)}", suite, str(building), mirror()],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
@@ -107,7 +107,7 @@ def _bake(root: Path) -> None:
 
 
 def image_python_version(image: Path) -> str:
-    """The image's python3 version (e.g. 3.11.2), read from its dpkg database."""
+    """The image's python3 version (e.g. 3.13.5), read from its dpkg database."""
     status = (image / "var/lib/dpkg/status").read_text()
     for stanza in status.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line.startswith(" "))
