@@ -61,9 +61,9 @@ def _plan_with_settings(stack: str):
         name = ref.name
         config = read_stack_file(ref.path)
         settings = parse_settings(ref.name, config)
-        from bootstrap.preflight import check_user_data
+        from bootstrap.preflight import preflight
 
-        check_user_data(settings)
+        preflight(settings)
     except StackNotFound as e:
         _fail(str(e), 2)
     except SettingsError as e:

@@ -254,6 +254,9 @@ def connect(
         host_keys = controller["ssh"].get("host_keys", [])
         if write_ssh_config:
             written += write_ssh_files(stack, tunnel, host_keys, directory)
+            # A master left from an earlier connect may lead to a controller that was
+            # replaced since: ssh would keep using it until its keep-alives gave up.
+            close_control_master(tunnel.alias)
         else:
             written.append(write_known_hosts(tunnel, host_keys))
     connection = Connection(
@@ -264,6 +267,17 @@ def connect(
     )
     connection.save()
     return Connected(connection, fetched, tunnel, written)
+
+
+def close_control_master(alias: str) -> bool:
+    """Stop the stack's shared ssh connection if one runs. Returns True if one did."""
+    import subprocess
+
+    try:
+        result = subprocess.run(["ssh", "-O", "exit", alias], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return result.returncode == 0
 
 
 def open_control_master(alias: str, timeout: float = 60.0) -> None:

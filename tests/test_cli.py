@@ -87,3 +87,12 @@ def test_render_rejects_an_unknown_role():
     result = ipfleet("render", "example", "--role", "scheduler")
     assert result.returncode == 2
     assert "scheduler" in result.stderr
+
+
+def test_a_stack_file_with_a_key_twice_exits_2_and_declares_nothing(tmp_path):
+    path = tmp_path / "Pulumi.twice.yaml"
+    path.write_text("config:\n  aws:region: us-east-1\n  ipfleet:engineNodes: 2\n  ipfleet:engineNodes: 3\n")
+    result = ipfleet("plan", str(path))
+    assert result.returncode == 2
+    assert "ipfleet:engineNodes: set twice in Pulumi.twice.yaml (lines 3 and 4)" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
