@@ -299,14 +299,19 @@ def open_control_master(alias: str, timeout: float = 60.0) -> None:
         raise FetchError(f"ssh to the controller ({alias}) failed: {result.stderr.strip()[-500:]}")
 
 
-def client(stack: str, *, region: str | None = None, timeout: float = 60.0, **kwargs):
-    """A ready `ipyparallel.Client` for STACK: the right file, tunnel and key.
+def client(stack: str, *, region: str | None = None, timeout: float = 60.0,
+           task_retries: int | None = None, recover_lost_tasks: bool = True, **kwargs):
+    """A ready client for STACK: the right file, tunnel and key (an `ipyparallel.Client`).
 
     Uses what `ipfleet connect STACK` saved; connects first (AWS credentials
     needed) when nothing is saved. Warns (VersionMismatchWarning) when this
     Python or its ipyparallel/cloudpickle differ from the engines'.
+
+    Load-balanced views retry a task whose engine dies `task_retries` times
+    (default 3; 0 turns it off), and tasks a restarted controller lost are sent
+    again unless `recover_lost_tasks=False` (see ipfleet/fleet_client.py).
     """
-    import ipyparallel as ipp
+    from ipfleet.fleet_client import DEFAULT_TASK_RETRIES, FleetClient
 
     connection = Connection.load(stack)
     if connection is None:
@@ -317,11 +322,13 @@ def client(stack: str, *, region: str | None = None, timeout: float = 60.0, **kw
         connection = connect(stack, region, timeout=timeout).connection
     for problem in connection.warnings:
         warnings.warn(problem, VersionMismatchWarning, stacklevel=2)
+    options = dict(kwargs, timeout=timeout, recover_lost_tasks=recover_lost_tasks,
+                   task_retries=DEFAULT_TASK_RETRIES if task_retries is None else task_retries)
     if connection.access in ("ssm", "ssh"):
         if not connection.ssh_host:
             raise FetchError(f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "
                              "tunnels need the ssh config entry; connect again without it")
         open_control_master(connection.ssh_host, timeout)
-        return ipp.Client(connection.client_file, sshserver=connection.ssh_host,
-                          sshkey=connection.identity, timeout=timeout, **kwargs)
-    return ipp.Client(connection.client_file, timeout=timeout, **kwargs)
+        return FleetClient(connection.client_file, sshserver=connection.ssh_host,
+                           sshkey=connection.identity, **options)
+    return FleetClient(connection.client_file, **options)

@@ -62,7 +62,8 @@ def ipfleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout, env=dict(os.environ))
 
 
-def controller_config_from_user_data(profile_dir: Path, keys_file: Path, access: str = "ssm") -> None:
+def controller_config_from_user_data(profile_dir: Path, keys_file: Path, access: str = "ssm",
+                                     state_dir: Path | None = None) -> None:
     """The controller's ipcontroller_config.py exactly as user data writes it, with the
     node paths pointed at this checkout and the bind address kept on loopback."""
     settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
@@ -72,6 +73,7 @@ def controller_config_from_user_data(profile_dir: Path, keys_file: Path, access:
     config = config.replace("/opt/ipfleet/venv/bin/python", sys.executable)
     config = config.replace("/usr/local/lib/ipfleet/ipfleet_node.py", str(AGENT))
     config = config.replace("/var/lib/ipfleet/keys.json", str(keys_file))
+    config = config.replace('"/var/lib/ipfleet"', f'"{state_dir or profile_dir}"')  # the task database
     config += '\nc.IPController.ip = "127.0.0.1"\nc.IPController.location = "127.0.0.1"\n'
     profile_dir.mkdir(parents=True, exist_ok=True)
     (profile_dir / "ipcontroller_config.py").write_text(config)

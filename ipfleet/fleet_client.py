@@ -1,0 +1,145 @@
+"""The client `ipfleet.client()` returns: ipyparallel's, made to outlive lost engines
+and a restarted controller.
+
+- Load-balanced views retry a task on another engine when its engine dies
+  (`task_retries`, default 3): spot nodes are lost as a matter of course.
+- ipyparallel's task scheduler keeps the tasks it has not finished in memory, so
+  a restarted controller has never heard of them, and their results never come.
+  This client keeps each load-balanced request it sends until its reply arrives.
+  When replies stop coming (`stall_seconds`), it asks the controller which of
+  the waiting tasks it knows; those it does not know, twice in a row, are sent
+  again, unchanged: same message id, so the AsyncResult the user holds gets
+  the result. Like retries, this assumes a task may run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from datetime import datetime, timezone
+
+import ipyparallel as ipp
+
+DEFAULT_TASK_RETRIES = 3
+log = logging.getLogger("ipfleet.client")
+UNKNOWN_TASK = re.compile(r"No such message: ([^'\"\s]+)")
+
+
+class ControllerUnreachable(RuntimeError):
+    pass
+
+
+class FleetClient(ipp.Client):
+    """`ipyparallel.Client` plus retries by default and recovery of tasks a controller lost."""
+
+    def __init__(self, *args, task_retries: int = DEFAULT_TASK_RETRIES, recover_lost_tasks: bool = True,
+                 stall_seconds: float = 5.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task_retries = task_retries
+        self.stall_seconds = stall_seconds
+        # Tasks sent again after the controller lost them (for users and the twin's report).
+        self.tasks_sent_again = 0
+        self._waiting: dict[str, tuple[float, dict, list, object]] = {}
+        self._waiting_lock = threading.Lock()
+        self._last_reply = time.monotonic()
+        self._send_raw = self.session.send
+        self.session.send = self._send_and_keep  # the session is this client's own
+        self._watch_stop = threading.Event()
+        if recover_lost_tasks:
+            threading.Thread(target=self._watch, name="ipfleet-lost-tasks", daemon=True).start()
+
+    # -- what users call ------------------------------------------------------------
+
+    def load_balanced_view(self, targets=None, **kwargs):
+        """ipyparallel's view, with `retries` set to this client's `task_retries` unless given."""
+        kwargs.setdefault("retries", self.task_retries)
+        return super().load_balanced_view(targets, **kwargs)
+
+    def close(self, linger=None):
+        self._watch_stop.set()
+        super().close(linger)
+
+    # -- keeping what was sent -------------------------------------------------------
+
+    def _send_and_keep(self, stream, msg_or_type, *args, **kwargs):
+        sent = self._send_raw(stream, msg_or_type, *args, **kwargs)
+        if (isinstance(msg_or_type, dict) and stream is getattr(self, "_task_stream", None)
+                and msg_or_type["header"]["msg_type"] == "apply_request"):
+            with self._waiting_lock:
+                self._waiting[msg_or_type["header"]["msg_id"]] = (
+                    time.monotonic(), msg_or_type, list(kwargs.get("buffers") or []), kwargs.get("ident"))
+        return sent
+
+    def _handle_apply_reply(self, msg):
+        self._last_reply = time.monotonic()
+        with self._waiting_lock:
+            self._waiting.pop(msg["parent_header"].get("msg_id"), None)
+        return super()._handle_apply_reply(msg)
+
+    # -- finding and resending lost tasks ---------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._watch_stop.wait(1.0):
+            if self._closed:
+                return
+            quiet = time.monotonic() - self._last_reply
+            if not self._waiting or quiet < self.stall_seconds:
+                continue
+            try:
+                self.recover_lost_tasks()
+            except ControllerUnreachable as e:
+                log.warning("%s", e)
+            except Exception:  # never let the watcher die: it is what recovers the work
+                log.exception("looking for lost tasks failed")
+            self._last_reply = time.monotonic()  # look again after another quiet spell
+
+    def recover_lost_tasks(self, grace: float = 2.0, timeout: float = 10.0) -> int:
+        """Send again the waiting tasks the controller does not know; returns how many."""
+        now = time.monotonic()
+        with self._waiting_lock:
+            candidates = sorted(m for m, (sent, *_rest) in self._waiting.items() if now - sent >= grace)
+        unknown = self._unknown_to_controller(candidates, timeout)
+        if not unknown:
+            return 0
+        time.sleep(1.0)  # a task still on its way would be known by now
+        unknown = self._unknown_to_controller(unknown, timeout)
+        with self._waiting_lock:
+            lost = [(m, self._waiting[m]) for m in unknown if m in self._waiting]
+        for msg_id, (_sent, msg, buffers, ident) in lost:
+            # A new date gives a new signature: an engine that saw the first send (it was
+            # running the task when the controller went) refuses a replayed signature.
+            msg = {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}
+            with self._waiting_lock:
+                self._waiting[msg_id] = (time.monotonic(), msg, buffers, ident)
+            self._io_loop.add_callback(self._send_raw, self._task_stream, msg, buffers=buffers, ident=ident)
+        self.tasks_sent_again += len(lost)
+        if lost:
+            log.warning("the controller lost %d waiting tasks (was it restarted?): sent them again", len(lost))
+        return len(lost)
+
+    def _unknown_to_controller(self, msg_ids: list[str], timeout: float) -> list[str]:
+        """Which of MSG_IDS the controller has neither pending nor done.
+
+        The controller answers a status request with an error naming the first
+        id it does not know, so ask until it knows all that remain (at most one
+        request per unknown id, and only after replies stopped coming).
+        """
+        remaining, unknown = list(msg_ids), []
+        while remaining:
+            future = self._send(self._query_stream, "result_request",
+                                content={"msg_ids": remaining, "status_only": True})
+            try:
+                reply = future.result(timeout=timeout)
+            except Exception:
+                raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
+            content = reply["content"]
+            if content.get("status") == "ok":
+                break
+            found = UNKNOWN_TASK.search(str(content.get("evalue", "")))
+            if not found or found.group(1) not in remaining:
+                raise RuntimeError(f"the controller refused a status request: {content.get('evalue')}")
+            unknown.append(found.group(1))
+            remaining.remove(found.group(1))
+        return unknown

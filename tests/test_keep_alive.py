@@ -1,0 +1,153 @@
+"""A cluster that outlives its faults, on loopback: the controller's config exactly as
+user data writes it, real ipcontroller and ipengine processes, and the client that
+`ipfleet.client()` returns. The twin repeats these faults on booted nodes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipfleet.fleet_client import FleetClient
+from tests.test_rendezvous import (
+    agent,
+    controller_config_from_user_data,
+    create_pending_parameter,
+    facts_file,
+    start,
+    stop,
+)
+
+BIN = Path(sys.executable).parent
+TASKS = 120
+
+
+def slow_square(x):
+    import time
+
+    time.sleep(0.05)
+    return x * x
+
+
+class Cluster:
+    """One controller and N engines on loopback, the controller restartable in place."""
+
+    def __init__(self, tmp_path: Path, aws_env: dict, engines: int):
+        create_pending_parameter(aws_env)
+        self.tmp = tmp_path
+        self.profile = tmp_path / "controller" / "profile_default"
+        controller_config_from_user_data(self.profile, tmp_path / "keys.json", state_dir=tmp_path)
+        facts = facts_file(tmp_path, "controller", self.profile, aws_env)
+        assert agent(facts, "keys").returncode == 0
+        self.restarts = 0
+        self.controller = self._start_controller()
+        published = agent(facts, "publish", "--timeout", "60")
+        assert published.returncode == 0, published.stderr
+        self.engine_file = self.profile / "security" / "ipcontroller-engine.json"
+        (tmp_path / "ipengine_config.py").write_text("c = get_config()\nc.IPEngine.max_heartbeat_misses = 10\n")
+        self.engines = [self._start_engine(i) for i in range(engines)]
+
+    def _start_controller(self) -> subprocess.Popen:
+        log = self.tmp / f"controller-{self.restarts}.log"
+        return start([str(BIN / "ipcontroller"), f"--profile-dir={self.profile}"], log)
+
+    def _start_engine(self, i: int) -> subprocess.Popen:
+        return start([str(BIN / "ipengine"), f"--file={self.engine_file}", f"--profile-dir={self.tmp}",
+                      "--log-level=INFO"], self.tmp / f"engine-{i}.log")
+
+    def restart_controller(self) -> None:
+        """What systemd does on `systemctl restart ipcontroller`: stop the group, start again."""
+        stop(self.controller)
+        self.restarts += 1
+        self.controller = self._start_controller()
+
+    def kill_engine(self, i: int) -> None:
+        os.killpg(self.engines[i].pid, signal.SIGKILL)
+        self.engines[i].wait(timeout=10)
+
+    def client(self, **kwargs) -> FleetClient:
+        rc = FleetClient(str(self.profile / "security" / "ipcontroller-client.json"), timeout=30, **kwargs)
+        rc.wait_for_engines(len(self.engines), timeout=60)
+        return rc
+
+    def close(self) -> None:
+        for process in [*self.engines, self.controller]:
+            stop(process)
+
+
+@pytest.fixture
+def cluster(aws_env, tmp_path, request):
+    made = Cluster(tmp_path, aws_env, engines=getattr(request, "param", 2))
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def wait_for_progress(result, done: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while result.progress < done:
+        assert time.monotonic() < deadline, f"only {result.progress} tasks done in {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_restarted_controller_keeps_engine_ids_tasks_and_results(cluster):
+    rc = cluster.client(stall_seconds=2.0)
+    try:
+        ids_before = sorted(rc.ids)
+        first = rc.load_balanced_view().apply_async(slow_square, 7)
+        assert first.get(timeout=30) == 49
+        time.sleep(2.5)  # the task database commits every 2 s
+        mapped = rc.load_balanced_view().map_async(slow_square, range(TASKS))
+        wait_for_progress(mapped, 20)
+        cluster.restart_controller()
+        assert mapped.get(timeout=120) == [x * x for x in range(TASKS)]
+        # The tasks the old controller had queued or running were sent again, once.
+        assert 0 < rc.tasks_sent_again < TASKS
+        # The same engines, by the same ids, and the restored controller still schedules.
+        assert sorted(k for k in rc.queue_status() if isinstance(k, int)) == ids_before
+        assert rc.load_balanced_view().map_sync(slow_square, range(4)) == [0, 1, 4, 9]
+        # What was done before the restart is still in the controller's task database.
+        assert rc.get_result(first.msg_ids[0], owner=False).get(timeout=30) == 49
+    finally:
+        rc.close()
+    with sqlite3.connect(cluster.tmp / "tasks.db") as db:
+        tables = [row[0] for row in db.execute("select name from sqlite_master where type = 'table'")]
+    assert tables == ["tasks"]  # one table, kept across the restart
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_a_killed_engine_loses_no_task(cluster):
+    rc = cluster.client()
+    try:
+        view = rc.load_balanced_view()
+        assert view.retries == 3
+        mapped = view.map_async(slow_square, range(TASKS))
+        wait_for_progress(mapped, 20)
+        cluster.kill_engine(0)
+        assert mapped.get(timeout=120) == [x * x for x in range(TASKS)]
+        assert rc.tasks_sent_again == 0  # retried by the scheduler; nothing was lost
+    finally:
+        rc.close()
+
+
+@pytest.mark.parametrize("cluster", [3], indirect=True)
+def test_without_retries_a_killed_engine_fails_its_task(cluster):
+    """The setting that turns retries off does: the default is what saves the tasks above."""
+    import ipyparallel as ipp
+
+    rc = cluster.client(task_retries=0)
+    try:
+        mapped = rc.load_balanced_view().map_async(slow_square, range(TASKS))
+        wait_for_progress(mapped, 20)
+        cluster.kill_engine(0)
+        with pytest.raises(ipp.error.CompositeError, match="EngineError"):
+            mapped.get(timeout=120)
+    finally:
+        rc.close()
