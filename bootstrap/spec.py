@@ -66,6 +66,7 @@ class NodeSpec:
     region: str
     rendezvous_parameter: str
     keys_parameter: str
+    node_records_path: str
     access: str
     python_requirements: tuple[str, ...]
     apt_packages: tuple[str, ...]
@@ -145,6 +146,7 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
         keys_parameter=settings.keys_parameter,
+        node_records_path=settings.node_records_path,
         access=settings.access,
         python_requirements=tuple(python + list(settings.python_packages)),
         apt_packages=tuple(dict.fromkeys(apt + list(settings.apt_packages))),

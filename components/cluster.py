@@ -13,7 +13,7 @@ from components.engine_fleet import EngineFleet, EngineFleetArgs
 from components.key_pair import KeyPair, KeyPairArgs
 from components.lookups import Image, Network, Placement
 from components.node_role import NodeRole, NodeRoleArgs
-from components.rendezvous import Rendezvous, RendezvousArgs
+from components.rendezvous import Rendezvous, RendezvousArgs, node_records_arn
 from components.s3_mounts import S3Mounts, S3MountsArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
@@ -63,6 +63,7 @@ class Cluster(pulumi.ComponentResource):
                 keys_parameter_name=s.keys_parameter,
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
+                node_records_arn=node_records_arn(s.region, s.node_records_path),
             ),
             child,
         )

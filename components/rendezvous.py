@@ -9,6 +9,9 @@ derived from the stack name, so `ipfleet fetch STACK` needs nothing else:
   token, which only the controller reads, so that a restarted or replaced
   controller keeps them and engines and laptops reconnect without a new fetch.
 
+Every node may also write and delete plain records under `/ipfleet/STACK/nodes/`
+(its phase, failure and engines, for `ipfleet status`), and nothing else there.
+
 The stack creates both holding a placeholder and never manages their values:
 the keys are made on the controller at its first boot, so they appear neither
 in user data nor in Pulumi state. `pulumi destroy` deletes both, keys included.
@@ -31,6 +34,8 @@ class RendezvousArgs:
     keys_parameter_name: str
     publisher_role: pulumi.Input[str]
     reader_roles: list[pulumi.Input[str]]
+    # arn:aws:ssm:REGION:*:parameter/ipfleet/STACK/nodes/*
+    node_records_arn: str
 
 
 class Rendezvous(pulumi.ComponentResource):
@@ -65,15 +70,30 @@ class Rendezvous(pulumi.ComponentResource):
             )
             for index, role in enumerate(args.reader_roles)
         ]
+        reporters = [
+            aws.iam.RolePolicy(
+                f"{name}-report-{index}", name="ipfleet-node-records", role=role,
+                policy=_policy([args.node_records_arn], list(NODE_RECORD_ACTIONS)), opts=child,
+            )
+            for index, role in enumerate([args.publisher_role, *args.reader_roles])
+        ]
         # By role: what the publisher's nodes and each reader's nodes need before they boot.
-        self.publisher_policies = [publish]
-        self.reader_policies = readers
+        self.publisher_policies = [publish, reporters[0]]
+        self.reader_policies = [*readers, *reporters[1:]]
         self.parameter_name = self.parameter.name
         self.keys_parameter_name = self.keys.name
         self.register_outputs({"parameter_name": self.parameter_name})
 
 
-def _policy(arns: list[pulumi.Output[str]], actions: list[str]) -> pulumi.Output[str]:
+NODE_RECORD_ACTIONS = ("ssm:PutParameter", "ssm:DeleteParameter")
+
+
+def node_records_arn(region: str, path: str) -> str:
+    """Any account: a role reaches only its own account's parameters anyway."""
+    return f"arn:aws:ssm:{region}:*:parameter{path}/*"
+
+
+def _policy(arns: list, actions: list[str]) -> pulumi.Output[str]:
     return pulumi.Output.json_dumps({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": actions, "Resource": arns}],

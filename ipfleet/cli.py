@@ -151,6 +151,79 @@ def fetch(
 
 
 @app.command()
+def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt = False) -> None:
+    """Every node of STACK as it reports itself: phase, engines, last error.
+
+    Each node's agent keeps a record under /ipfleet/STACK/nodes/ (SSM): its
+    instance, type, spot or on-demand, zone, address, bootstrap phase (booting,
+    running, failed, draining, drained), its engines (registered, on the
+    controller; running, on engine nodes) and, if its bootstrap failed, the
+    step, exit code and last log lines. Needs AWS credentials only.
+    """
+    import boto3
+    import botocore.exceptions as boto_errors
+
+    from ipfleet.node_status import read_records
+
+    region = _region(stack, region)
+    try:
+        records = read_records(boto3.client("ssm", region_name=region), stack)
+    except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
+        _fail(f"cannot read the node records of {stack!r} in {region}: {e}")
+    if as_json:
+        typer.echo(json.dumps({"stack": stack, "region": region, "nodes": [r.as_json() for r in records]},
+                              indent=2))
+        return
+    if not records:
+        typer.echo(f"No node of {stack!r} has reported in {region} (not deployed, or still booting).")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ipfleet stack {stack} ({region})")
+    for column in ("role", "instance", "type", "market", "zone", "address", "phase", "engines", "error"):
+        table.add_column(column)
+    for r in records:
+        table.add_row(r.role, r.instance_id, r.instance_type or "-", r.lifecycle or "-", r.zone or "-",
+                      r.address or "-", r.phase, r.engines_text, r.error_text or r.reason or "")
+    Console().print(table)
+    for r in records:
+        if r.phase == "failed":
+            from ipfleet.node_status import describe_failure
+
+            typer.echo(describe_failure(r), err=True)
+
+
+@app.command("restart-engines")
+def restart_engines(
+    stack: DeployedStackArg,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the engines to come back.")] = 300.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restart every engine process on every node of STACK (engines wedged by a leaking
+    extension, or to load new code), and wait until as many have registered again.
+
+    Each engine is told to shut down through the controller; systemd on its node
+    starts it again at once, and it registers afresh (with a new id). Uses the
+    connection `ipfleet connect STACK` saved.
+    """
+    from ipfleet.fetch import FetchError
+    from ipfleet.progress import waiting
+    from ipfleet.restart import restart_engines as do_restart
+
+    try:
+        with waiting(f"restarting the engines of {stack!r}", quiet=as_json) as tick:
+            result = do_restart(stack, timeout, on_progress=tick)
+    except (FetchError, TimeoutError) as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(f"Restarted {result['engines_before']} engines; {result['engines_after']} registered again "
+                   f"in {result['seconds']} s.")
+
+
+@app.command()
 def connect(
     stack: DeployedStackArg,
     region: RegionOpt = None,

@@ -89,6 +89,15 @@ def fetch(
             raise FetchError(f"cannot reach AWS Systems Manager: {e}") from None
         if value != PENDING:
             break
+        # A controller whose bootstrap failed will never publish: say why now.
+        from ipfleet.node_status import describe_failure, failed_controller, read_records
+
+        try:
+            failed = failed_controller(read_records(client, stack))
+        except boto_errors.ClientError:  # no right to read the records: keep waiting
+            failed = None
+        if failed is not None:
+            raise FetchError(describe_failure(failed) + f"\n(`ipfleet status {stack}` shows every node)")
         elapsed = time.monotonic() - started
         if elapsed + poll_seconds > timeout:
             raise FetchError(

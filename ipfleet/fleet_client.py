@@ -57,8 +57,47 @@ class FleetClient(ipp.Client):
         kwargs.setdefault("retries", self.task_retries)
         return super().load_balanced_view(targets, **kwargs)
 
+    def hand_over(self, new: FleetClient) -> int:
+        """After the controller was replaced (a new address: this client cannot follow),
+        send every task still waiting here through NEW, under the same message ids, so
+        that its replies resolve the AsyncResults this client handed out. Returns how
+        many tasks were handed over. Keep this client open until they are done."""
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        moved = 0
+        for msg_id, (_sent, msg, buffers, ident) in waiting.items():
+            future = self._futures.get(msg_id)
+            if future is None or future.done():
+                continue
+            new._futures[msg_id] = future
+            new.metadata[msg_id] = self.metadata[msg_id]
+            if msg_id in self._output_futures:
+                new._output_futures[msg_id] = self._output_futures[msg_id]
+            new.outstanding.add(msg_id)
+            new.history.append(msg_id)
+            fresh = _resigned(msg)
+            with new._waiting_lock:
+                new._waiting[msg_id] = (time.monotonic(), fresh, buffers, ident)
+            new._io_loop.add_callback(new._send_raw, new._task_stream, fresh, buffers=buffers, ident=ident)
+            moved += 1
+        new.tasks_sent_again += self.tasks_sent_again + moved
+        if moved:
+            log.warning("handed %d waiting tasks over to the new controller", moved)
+        return moved
+
+    def engine_ids(self, timeout: float = 10.0) -> list[int]:
+        """The engines the controller has registered now, asked with a bound (queue_status
+        waits forever for a controller that is gone)."""
+        future = self._send(self._query_stream, "queue_request", content={"targets": None, "verbose": False})
+        try:
+            reply = future.result(timeout=timeout)
+        except Exception:
+            raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
+        return sorted(int(k) for k in reply["content"] if k.isdigit())
+
     def close(self, linger=None):
-        self._watch_stop.set()
+        if hasattr(self, "_watch_stop"):  # not when __init__ failed
+            self._watch_stop.set()
         super().close(linger)
 
     # -- keeping what was sent -------------------------------------------------------
@@ -108,9 +147,7 @@ class FleetClient(ipp.Client):
         with self._waiting_lock:
             lost = [(m, self._waiting[m]) for m in unknown if m in self._waiting]
         for msg_id, (_sent, msg, buffers, ident) in lost:
-            # A new date gives a new signature: an engine that saw the first send (it was
-            # running the task when the controller went) refuses a replayed signature.
-            msg = {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}
+            msg = _resigned(msg)
             with self._waiting_lock:
                 self._waiting[msg_id] = (time.monotonic(), msg, buffers, ident)
             self._io_loop.add_callback(self._send_raw, self._task_stream, msg, buffers=buffers, ident=ident)
@@ -143,3 +180,9 @@ class FleetClient(ipp.Client):
             unknown.append(found.group(1))
             remaining.remove(found.group(1))
         return unknown
+
+
+def _resigned(msg: dict) -> dict:
+    """The same request under a new date, hence a new signature: an engine that saw the
+    first send (it was running the task when the controller went) refuses a replay."""
+    return {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}

@@ -494,6 +494,10 @@ class Settings(_Model):
         return keys_parameter(self.stack)
 
     @property
+    def node_records_path(self) -> str:
+        return node_records_path(self.stack)
+
+    @property
     def curve(self) -> bool:
         """CurveZMQ encryption: required where client ports face a network (direct).
 
@@ -511,6 +515,12 @@ def rendezvous_parameter(stack: str) -> str:
 def keys_parameter(stack: str) -> str:
     """Where the controller keeps the cluster's keys (readable by the controller only)."""
     return f"/ipfleet/{stack}/keys"
+
+
+def node_records_path(stack: str) -> str:
+    """Where each node reports its phase, failure and engines (one String parameter per
+    instance, written by the node and deleted at its shutdown): read by `ipfleet status`."""
+    return f"/ipfleet/{stack}/nodes"
 
 
 def architecture(instance_type: str) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,3 +112,32 @@ def aws_env(moto_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> d
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).close()
     return env
+
+
+@pytest.fixture
+def imds(tmp_path):
+    """The twin's IMDSv2 service on loopback, serving one node (127.0.0.1); yields
+    (base URL, the JSON file it re-reads: change it to change what the node sees)."""
+    nodes = tmp_path / "metadata.json"
+    nodes.write_text(json.dumps({"127.0.0.1": {"instance-id": "i-0123456789abcdef0", "local-ipv4": "127.0.0.1",
+                                               "public-ipv4": None, "iam-role": "demo-engine"}}))
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "ipfleet.twin.metadata", str(nodes), "--address",
+                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}/latest"
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(base, timeout=1)
+            except urllib.error.HTTPError:
+                break  # answering (401)
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield base, nodes
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

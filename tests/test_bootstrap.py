@@ -209,11 +209,20 @@ def test_large_user_data_is_gzipped_and_still_decodes():
     assert decode_user_data(encoded) == text
 
 
-def test_small_user_data_stays_plain_text():
-    text = render_user_data(node_spec(settings_of(), "engine", EFS))
+def test_user_data_that_fits_stays_plain_text():
     import base64
 
-    assert base64.b64decode(encode_user_data(text)).startswith(b"#cloud-config")
+    text = "#cloud-config\n" + "# padding\n" * 1000
+    assert base64.b64decode(encode_user_data(text)) == text.encode()
+
+
+def test_default_user_data_leaves_room_for_packages():
+    """The agent rides in user data: after compression, a quarter of EC2's 16 KB stays free."""
+    import base64
+
+    for role in ("controller", "engine"):
+        encoded = encode_user_data(render_user_data(node_spec(settings_of(), role, EFS)))
+        assert len(base64.b64decode(encoded)) < USER_DATA_LIMIT * 0.8, role
 
 
 def test_user_data_over_the_limit_is_a_settings_error():

@@ -53,11 +53,21 @@ def test_node_role_trusts_only_ec2_and_starts_empty():
 
 
 def test_rendezvous_grants_publish_and_read_separately():
+    records = "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes/*"
     plan = declare(settings_of(), lambda: Rendezvous(
-        "rv", RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"])))
-    policies = {r.inputs["role"]: json.loads(r.inputs["policy"]) for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
-    assert policies["controller-role"]["Statement"][0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
-    assert policies["engine-role"]["Statement"][0]["Action"] == ["ssm:GetParameter"]
+        "rv", RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"],
+                             records)))
+    policies: dict[tuple[str, str], dict] = {
+        (r.inputs["role"], r.inputs["name"]): json.loads(r.inputs["policy"])
+        for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    publish = policies["controller-role", "ipfleet-rendezvous-publish"]["Statement"]
+    assert publish[0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
+    assert policies["engine-role", "ipfleet-rendezvous-read"]["Statement"][0]["Action"] == ["ssm:GetParameter"]
+    # Each node writes its own record for `ipfleet status`, under the stack's nodes path only.
+    for role in ("controller-role", "engine-role"):
+        statement = policies[role, "ipfleet-node-records"]["Statement"]
+        assert statement == [{"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
+                              "Resource": [records]}]
 
 
 def test_engine_fleet_template_and_group():

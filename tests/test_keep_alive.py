@@ -67,6 +67,22 @@ class Cluster:
         self.restarts += 1
         self.controller = self._start_controller()
 
+    def replace_controller(self) -> None:
+        """A new instance: an empty disk (no engine list, no task database); its engines
+        start over (on nodes, systemd restarts them once they lose the old controller)."""
+        stop(self.controller)
+        for process in self.engines:
+            stop(process)
+        (self.profile / "log" / "engines.json").unlink()
+        (self.tmp / "tasks.db").unlink()
+        self.restarts += 1
+        self.controller = self._start_controller()
+        deadline = time.monotonic() + 30
+        while not self.engine_file.exists():  # the old one removed its files on the way out
+            assert time.monotonic() < deadline, "the new controller wrote no connection files"
+            time.sleep(0.1)
+        self.engines = [self._start_engine(i) for i in range(len(self.engines))]
+
     def kill_engine(self, i: int) -> None:
         os.killpg(self.engines[i].pid, signal.SIGKILL)
         self.engines[i].wait(timeout=10)
@@ -120,6 +136,24 @@ def test_a_restarted_controller_keeps_engine_ids_tasks_and_results(cluster):
     with sqlite3.connect(cluster.tmp / "tasks.db") as db:
         tables = [row[0] for row in db.execute("select name from sqlite_master where type = 'table'")]
     assert tables == ["tasks"]  # one table, kept across the restart
+
+
+def test_waiting_tasks_are_handed_over_to_a_replaced_controller(cluster):
+    rc = cluster.client(stall_seconds=60.0)  # no resend to the old one: this is about handing over
+    try:
+        mapped = rc.load_balanced_view().map_async(slow_square, range(TASKS))
+        wait_for_progress(mapped, 20)
+        cluster.replace_controller()
+        new = cluster.client()
+        try:
+            moved = rc.hand_over(new)
+            assert 0 < moved < TASKS
+            assert mapped.get(timeout=120) == [x * x for x in range(TASKS)]
+            assert new.tasks_sent_again == moved
+        finally:
+            new.close()
+    finally:
+        rc.close()
 
 
 @pytest.mark.parametrize("cluster", [3], indirect=True)

@@ -95,3 +95,52 @@ def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys
     assert "controller at 10.0.0.42 (was 10.0.0.10)" in capsys.readouterr().out
     assert oct(engine_file.stat().st_mode & 0o777) == "0o600"
     assert values["rendezvous_parameter"] == name
+
+
+def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_env, imds, tmp_path, monkeypatch):
+    """A node's record (real boto3 against moto, metadata through IMDSv2 on loopback):
+    `ipfleet status` reads the step, exit code and log lines, and `fetch` gives up at once."""
+    from ipfleet.fetch import FetchError, fetch
+    from ipfleet.node_status import read_records
+
+    base, _nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    boot_log = tmp_path / "cloud-init-output.log"
+    boot_log.write_text("".join(f"line {i}\n" for i in range(40)) + "ERROR: No matching distribution for numpyy\n")
+    monkeypatch.setattr(agent, "BOOT_LOG", boot_log)
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    ssm.put_parameter(Name="/ipfleet/bad/connection", Value="pending", Type="SecureString")
+    facts(role="controller", stack="bad", region="us-east-1", node_records_path="/ipfleet/bad/nodes",
+          profile_dir=str(tmp_path / "profile"), state_dir=str(tmp_path / "state"),
+          aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+    agent.report("failed", step="python venv", exit_code=1)
+
+    [record] = read_records(ssm, "bad")
+    assert (record.role, record.instance_id, record.phase) == ("controller", "i-0123456789abcdef0", "failed")
+    assert record.error["step"] == "python venv" and record.error["exitCode"] == 1
+    assert record.error["log"][-1] == "ERROR: No matching distribution for numpyy"
+    assert len(record.error["log"]) == 15
+    # Later reports (the watch service's) keep saying it: the failure is kept on the node.
+    assert json.loads((tmp_path / "state" / "bootstrap-failure.json").read_text())["step"] == "python venv"
+    with pytest.raises(FetchError, match=r"(?s)failed its bootstrap at python venv \(exit 1\).*numpyy"):
+        fetch("bad", "us-east-1", timeout=60, poll_seconds=0.1)
+
+
+def test_interruption_notices_from_the_metadata(imds, monkeypatch):
+    """What the watch service drains on: EC2's spot notice, or Auto Scaling taking the node out."""
+    base, nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    assert agent.interruption() is None  # 404: nothing pending
+    values = json.loads(nodes.read_text())
+
+    def serve(**extra):
+        node = {**values["127.0.0.1"], **extra}
+        nodes.write_text(json.dumps({"127.0.0.1": node}))
+
+    serve(**{"autoscaling/target-lifecycle-state": "InService"})
+    assert agent.interruption() is None
+    serve(**{"spot/instance-action": json.dumps({"action": "terminate", "time": "2026-11-23T12:00:00Z"})})
+    assert agent.interruption() == "spot interruption: terminate at 2026-11-23T12:00:00Z"
+    serve(**{"autoscaling/target-lifecycle-state": "Terminated"})
+    assert agent.interruption() == "auto scaling: Terminated"

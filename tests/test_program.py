@@ -227,15 +227,16 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
     controller = example.one(INSTANCE)
     assert targets <= set(controller.depends_on)
     assert {"example-controller-iam-profile", "example-controller-iam-session-manager",
-            "example-rendezvous-publish"} <= set(controller.depends_on)
+            "example-rendezvous-publish", "example-rendezvous-report-0"} <= set(controller.depends_on)
     group = example.one(GROUP)
     assert targets <= set(group.depends_on)
     assert {"example-engine-iam-profile", "example-engine-iam-session-manager", "example-rendezvous-read-0",
-            "example-controller-node"} <= set(group.depends_on)
+            "example-rendezvous-report-1", "example-controller-node"} <= set(group.depends_on)
     # The engines' grants are theirs, not the controller's.
     assert "example-rendezvous-publish" not in group.depends_on
     assert all(by_name[d].type != "aws:iam/rolePolicy:RolePolicy" or d in {
-        "example-engine-iam-session-manager", "example-rendezvous-read-0"} for d in group.depends_on)
+        "example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-1"}
+        for d in group.depends_on)
 
 
 def test_s3_grants_come_before_the_nodes_that_mount():

@@ -51,8 +51,13 @@ def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict, access: 
     return path
 
 
-def agent(facts: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, "IPFLEET_NODE_FACTS": str(facts)}
+# Nothing listens on loopback's discard port: the agent finds no metadata service at
+# once, and never looks for one off this machine.
+NO_METADATA = "http://127.0.0.1:9/latest"
+
+
+def agent(facts: Path, *args: str, timeout: float = 60, metadata: str = NO_METADATA) -> subprocess.CompletedProcess:
+    env = {**os.environ, "IPFLEET_NODE_FACTS": str(facts), "IPFLEET_METADATA_URL": metadata}
     return subprocess.run([sys.executable, str(AGENT), *args], env=env, capture_output=True,
                            text=True, timeout=timeout)
 

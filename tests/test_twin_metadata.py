@@ -12,34 +12,6 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import free_port
-
-
-@pytest.fixture
-def imds(tmp_path):
-    nodes = tmp_path / "metadata.json"
-    nodes.write_text(json.dumps({"127.0.0.1": {"instance-id": "i-0123456789abcdef0", "local-ipv4": "127.0.0.1",
-                                               "public-ipv4": None, "iam-role": "demo-engine"}}))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ipfleet.twin.metadata", str(nodes), "--address",
-                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}/latest"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(base, timeout=1)
-            except urllib.error.HTTPError:
-                break  # answering (401)
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield base, nodes
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def call(url, method="GET", headers=None):

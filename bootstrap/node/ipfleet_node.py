@@ -28,7 +28,8 @@ FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json")
 PENDING = "pending"
 FORMAT = 1
 KEYS_FORMAT = 1
-METADATA = "http://169.254.169.254/latest"
+# EC2's instance metadata service (tests point this at a stand-in on loopback).
+METADATA = os.environ.get("IPFLEET_METADATA_URL", "http://169.254.169.254/latest")
 SSH_HOST_KEYS = Path("/etc/ssh")
 
 
@@ -44,8 +45,9 @@ def security_dir(facts: dict) -> Path:
     return Path(facts["profile_dir"]) / "security"
 
 
-def ssm_client(facts: dict):
+def ssm_client(facts: dict, patient: bool = False):
     import boto3
+    from botocore.config import Config
 
     # boto3 also honours AWS_ENDPOINT_URL; the facts file carries the stack's
     # endpoint override so every process on the node agrees on it.
@@ -54,7 +56,9 @@ def ssm_client(facts: dict):
     # a busy node that can miss, and the client stays without credentials for good.
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
-    return boto3.client("ssm", region_name=facts["region"], endpoint_url=endpoint)
+    # A hundred nodes booting at once share the account's few PutParameter calls a second.
+    config = Config(retries={"mode": "adaptive", "max_attempts": 10}) if patient else None
+    return boto3.client("ssm", region_name=facts["region"], endpoint_url=endpoint, config=config)
 
 
 def private_address() -> str:
@@ -306,6 +310,156 @@ def mount(unit: str, timeout: float) -> None:
         delay = min(delay * 2, 30.0)
 
 
+# -- what this node tells `ipfleet status` -------------------------------------------
+
+RECORD_FORMAT = 1
+# SSM's standard parameters hold 4 KB: the log tail is cut to fit.
+RECORD_LIMIT = 4000
+BOOT_LOG = Path("/var/log/cloud-init-output.log")
+ENGINE_UNITS = "ipengine@*.service"
+
+
+def node_identity() -> dict:
+    """Who this node is, from the instance metadata (the hostname where there is none)."""
+    return {
+        "instanceId": instance_metadata("instance-id") or platform.node(),
+        "instanceType": instance_metadata("instance-type"),
+        "lifecycle": instance_metadata("instance-life-cycle"),  # "spot" or "on-demand"
+        "zone": instance_metadata("placement/availability-zone"),
+        "address": instance_metadata("local-ipv4"),
+    }
+
+
+def log_tail(unit: str | None = None, lines: int = 15) -> list[str]:
+    """The last lines of a unit's journal, or of the boot log (cloud-init's output)."""
+    if unit:
+        out = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit],
+                             capture_output=True, text=True).stdout
+        return out.splitlines()[-lines:]
+    try:
+        return BOOT_LOG.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return []
+
+
+def engines_now(facts: dict) -> dict:
+    """Controller: the engines it has registered (its restore file); engine node: engines running."""
+    if facts["role"] == "controller":
+        state = Path(facts["profile_dir"]) / "log" / "engines.json"
+        try:
+            return {"registered": len(json.loads(state.read_text())["engines"])}
+        except (OSError, ValueError, KeyError):
+            return {"registered": 0}
+    listing = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active",
+                              ENGINE_UNITS], capture_output=True, text=True).stdout
+    return {"running": sum(1 for line in listing.splitlines() if line.strip()),
+            "expected": engine_count(facts)}
+
+
+def node_record(facts: dict, identity: dict, phase: str, error: dict | None = None,
+                reason: str | None = None) -> str:
+    record = {"format": RECORD_FORMAT, "role": facts["role"], **identity, "phase": phase,
+              "engines": engines_now(facts), "error": error, "reason": reason,
+              "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    text = json.dumps(record)
+    while len(text) > RECORD_LIMIT and error and error.get("log"):
+        error["log"] = error["log"][1:]
+        text = json.dumps(record)
+    return text
+
+
+def failure_file(facts: dict) -> Path:
+    """Where a failed bootstrap leaves its error, so later reports keep saying it."""
+    return Path(facts["state_dir"]) / "bootstrap-failure.json"
+
+
+def put_record(facts: dict, identity: dict, text: str) -> bool:
+    """Best effort: a node that cannot report keeps working (and says so in its journal)."""
+    name = f"{facts['node_records_path']}/{identity['instanceId']}"
+    try:
+        ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
+        return True
+    except Exception as e:
+        log(f"could not report to {name}: {type(e).__name__}: {e}")
+        return False
+
+
+def report(phase: str, step: str | None = None, exit_code: int | None = None, unit: str | None = None) -> None:
+    """Publish this node's phase; with --step, its failure and the log lines that say why."""
+    facts = load_facts()
+    error = None
+    if step is not None:
+        error = {"step": step, "exitCode": exit_code, "log": log_tail(unit)}
+        _write_private(failure_file(facts), json.dumps(error))
+    if put_record(facts, node_identity(), node_record(facts, node_identity(), phase, error)):
+        log(f"reported phase {phase}" + (f" (failed at {step})" if step else ""))
+
+
+def forget() -> None:
+    """At shutdown: the node's record goes with it."""
+    facts = load_facts()
+    name = f"{facts['node_records_path']}/{node_identity()['instanceId']}"
+    try:
+        ssm_client(facts).delete_parameter(Name=name)
+        log(f"deleted {name}")
+    except Exception as e:  # already gone, or AWS unreachable while shutting down
+        log(f"could not delete {name}: {type(e).__name__}")
+
+
+def interruption() -> str | None:
+    """Why this node is about to go, if it is: a spot interruption notice, or Auto
+    Scaling taking it out of service. None while it stays."""
+    notice = instance_metadata("spot/instance-action")
+    if notice:
+        try:
+            action = json.loads(notice)
+            return f"spot interruption: {action.get('action')} at {action.get('time')}"
+        except ValueError:
+            return f"spot interruption: {notice}"
+    target = instance_metadata("autoscaling/target-lifecycle-state")
+    if target and target != "InService":
+        return f"auto scaling: {target}"
+    return None
+
+
+def drain(facts: dict, reason: str) -> None:
+    """Stop taking work: stop this node's engines. The controller sees them go at once
+    and retries their running tasks elsewhere (ipfleet.client()'s views retry by
+    default); an explicit stop is not undone by Restart=always."""
+    log(f"draining: {reason}")
+    subprocess.run(["systemctl", "stop", ENGINE_UNITS, "ipfleet-connection.service"], check=False)
+    log("drained: engines stopped")
+
+
+def watch(interval: float, heartbeat: float = 600.0) -> None:
+    """Every node, for its life: report when its phase or engines change, and on an
+    engine node, drain as soon as an interruption notice appears (two minutes on spot)."""
+    facts = load_facts()
+    identity = node_identity()
+    booted = Path("/var/lib/cloud/instance/boot-finished")
+    last, last_sent, drained_for = None, 0.0, None
+    while True:
+        reason = interruption() if facts["role"] == "engine" and drained_for is None else None
+        if reason:
+            put_record(facts, identity, node_record(facts, identity, "draining", reason=reason))
+            drain(facts, reason)
+            drained_for = reason
+        error = None
+        if failure_file(facts).exists():
+            error = json.loads(failure_file(facts).read_text())
+        if drained_for:
+            phase = "drained"
+        elif error:
+            phase = "failed"
+        else:
+            phase = "running" if booted.exists() else "booting"
+        state = (phase, json.dumps(engines_now(facts)))
+        if state != last or time.monotonic() - last_sent > heartbeat:
+            if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
+                last, last_sent = state, time.monotonic()
+        time.sleep(interval)
+
+
 SSHD_FORWARDING = Path("/etc/ssh/sshd_config.d/10-ipfleet-forwarding.conf")
 
 
@@ -339,6 +493,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("unit")
     p.add_argument("--timeout", type=float, default=600.0)
     sub.add_parser("sshd-forwarding", help="root: limit the login's tunnels to this node's client ports")
+    p = sub.add_parser("report", help="publish this node's phase (and failure) for `ipfleet status`")
+    p.add_argument("phase")
+    p.add_argument("--step", help="the bootstrap step that failed")
+    p.add_argument("--exit-code", type=int)
+    p.add_argument("--unit", help="take the log lines from this unit's journal")
+    p = sub.add_parser("watch", help="root: report changes, drain on an interruption notice")
+    p.add_argument("--interval", type=float, default=5.0)
+    sub.add_parser("forget", help="delete this node's record (at shutdown)")
     args = parser.parse_args(argv)
     if args.command == "address":
         print(private_address())
@@ -354,6 +516,12 @@ def main(argv: list[str] | None = None) -> None:
         mount(args.unit, args.timeout)
     elif args.command == "sshd-forwarding":
         sshd_forwarding()
+    elif args.command == "report":
+        report(args.phase, args.step, args.exit_code, args.unit)
+    elif args.command == "watch":
+        watch(args.interval)
+    elif args.command == "forget":
+        forget()
     else:
         wait_connection(args.timeout)
 
