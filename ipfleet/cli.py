@@ -182,11 +182,12 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
 
     table = Table(title=f"ipfleet stack {stack} ({region})")
     for column in ("role", "instance", "type", "market", "zone", "address", "phase", "engines", "error"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column != "error")
     for r in records:
         table.add_row(r.role, r.instance_id, r.instance_type or "-", r.lifecycle or "-", r.zone or "-",
                       r.address or "-", r.phase, r.engines_text, r.error_text or r.reason or "")
-    Console().print(table)
+    # Piped (grep, a log), the table keeps its full width rather than a guessed 80 columns.
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
     for r in records:
         if r.phase == "failed":
             from ipfleet.node_status import describe_failure
@@ -234,6 +235,7 @@ def connect(
         help="Write ~/.ssh/ipfleet/STACK.conf and include it from ~/.ssh/config (ipyparallel's "
         "tunnels need it); --no-ssh-config prints the ssh command instead.")] = True,
     proxy_command: Annotated[str | None, typer.Option(
+        envvar="IPFLEET_PROXY_COMMAND",
         help="ssh ProxyCommand to reach the controller instead of Session Manager's "
         "(a bastion, say); ssh's %h and %p tokens work.")] = None,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for a booting controller.")] = 600.0,
@@ -286,7 +288,7 @@ def notebook(
     stack: DeployedStackArg,
     port: Annotated[int, typer.Option(min=1, max=65535, help="Local port for the notebook.")] = 8888,
 ) -> None:
-    """Open the stack's JupyterLab (ipfleet:notebook: true) through the controller's tunnel.
+    """Open the stack's JupyterLab (stack setting notebook = true) through the controller's tunnel.
 
     JupyterLab listens on the controller's own 127.0.0.1 only; this forwards it
     to 127.0.0.1:PORT here over the same ssh connection `ipfleet connect` set up,

@@ -28,8 +28,10 @@ def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], N
             rc.shutdown(targets=sorted(before), hub=False, block=True)
         deadline = started + timeout
         while True:
-            new = registered(rc) - before
-            if len(new) >= len(before):
+            now = registered(rc)
+            new = now - before
+            # Done when as many have registered again and the controller has let the old go.
+            if len(new) >= len(before) and not now & before:
                 break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(new)} of {len(before)} engines of {stack!r} registered again "

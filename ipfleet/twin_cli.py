@@ -115,6 +115,51 @@ def down(stack: MaybeStack = None) -> None:
         _fail("could not remove: " + "; ".join(leftovers))
 
 
+@twin_app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec(  # noqa: A001 (the command's name)
+    ctx: typer.Context,
+    stack: StackArg,
+) -> None:
+    """Run a command as the laptop: in the client namespace, with the twin's AWS endpoint
+    and throwaway credentials, its own home (~/.ssh) and this checkout's ipfleet.
+
+    Put the command after `--`, e.g.:
+
+      ipfleet twin exec example -- ipfleet status example
+
+      ipfleet twin exec example -- ipfleet restart-engines example --json
+
+      ipfleet twin exec example -- python my_script.py
+    """
+    import os
+    import shutil
+    import subprocess
+
+    from ipfleet.twin import cluster
+
+    command = list(ctx.args)
+    if not command:
+        _fail("nothing to run: put the command after `--`", 2)
+    state = _running(stack)
+    env = cluster.client_env(state)
+    if command[0] in ("ipfleet", "python", "python3"):
+        # The laptop's own Python (the nodes' version), with this checkout's ipfleet.
+        command = [state.client_python] + (["-m", "ipfleet.cli"] if command[0] == "ipfleet" else []) + command[1:]
+    elif shutil.which(command[0], path=env.get("PATH", os.defpath)) is None:
+        _fail(f"{command[0]}: command not found", 2)
+    if state.access == "ssm":
+        env["IPFLEET_PROXY_COMMAND"] = cluster.session_proxy_command(state)
+    raise typer.Exit(subprocess.run(cluster.as_client(state, command), env=env).returncode)
+
+
+def _print_fault(result: dict) -> None:
+    typer.echo(f"\n{result['fault']} ({result['victim']}): {result['results_correct']}/{result['tasks']} results "
+               f"exact, {result['lost']} lost")
+    for key in ("retried", "sent_again", "engines_before", "engines_after", "engine_ids_kept", "recovery_s",
+                "map_s"):
+        typer.echo(f"  {key:<16} {result[key]}")
+
+
 @twin_app.command()
 def demo(
     stack: StackArg,
@@ -123,20 +168,29 @@ def demo(
     engine_nodes: Annotated[int | None, typer.Option(
         help="Override the stack's engineNodes for this run.")] = None,
     keep: Annotated[bool, typer.Option(help="Leave the twin up afterwards.")] = False,
+    fault: Annotated[str | None, typer.Option(
+        metavar="KIND", help="Then hit a map of 200 tasks with a fault: controller-restart, controller-replace, "
+        "engine-loss or spot-interruption; report what was lost and how long recovery took.")] = None,
 ) -> None:
     """Up, then StarCluster's demo from a client namespace, then down.
 
     The client does what a laptop does: `ipfleet fetch`, then ipyparallel.Client
     runs view.map_async(lambda x: x**30, range(8)) and one task per engine that
     names the host it ran on. Prints the results and how long each stage took.
+    With --fault, a longer map follows and the fault hits it half-way.
     """
     from ipfleet.twin import cluster
+    from ipfleet.twin.faults import FAULTS, run_fault
 
+    if fault is not None and fault not in FAULTS:
+        _fail(f"--fault {fault!r}: choose one of {', '.join(FAULTS)}", 2)
     _stop_on_sigterm()
     state = _boot(stack, engine_nodes)
     try:
         cluster.wait_ready(state, timeout=timeout, log=_say)
         result = cluster.fetch_and_demo(state, timeout=timeout, log=_say)
+        if fault is not None:
+            result["fault"] = run_fault(state, fault, timeout=timeout, log=_say)
     except (cluster.TwinError, KeyboardInterrupt) as e:
         for node in state.nodes:
             if node.running():
@@ -159,4 +213,6 @@ def demo(
     typer.echo("\nseconds since the nodes booted:")
     for label, seconds in result["timings"].items():
         typer.echo(f"  {label:<28} {seconds:>7}")
+    if "fault" in result:
+        _print_fault(result["fault"])
     sys.stdout.flush()

@@ -63,6 +63,11 @@ class TwinState:
     public_ip: bool = False
     # The security group's CIDR ingress rules (cidr, first port, last port), from the plan.
     ingress: list = field(default_factory=list)
+    # Where nodes mount the shared storage (None without), and what the metadata says of each role.
+    shared_mount_point: str | None = None
+    instance_types: dict[str, str] = field(default_factory=dict)
+    # Per node address: metadata values the twin adds (a spot notice, say).
+    metadata_extra: dict[str, dict] = field(default_factory=dict)
     booted_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -114,7 +119,8 @@ class TwinState:
 
     @property
     def controller(self) -> Node:
-        return next(n for n in self.nodes if n.role == "controller")
+        """The newest controller (during a replacement, the old one is still listed first)."""
+        return [n for n in self.nodes if n.role == "controller"][-1]
 
     @property
     def engine_nodes(self) -> list[Node]:
@@ -234,6 +240,9 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
         engines_expected=settings.engine_nodes * per_node, access=settings.access,
         client_python=client_python,
         public_ip=bool(plan.one("aws:ec2/instance:Instance").inputs.get("associatePublicIpAddress")),
+        shared_mount_point=settings.shared_storage.mount_point if settings.shared_storage.enabled else None,
+        instance_types={"controller": settings.controller_instance_type,
+                        "engine": settings.engine_instance_types[0]},
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
@@ -299,9 +308,12 @@ def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
     return rules
 
 
-def write_metadata(state: TwinState) -> None:
-    """What each node's instance metadata says about it (the service re-reads this file)."""
+def write_metadata(state: TwinState, extra: dict[str, dict] | None = None) -> None:
+    """What each node's instance metadata says about it (the service re-reads this file).
+    EXTRA adds values for a node, by address, for as long as the twin runs."""
     zone = f"{state.region}a"
+    for address, more in (extra or {}).items():
+        state.metadata_extra.setdefault(address, {}).update(more)
     values = {}
     for node in state.nodes:
         public = PUBLIC_ADDRESS if node.role == "controller" and state.public_ip else None
@@ -309,6 +321,10 @@ def write_metadata(state: TwinState) -> None:
             "instance-id": node.instance_id, "local-ipv4": node.address, "public-ipv4": public,
             "placement/availability-zone": zone, "placement/region": state.region,
             "hostname": node.name, "iam-role": f"{state.stack}-{node.role}",
+            "instance-type": state.instance_types.get(node.role),
+            # The engines run on spot (the fleet's default); the controller on demand.
+            "instance-life-cycle": "spot" if node.role == "engine" else "on-demand",
+            **state.metadata_extra.get(node.address, {}),
         }
     state.metadata_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = state.metadata_file.with_suffix(".tmp")
@@ -459,8 +475,7 @@ def client_reaches(state: TwinState, host: str, ports: list[int]) -> dict[int, b
 
 def session_proxy_command(state: TwinState) -> str:
     """ssh's ProxyCommand standing in for Session Manager's (see ipfleet/twin/session_relay.py)."""
-    return (f"ip netns exec {state.controller.namespace} {sys.executable} "
-            f"-m ipfleet.twin.session_relay %p")
+    return f"{sys.executable} -m ipfleet.twin.session_relay --stack {state.stack} --target %h %p"
 
 
 def connect(state: TwinState, timeout: float = 300) -> dict:
@@ -541,6 +556,15 @@ def replace_controller(state: TwinState, timeout: float = 600, log=print) -> Nod
     address, empty disk) boots from the same user data; once it has published, the old
     one is terminated and its address is gone. Returns the new controller."""
     old = state.controller
+    new = boot_replacement(state, timeout, log)
+    retire_controller(state, old, log)
+    return new
+
+
+def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
+    """The first half of a replacement: the new controller boots and publishes, while the
+    old one still serves (create before delete)."""
+    old = state.controller
     net = TwinNetwork(state.tag)
     number = max(int(n.address.rsplit(".", 1)[1]) for n in state.nodes) + 1
     host = net.host(f"controller{number}", number)
@@ -563,16 +587,20 @@ def replace_controller(state: TwinState, timeout: float = 600, log=print) -> Nod
             raise TwinError(f"the replacement controller did not publish:\n{describe_node(new)}")
         time.sleep(0.5)
     state.timings["replacement_published"] = round(time.monotonic() - started, 2)
-    # Terminate the old instance: it powers off and its address leaves the network.
+    return new
+
+
+def retire_controller(state: TwinState, old: Node, log=print) -> None:
+    """The second half: the old instance powers off and its address leaves the network."""
     old.stop()
     state.nodes.remove(old)
+    net = TwinNetwork(state.tag)
     net.destroy([old.namespace])
     state.namespaces.remove(old.namespace)
-    net.apply_security_group([tuple(rule) for rule in state.ingress], new.address)
+    net.apply_security_group([tuple(rule) for rule in state.ingress], state.controller.address)
     write_metadata(state)
     state.save()
     log(f"terminated {old.name} ({old.address})")
-    return new
 
 
 def down(state: TwinState, log=print) -> list[str]:

@@ -48,15 +48,21 @@ def main() -> None:
     view = rc.load_balanced_view()
     started = time.time()
     pending = [view.apply_async(task, x, spec["seconds"], spec.get("shared_log")) for x in range(tasks)]
-    recovered_at = None
+    recovered_at, done_after_fault = None, None
     reconnected = False
-    while not all(r.ready() for r in pending) and time.monotonic() < deadline:
+    fault_file = run_dir / "fault.json"
+    # Until every task is done and, once the fault hit, the cluster has recovered.
+    while (not all(r.ready() for r in pending) or (fault_file.exists() and recovered_at is None)) \
+            and time.monotonic() < deadline:
         done = sum(r.ready() for r in pending)
         write_json(run_dir / "progress.json", {"done": done, "at": time.time()})
-        fault = json.loads((run_dir / "fault.json").read_text()) if (run_dir / "fault.json").exists() else None
-        if fault and recovered_at is None:
+        fault = json.loads(fault_file.read_text()) if fault_file.exists() else None
+        if fault and recovered_at is None and time.time() > fault["at"] + 1:
+            # Recovered: the controller has the engines it should, and work is flowing again
+            # (a task finished since the fault took hold).
+            done_after_fault = done if done_after_fault is None else done_after_fault
             try:
-                if len(rc.engine_ids(timeout=2)) >= fault["engines_after"] and time.time() > fault["at"] + 1:
+                if len(rc.engine_ids(timeout=2)) == fault["engines_after"] and done > done_after_fault:
                     recovered_at = time.time()
             except ControllerUnreachable:
                 if fault.get("reconnect") and not reconnected:
@@ -64,7 +70,7 @@ def main() -> None:
                     # send what the old controller never finished through the new one.
                     from ipfleet.connect import connect
 
-                    connect(spec["stack"], spec["region"], timeout=120)
+                    connect(spec["stack"], spec["region"], timeout=120, proxy_command=spec.get("proxy_command"))
                     new = ipfleet.client(spec["stack"], timeout=60)
                     rc.hand_over(new)
                     rc = new

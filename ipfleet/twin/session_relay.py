@@ -4,14 +4,16 @@ On AWS, `aws ssm start-session --document-name AWS-StartSSHSession` carries ssh'
 bytes through the Systems Manager service to the SSM agent on the instance,
 which connects to the instance's own localhost:22. No port is open to anyone.
 The service cannot run here; this relay plays the same part, started by ssh as
-its ProxyCommand inside the controller's network namespace:
+its ProxyCommand. Like `--target %h`, it finds the instance by its id (in the
+twin's state, so a replaced controller is found too) and runs inside that
+node's network namespace:
 
-    ProxyCommand ip netns exec <controller namespace> python -m ipfleet.twin.session_relay %p
+    ProxyCommand python -m ipfleet.twin.session_relay --stack STACK --target %h %p
 
 Everything either side of it (ssh, the pinned host keys, sshd on the node,
 ipyparallel's tunnels, the closed security group) is the real thing.
 
-Usage: python -m ipfleet.twin.session_relay PORT
+Usage: python -m ipfleet.twin.session_relay [--stack STACK --target INSTANCE_ID] PORT
 """
 
 from __future__ import annotations
@@ -54,5 +56,18 @@ def relay(port: int) -> None:
     sock.close()
 
 
+def enter(stack: str, instance_id: str, port: str) -> None:
+    """Become the relay inside the namespace of the node with that instance id."""
+    from ipfleet.twin.cluster import TwinState
+
+    node = next((n for n in TwinState.load(stack).nodes if n.instance_id == instance_id), None)
+    if node is None:
+        sys.exit(f"session relay: no instance {instance_id} in the twin of {stack!r} (TargetNotConnected)")
+    os.execvp("ip", ["ip", "netns", "exec", node.namespace, sys.executable, "-m", "ipfleet.twin.session_relay",
+                     port])
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--stack" and sys.argv[3] == "--target":
+        enter(sys.argv[2], sys.argv[4], sys.argv[5])
     relay(int(sys.argv[1]))

@@ -20,6 +20,9 @@ CACHE = Path("/var/cache/ipfleet/twin")
 LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 
+NOT_ON_INDEX = re.compile(r"No matching distribution found for (\S+)")
+
+
 class WheelhouseError(RuntimeError):
     pass
 
@@ -45,7 +48,15 @@ def ensure_wheelhouse(requirements: Iterable[str], python_version: str, log=prin
                "--only-binary=:all:", "--python-version", python_version, "-d", str(files), *requirements]
     if lock:
         command[4:4] = ["-c", str(LOCK)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    # A requirement no index has (a typo in ipfleet:pythonPackages, say) is left out, so
+    # that the nodes' pip fails on it as it would on AWS, where it is a boot failure.
+    for _ in range(len(requirements) + 1):
+        result = subprocess.run(command, capture_output=True, text=True)
+        missing = NOT_ON_INDEX.search(result.stderr)
+        if result.returncode == 0 or not missing or missing.group(1) not in command:
+            break
+        log(f"{missing.group(1)} is on no index: nodes will fail to install it, as on AWS")
+        command.remove(missing.group(1))
     if result.returncode != 0:
         raise WheelhouseError(f"pip download failed:\n{result.stderr[-2000:]}")
     write_simple_index(building)
