@@ -86,14 +86,18 @@ class FleetClient(ipp.Client):
         return moved
 
     def engine_ids(self, timeout: float = 10.0) -> list[int]:
-        """The engines the controller has registered now, asked with a bound (queue_status
-        waits forever for a controller that is gone)."""
-        future = self._send(self._query_stream, "queue_request", content={"targets": None, "verbose": False})
+        """The engines the controller has registered now, asked with a bound.
+
+        Not queue_status: that lists every id the controller ever gave (they are never
+        reused) and waits forever for a controller that is gone. The connection
+        request is answered with the engines registered at this moment.
+        """
+        future = self._send(self._query_stream, "connection_request")
         try:
             reply = future.result(timeout=timeout)
         except Exception:
             raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
-        return sorted(int(k) for k in reply["content"] if k.isdigit())
+        return sorted(int(k) for k in reply["content"]["engines"])
 
     def close(self, linger=None):
         if hasattr(self, "_watch_stop"):  # not when __init__ failed

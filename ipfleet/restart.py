@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 def registered(rc) -> set[int]:
     """The engines the controller has now (a request and reply, not the client's notices)."""
-    return {k for k in rc.queue_status() if isinstance(k, int)}
+    return set(rc.engine_ids())
 
 
 def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], None] = lambda s: None,

@@ -23,13 +23,14 @@ def wait_for_engines(rc, stack: str, engines: int, timeout: float):
     ipyparallel's own wait_for_engines counts registration notifications. One
     that arrives while the client's subscription is still travelling through
     the tunnel is lost, and the client never learns of that engine. So ask the
-    controller (queue_status is a request and reply), and if it knows engines
+    controller (a request and reply), and if it knows engines
     the client does not, connect again: a new client gets the full list.
+    (`engine_ids`: ipfleet's client asks the controller which engines it has now.)
     """
     import ipfleet
 
     deadline = time.monotonic() + timeout
-    while sum(isinstance(k, int) for k in rc.queue_status()) < engines:
+    while len(rc.engine_ids()) < engines:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{engines} engines not registered in {timeout:.0f} s")
         time.sleep(0.5)

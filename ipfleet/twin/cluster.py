@@ -66,6 +66,7 @@ class TwinState:
     # Where nodes mount the shared storage (None without), and what the metadata says of each role.
     shared_mount_point: str | None = None
     instance_types: dict[str, str] = field(default_factory=dict)
+    engine_nodes_lost: int = 0
     # Per node address: metadata values the twin adds (a spot notice, say).
     metadata_extra: dict[str, dict] = field(default_factory=dict)
     booted_at: float = 0.0
@@ -121,6 +122,11 @@ class TwinState:
     def controller(self) -> Node:
         """The newest controller (during a replacement, the old one is still listed first)."""
         return [n for n in self.nodes if n.role == "controller"][-1]
+
+    @property
+    def engine_nodes_booted(self) -> int:
+        """How many engine nodes the twin booted (faults may have taken some since)."""
+        return max(1, sum(1 for n in self.nodes if n.role == "engine") + self.engine_nodes_lost)
 
     @property
     def engine_nodes(self) -> list[Node]:

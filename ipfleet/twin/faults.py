@@ -57,9 +57,11 @@ def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.
         folder.chmod(0o777)  # the engines' service user writes here
         (folder / f"{kind}.log").unlink(missing_ok=True)
         shared_log = f"{state.shared_mount_point}/{FAULT_LOG_DIR}/{kind}.log"
-    per_node = state.engines_expected // max(1, len(state.engine_nodes))
-    engines_after = state.engines_expected - (per_node if kind in ("engine-loss", "spot-interruption") else 0)
-    spec = {"stack": state.stack, "region": state.region, "engines": state.engines_expected, "tasks": tasks,
+    # What the cluster has now (an earlier fault may have taken a node), and after this one.
+    per_node = state.engines_expected // state.engine_nodes_booted
+    engines_now = per_node * len(state.engine_nodes)
+    engines_after = engines_now - (per_node if kind in ("engine-loss", "spot-interruption") else 0)
+    spec = {"stack": state.stack, "region": state.region, "engines": engines_now, "tasks": tasks,
             "seconds": seconds, "timeout": timeout, "run_dir": str(run_dir), "shared_log": shared_log,
             "proxy_command": cluster.session_proxy_command(state) if state.access == "ssm" else None}
     laptop = subprocess.Popen(
@@ -136,5 +138,6 @@ def _inject(state: TwinState, kind: str, old_controller, log) -> str:
         log(f"{victim.name} drained; terminating it")
         victim.stop()
     state.nodes.remove(victim)
+    state.engine_nodes_lost += 1
     state.save()
     return victim.name
