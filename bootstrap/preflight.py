@@ -36,16 +36,14 @@ def check_user_data(settings: Settings) -> None:
 def check_role_policy_size(settings: Settings) -> None:
     """The controller's role carries the most: Session Manager, the rendezvous and the S3 mounts."""
     from components.node_role import SESSION_MANAGER_STATEMENTS
-    from components.rendezvous import NODE_RECORD_ACTIONS, node_records_arn
+    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, node_records_arn
+    from components.rendezvous import policy_document as rendezvous_document
     from components.s3_mounts import policy_document
 
     arn = f"arn:aws:ssm:{settings.region}:123456789012:parameter"
     documents = [
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-         "Action": ["ssm:PutParameter", "ssm:GetParameter"],
-         "Resource": [arn + settings.rendezvous_parameter, arn + settings.keys_parameter]}]},
-        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": list(NODE_RECORD_ACTIONS),
-         "Resource": [node_records_arn(settings.region, settings.node_records_path)]}]},
+        rendezvous_document([arn + settings.rendezvous_parameter, arn + settings.keys_parameter], PUBLISH_ACTIONS),
+        rendezvous_document([node_records_arn(settings.region, settings.node_records_path)], NODE_RECORD_ACTIONS),
         {"Version": "2012-10-17", "Statement": SESSION_MANAGER_STATEMENTS},
         policy_document(settings.s3_mounts),
     ]

@@ -19,6 +19,7 @@ in user data nor in Pulumi state. `pulumi destroy` deletes both, keys included.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -60,7 +61,7 @@ class Rendezvous(pulumi.ComponentResource):
             f"{name}-publish",
             name="ipfleet-rendezvous-publish",
             role=args.publisher_role,
-            policy=_policy([self.parameter.arn, self.keys.arn], ["ssm:PutParameter", "ssm:GetParameter"]),
+            policy=_policy([self.parameter.arn, self.keys.arn], PUBLISH_ACTIONS),
             opts=child,
         )
         readers = [
@@ -73,7 +74,7 @@ class Rendezvous(pulumi.ComponentResource):
         reporters = [
             aws.iam.RolePolicy(
                 f"{name}-report-{index}", name="ipfleet-node-records", role=role,
-                policy=_policy([args.node_records_arn], list(NODE_RECORD_ACTIONS)), opts=child,
+                policy=_policy([args.node_records_arn], NODE_RECORD_ACTIONS), opts=child,
             )
             for index, role in enumerate([args.publisher_role, *args.reader_roles])
         ]
@@ -93,8 +94,14 @@ def node_records_arn(region: str, path: str) -> str:
     return f"arn:aws:ssm:{region}:*:parameter{path}/*"
 
 
-def _policy(arns: list, actions: list[str]) -> pulumi.Output[str]:
-    return pulumi.Output.json_dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": actions, "Resource": arns}],
-    })
+PUBLISH_ACTIONS = ("ssm:PutParameter", "ssm:GetParameter")
+
+
+def policy_document(resources: list, actions: Sequence[str]) -> dict:
+    """One Allow statement; resources may be Outputs (the stack) or strings (preflight)."""
+    return {"Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": resources}]}
+
+
+def _policy(arns: list, actions: Sequence[str]) -> pulumi.Output[str]:
+    return pulumi.Output.json_dumps(policy_document(arns, actions))
