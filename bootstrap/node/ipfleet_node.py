@@ -373,9 +373,13 @@ def failure_file(facts: dict) -> Path:
     return Path(facts["state_dir"]) / "bootstrap-failure.json"
 
 
+def record_name(facts: dict, identity: dict) -> str:
+    return f"{facts['node_records_path']}/{identity['instanceId']}"
+
+
 def put_record(facts: dict, identity: dict, text: str) -> bool:
     """Best effort: a node that cannot report keeps working (and says so in its journal)."""
-    name = f"{facts['node_records_path']}/{identity['instanceId']}"
+    name = record_name(facts, identity)
     try:
         ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
         return True
@@ -391,14 +395,15 @@ def report(phase: str, step: str | None = None, exit_code: int | None = None, un
     if step is not None:
         error = {"step": step, "exitCode": exit_code, "log": log_tail(unit)}
         _write_private(failure_file(facts), json.dumps(error))
-    if put_record(facts, node_identity(), node_record(facts, node_identity(), phase, error)):
+    identity = node_identity()
+    if put_record(facts, identity, node_record(facts, identity, phase, error)):
         log(f"reported phase {phase}" + (f" (failed at {step})" if step else ""))
 
 
 def forget() -> None:
     """At shutdown: the node's record goes with it."""
     facts = load_facts()
-    name = f"{facts['node_records_path']}/{node_identity()['instanceId']}"
+    name = record_name(facts, node_identity())
     try:
         ssm_client(facts).delete_parameter(Name=name)
         log(f"deleted {name}")
