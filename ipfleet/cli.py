@@ -163,7 +163,7 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     import boto3
     import botocore.exceptions as boto_errors
 
-    from ipfleet.node_status import read_records
+    from ipfleet.node_status import describe_failure, read_records
 
     region = _region(stack, region)
     try:
@@ -190,8 +190,6 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     for r in records:
         if r.phase == "failed":
-            from ipfleet.node_status import describe_failure
-
             typer.echo(describe_failure(r), err=True)
 
 

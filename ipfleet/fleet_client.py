@@ -75,10 +75,7 @@ class FleetClient(ipp.Client):
                 new._output_futures[msg_id] = self._output_futures[msg_id]
             new.outstanding.add(msg_id)
             new.history.append(msg_id)
-            fresh = _resigned(msg)
-            with new._waiting_lock:
-                new._waiting[msg_id] = (time.monotonic(), fresh, buffers, ident)
-            new._io_loop.add_callback(new._send_raw, new._task_stream, fresh, buffers=buffers, ident=ident)
+            new._resend(msg_id, msg, buffers, ident)
             moved += 1
         new.tasks_sent_again += self.tasks_sent_again + moved
         if moved:
@@ -92,12 +89,7 @@ class FleetClient(ipp.Client):
         reused) and waits forever for a controller that is gone. The connection
         request is answered with the engines registered at this moment.
         """
-        future = self._send(self._query_stream, "connection_request")
-        try:
-            reply = future.result(timeout=timeout)
-        except Exception:
-            raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
-        return sorted(int(k) for k in reply["content"]["engines"])
+        return sorted(int(k) for k in self._ask("connection_request", None, timeout)["engines"])
 
     def close(self, linger=None):
         if hasattr(self, "_watch_stop"):  # not when __init__ failed
@@ -151,14 +143,29 @@ class FleetClient(ipp.Client):
         with self._waiting_lock:
             lost = [(m, self._waiting[m]) for m in unknown if m in self._waiting]
         for msg_id, (_sent, msg, buffers, ident) in lost:
-            msg = _resigned(msg)
-            with self._waiting_lock:
-                self._waiting[msg_id] = (time.monotonic(), msg, buffers, ident)
-            self._io_loop.add_callback(self._send_raw, self._task_stream, msg, buffers=buffers, ident=ident)
+            self._resend(msg_id, msg, buffers, ident)
         self.tasks_sent_again += len(lost)
         if lost:
             log.warning("the controller lost %d waiting tasks (was it restarted?): sent them again", len(lost))
         return len(lost)
+
+    def _resend(self, msg_id: str, msg: dict, buffers: list, ident) -> None:
+        """Send a kept request again through this client's task socket, and keep waiting
+        for it. A new date gives it a new signature: an engine that saw the first send
+        (it was running the task when the controller went) refuses a replay."""
+        msg = {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}
+        with self._waiting_lock:
+            self._waiting[msg_id] = (time.monotonic(), msg, buffers, ident)
+        self._io_loop.add_callback(self._send_raw, self._task_stream, msg, buffers=buffers, ident=ident)
+
+    def _ask(self, msg_type: str, content: dict | None, timeout: float) -> dict:
+        """One request to the controller and the content of its reply, with a bound
+        (ipyparallel's own queries wait forever for a controller that is gone)."""
+        future = self._send(self._query_stream, msg_type, content=content)
+        try:
+            return future.result(timeout=timeout)["content"]
+        except Exception:
+            raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
 
     def _unknown_to_controller(self, msg_ids: list[str], timeout: float) -> list[str]:
         """Which of MSG_IDS the controller has neither pending nor done.
@@ -169,13 +176,7 @@ class FleetClient(ipp.Client):
         """
         remaining, unknown = list(msg_ids), []
         while remaining:
-            future = self._send(self._query_stream, "result_request",
-                                content={"msg_ids": remaining, "status_only": True})
-            try:
-                reply = future.result(timeout=timeout)
-            except Exception:
-                raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
-            content = reply["content"]
+            content = self._ask("result_request", {"msg_ids": remaining, "status_only": True}, timeout)
             if content.get("status") == "ok":
                 break
             found = UNKNOWN_TASK.search(str(content.get("evalue", "")))
@@ -184,9 +185,3 @@ class FleetClient(ipp.Client):
             unknown.append(found.group(1))
             remaining.remove(found.group(1))
         return unknown
-
-
-def _resigned(msg: dict) -> dict:
-    """The same request under a new date, hence a new signature: an engine that saw the
-    first send (it was running the task when the controller went) refuses a replay."""
-    return {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}

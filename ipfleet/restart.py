@@ -11,24 +11,19 @@ import time
 from collections.abc import Callable
 
 
-def registered(rc) -> set[int]:
-    """The engines the controller has now (a request and reply, not the client's notices)."""
-    return set(rc.engine_ids())
-
-
-def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], None] = lambda s: None,
-                    client=None) -> dict:
+def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], None] = lambda s: None) -> dict:
     from ipfleet.connect import client as connect
 
-    rc = client or connect(stack, timeout=60)
+    rc = connect(stack, timeout=60)
     try:
-        before = registered(rc)
+        # What the controller has registered now (a request and reply, not the client's notices).
+        before = set(rc.engine_ids())
         started = time.monotonic()
         if before:
             rc.shutdown(targets=sorted(before), hub=False, block=True)
         deadline = started + timeout
         while True:
-            now = registered(rc)
+            now = set(rc.engine_ids())
             new = now - before
             # Done when as many have registered again and the controller has let the old go.
             if len(new) >= len(before) and not now & before:
@@ -42,5 +37,4 @@ def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], N
                 "old_ids": sorted(before), "new_ids": sorted(new),
                 "seconds": round(time.monotonic() - started, 1)}
     finally:
-        if client is None:
-            rc.close()
+        rc.close()
