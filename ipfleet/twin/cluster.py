@@ -66,7 +66,7 @@ class TwinState:
     # Where nodes mount the shared storage (None without), and what the metadata says of each role.
     shared_mount_point: str | None = None
     instance_types: dict[str, str] = field(default_factory=dict)
-    engine_nodes_lost: int = 0
+    engines_per_node: int = 1
     # Per node address: metadata values the twin adds (a spot notice, say).
     metadata_extra: dict[str, dict] = field(default_factory=dict)
     booted_at: float = 0.0
@@ -122,11 +122,6 @@ class TwinState:
     def controller(self) -> Node:
         """The newest controller (during a replacement, the old one is still listed first)."""
         return [n for n in self.nodes if n.role == "controller"][-1]
-
-    @property
-    def engine_nodes_booted(self) -> int:
-        """How many engine nodes the twin booted (faults may have taken some since)."""
-        return max(1, sum(1 for n in self.nodes if n.role == "engine") + self.engine_nodes_lost)
 
     @property
     def engine_nodes(self) -> list[Node]:
@@ -243,7 +238,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     state = TwinState(
         stack=ref.name, tag=secrets.token_hex(2), region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
-        engines_expected=settings.engine_nodes * per_node, access=settings.access,
+        engines_expected=settings.engine_nodes * per_node, engines_per_node=per_node, access=settings.access,
         client_python=client_python,
         public_ip=bool(plan.one("aws:ec2/instance:Instance").inputs.get("associatePublicIpAddress")),
         shared_mount_point=settings.shared_storage.mount_point if settings.shared_storage.enabled else None,

@@ -58,7 +58,7 @@ def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.
         (folder / f"{kind}.log").unlink(missing_ok=True)
         shared_log = f"{state.shared_mount_point}/{FAULT_LOG_DIR}/{kind}.log"
     # What the cluster has now (an earlier fault may have taken a node), and after this one.
-    per_node = state.engines_expected // state.engine_nodes_booted
+    per_node = state.engines_per_node
     engines_now = per_node * len(state.engine_nodes)
     engines_after = engines_now - (per_node if kind in ("engine-loss", "spot-interruption") else 0)
     spec = {"stack": state.stack, "region": state.region, "engines": engines_now, "tasks": tasks,
@@ -138,6 +138,5 @@ def _inject(state: TwinState, kind: str, old_controller, log) -> str:
         log(f"{victim.name} drained; terminating it")
         victim.stop()
     state.nodes.remove(victim)
-    state.engine_nodes_lost += 1
     state.save()
     return victim.name
