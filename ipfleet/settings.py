@@ -448,6 +448,8 @@ class Settings(_Model):
         return self
 
     def _check_mounts(self) -> None:
+        from bootstrap.paths import NODE_PATHS  # here: bootstrap's package imports this module
+
         seen: dict[str, str] = {}
         wanted = [(f"s3Mounts[{i}].mountPoint", m.mount_point) for i, m in enumerate(self.s3_mounts)]
         if self.shared_storage.enabled:
@@ -458,15 +460,13 @@ class Settings(_Model):
             if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point \
                     or ".." in point.split("/"):
                 raise _FieldError(key, point, "must be a plain absolute path (letters, digits, _ . -)")
-            from bootstrap.paths import NODE_PATHS  # here: bootstrap's package imports this module
-
             for used in NODE_PATHS:
                 if _at_or_below(point, used) or _at_or_below(used, point):
                     raise _FieldError(key, point, f"would hide ipfleet's own files on the node ({used})")
             if point == "/" or any(_at_or_below(point, tree) for tree in SYSTEM_TREES):
                 raise _FieldError(key, point, "would hide part of the node's own system")
             for other, other_key in seen.items():
-                if point == other or point.startswith(other + "/") or other.startswith(point + "/"):
+                if _at_or_below(point, other) or _at_or_below(other, point):
                     raise _FieldError(key, point, f"collides with {other_key} {other!r}")
             seen[point] = key
 
