@@ -8,6 +8,8 @@ the settings.
 VENV = "/opt/ipfleet/venv"
 AGENT_DIR = "/usr/local/lib/ipfleet"
 AGENT = f"{AGENT_DIR}/ipfleet_node.py"
+# The controller's keeper: idle guard and autoscaler (imports the agent beside it).
+KEEPER = f"{AGENT_DIR}/ipfleet_keeper.py"
 BOOTSTRAP_SCRIPT = f"{AGENT_DIR}/bootstrap.sh"
 STATE_DIR = "/var/lib/ipfleet"
 IPYTHON_DIR = f"{STATE_DIR}/ipython"

@@ -8,6 +8,7 @@ broken node at boot time.
 
 from __future__ import annotations
 
+import ast
 import base64
 import dataclasses
 import gzip
@@ -20,10 +21,11 @@ import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from bootstrap import paths
-from bootstrap.spec import NodeSpec
+from bootstrap.spec import DRAIN_HOOK, NodeSpec
 
 HERE = Path(__file__).parent
 AGENT_SOURCE = HERE / "node" / "ipfleet_node.py"
+KEEPER_SOURCE = HERE / "node" / "ipfleet_keeper.py"
 
 # EC2 refuses user data over 16 KB (before base64).
 USER_DATA_LIMIT = 16 * 1024
@@ -83,6 +85,8 @@ def facts(spec: NodeSpec) -> dict:
         # Where the controller's sshd lets tunnels go: its own client-facing ports (and the notebook).
         "forward_ports": list(spec.forward_ports),
         "loopback_forward_ports": list(spec.loopback_forward_ports),
+        "drain_hook": DRAIN_HOOK,
+        "keeper": dict(spec.keeper),
     }
 
 
@@ -96,7 +100,8 @@ def render_user_data(spec: NodeSpec) -> str:
     template = _environment().get_template(f"{spec.role}.yaml.j2")
     context = _context(spec)
     context["bootstrap_script"] = render_bootstrap_script(spec)
-    context["agent_source_gz"] = agent_source_gz()
+    context["agent_source"] = node_program(AGENT_SOURCE)
+    context["keeper_source"] = node_program(KEEPER_SOURCE)
     text = template.render(**context)
     # Fail here, with the template's name, rather than at boot.
     parsed = yaml.safe_load(text)
@@ -107,9 +112,18 @@ def render_user_data(spec: NodeSpec) -> str:
 
 
 @cache
-def agent_source_gz() -> str:
-    """The agent as cloud-init's `gz+b64` write_files encoding (mtime 0: reproducible)."""
-    return base64.b64encode(gzip.compress(AGENT_SOURCE.read_bytes(), compresslevel=9, mtime=0)).decode()
+def node_program(path: Path) -> str:
+    """A node program as the node gets it: the same code without comments and
+    docstrings, which EC2's 16 KB of user data has no room for (about a quarter
+    of the compressed size). Tracebacks on a node name the lines of this text."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return f"#!/usr/bin/env python3\n# {path.name} from ipfleet's source (bootstrap/node/).\n{ast.unparse(tree)}\n"
 
 
 def _context(spec: NodeSpec) -> dict:
@@ -118,6 +132,7 @@ def _context(spec: NodeSpec) -> dict:
         "facts": facts(spec),
         "venv": VENV,
         "agent": AGENT,
+        "keeper": paths.KEEPER,
         "state_dir": STATE_DIR,
         "ipython_dir": IPYTHON_DIR,
         "profile_dir": PROFILE_DIR,
@@ -132,6 +147,8 @@ def encode_user_data(text: str) -> str:
     """Base64 user data for EC2, gzip-compressed only when plain text would not fit.
 
     Plain text stays readable in the EC2 console; cloud-init detects gzip itself.
+    The node programs are plain text inside it, so that one gzip over the whole
+    document compresses them (a base64 of gzip inside would not compress again).
     """
     raw = text.encode()
     if len(raw) > USER_DATA_LIMIT:

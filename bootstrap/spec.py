@@ -59,6 +59,11 @@ class Mount:
         return escape_path(self.where) + ".mount"
 
 
+# The engine group's termination lifecycle hook: a leaving engine node drains, then
+# completes it (components/engine_fleet.py declares it, the agent completes it).
+DRAIN_HOOK = "ipfleet-drain"
+
+
 @dataclass(frozen=True)
 class NodeSpec:
     role: Role
@@ -100,6 +105,9 @@ class NodeSpec:
     service_uid: int = SERVICE_UID
     # Environment of the ipfleet services, and so of user code on the engines.
     environment: tuple[tuple[str, str], ...] = field(default=())
+    # The controller's keeper (bootstrap/node/ipfleet_keeper.py): the idle guard and
+    # the autoscaler, within the engine group's floor. Engine nodes leave these empty.
+    keeper: tuple[tuple[str, float | int | bool], ...] = ()
 
 
 def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeSpec:
@@ -167,7 +175,15 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         notebook_port=NOTEBOOK_PORT if notebook else None,
         environment=(("AWS_DEFAULT_REGION", settings.region),)
         + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),
+        keeper=_keeper(settings) if role == "controller" else (),
     )
+
+
+def _keeper(settings: Settings) -> tuple[tuple[str, float | int | bool], ...]:
+    scale = settings.autoscale
+    return (("idle_minutes", settings.idle_minutes), ("min_engine_nodes", settings.min_engine_nodes),
+            ("autoscale", scale.enabled), ("tasks_per_engine", scale.tasks_per_engine),
+            ("cooldown_seconds", scale.cooldown_seconds))
 
 
 def _ssm_agent_url(settings: Settings, role: Role) -> str | None:

@@ -3,7 +3,17 @@
 A mixed-instances policy over several instance types (100% spot above the
 on-demand base, capacity-optimized allocation, capacity rebalancing) is the
 AWS-recommended form of a spot fleet; SpotFleetRequest is the legacy API.
-Scaling is a config change (`ipfleet:engineNodes`) and `pulumi up`.
+
+The stack file owns the group's bounds (minEngineNodes, maxEngineNodes); its size
+belongs to the running cluster. `engineNodes` is the size the group is created
+with; after that `ipfleet scale`, the autoscaler and the idle guard set the
+desired capacity, and `pulumi up` leaves it alone (ignoreChanges), so a deploy
+never undoes a scale or wakes an idle cluster. AWS clamps the size into new
+bounds by itself.
+
+Scale-in drains: a termination lifecycle hook holds a leaving node until its
+agent has stopped its engines (the controller retries their tasks elsewhere) and
+completed the hook, or for DRAIN_TIMEOUT at most.
 
 A new image or bootstrap makes a new launch template version, and the group
 rolls its nodes onto it with an instance refresh (half of them at a time);
@@ -14,12 +24,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import json
+
 import pulumi
 import pulumi_aws as aws
 
+from bootstrap.spec import DRAIN_HOOK
 from components.hardening import IMDS_V2, encrypted_root_mapping
 
 TYPE = "ipfleet:cluster:EngineFleet"
+# Seconds a leaving node may take to drain before AWS terminates it anyway.
+DRAIN_TIMEOUT = 120
 
 
 @dataclass(frozen=True)
@@ -33,6 +48,11 @@ class EngineFleetArgs:
     user_data_base64: pulumi.Input[str]
     desired: int
     maximum: int
+    # The roles that act on this group, by name: the controller sets its size
+    # (autoscaler, idle guard), engine nodes complete their own drain.
+    controller_role: pulumi.Input[str]
+    engine_role: pulumi.Input[str]
+    minimum: int = 0
     on_demand_base: int = 0
     spot_max_price: float | None = None
     key_name: pulumi.Input[str] | None = None
@@ -69,7 +89,7 @@ class EngineFleet(pulumi.ComponentResource):
             distribution["spot_max_price"] = f"{args.spot_max_price:g}"
         self.group = aws.autoscaling.Group(
             f"{name}-group",
-            min_size=0,
+            min_size=args.minimum,
             desired_capacity=args.desired,
             max_size=args.maximum,
             vpc_zone_identifiers=args.subnet_ids,
@@ -89,8 +109,45 @@ class EngineFleet(pulumi.ComponentResource):
             # A new launch template version replaces running nodes, half at a time.
             instance_refresh={"strategy": "Rolling",
                               "preferences": {"min_healthy_percentage": 50, "skip_matching": True}},
+            initial_lifecycle_hooks=[{
+                "name": DRAIN_HOOK,
+                "lifecycle_transition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                "heartbeat_timeout": DRAIN_TIMEOUT,
+                "default_result": "CONTINUE",
+            }],
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in node_tags.items()],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on,
+                                        ignore_changes=["desiredCapacity"]),
         )
         self.group_name = self.group.name
+        # Least privilege on this one group: describing cannot be scoped (AWS
+        # evaluates Describe* on "*"), changing it can.
+        self.policies = [
+            aws.iam.RolePolicy(
+                f"{name}-{role}-scaling", name=policy_name, role=role_name,
+                policy=self.group.arn.apply(lambda arn, actions=actions: group_policy(arn, actions)),
+                opts=child,
+            )
+            for role, role_name, policy_name, actions in (
+                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS),
+                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS),
+            )
+        ]
         self.register_outputs({"group_name": self.group_name})
+
+
+# What each role may do to the group: the controller sizes it; an engine node
+# finds its group and lets it go on once drained.
+CONTROLLER_ACTIONS = ("autoscaling:SetDesiredCapacity",)
+ENGINE_ACTIONS = ("autoscaling:CompleteLifecycleAction",)
+DESCRIBE_ACTIONS = ("autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances")
+
+
+def group_policy(group_arn: str, actions: tuple[str, ...]) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": list(DESCRIBE_ACTIONS), "Resource": "*"},
+            {"Effect": "Allow", "Action": list(actions), "Resource": group_arn},
+        ],
+    })

@@ -156,6 +156,16 @@ class IpyparallelSettings(_Model):
     ping_ms: int = Field(default=1000, ge=100, le=60_000)
 
 
+class Autoscale(_Model):
+    """Engine nodes from the queue: the controller sets the group's desired capacity."""
+
+    enabled: bool = False
+    # Outstanding tasks (waiting or running) per engine that justify another node.
+    tasks_per_engine: int = Field(default=2, ge=1, le=10_000)
+    # Seconds between two changes: the group does not flap while nodes boot or drain.
+    cooldown_seconds: int = Field(default=180, ge=10, le=86_400)
+
+
 class Settings(_Model):
     """Everything a stack says about its cluster."""
 
@@ -163,6 +173,12 @@ class Settings(_Model):
     region: str
     engine_nodes: int = Field(default=2, ge=0)
     max_engine_nodes: int | None = Field(default=None, ge=0)
+    # The floor for `ipfleet scale`, the autoscaler and the idle guard.
+    min_engine_nodes: int = Field(default=0, ge=0)
+    # The idle guard: engine nodes go to minEngineNodes after this long without a
+    # task or a client (0: never). Minutes, fractions allowed.
+    idle_minutes: float = Field(default=60, ge=0, le=10_080, allow_inf_nan=False)
+    autoscale: Autoscale = Field(default_factory=Autoscale)
     engine_instance_types: list[str] = Field(
         default_factory=lambda: ["c6i.large", "c5.large", "m6i.large"]
     )
@@ -204,8 +220,8 @@ class Settings(_Model):
             raise ValueError("stack names are 1-100 of A-Z a-z 0-9 _ . - (Pulumi's rule)")
         return v
 
-    @field_validator("engine_nodes", "max_engine_nodes", "on_demand_base", "controller_revision",
-                     mode="before")
+    @field_validator("engine_nodes", "max_engine_nodes", "min_engine_nodes", "on_demand_base",
+                     "controller_revision", mode="before")
     @classmethod
     def _not_a_boolean(cls, v: Any) -> Any:
         # YAML's `true` would otherwise count as 1.
@@ -213,7 +229,14 @@ class Settings(_Model):
             raise ValueError("must be a whole number, not true or false")
         return v
 
-    @field_validator("engine_nodes", "max_engine_nodes", "on_demand_base")
+    @field_validator("idle_minutes", mode="before")
+    @classmethod
+    def _minutes(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("must be a number of minutes (0 turns the idle guard off), not true or false")
+        return v
+
+    @field_validator("engine_nodes", "max_engine_nodes", "min_engine_nodes", "on_demand_base")
     @classmethod
     def _group_size(cls, v: int | None) -> int | None:
         if v is not None and v > ASG_SIZE_MAX:
@@ -406,6 +429,17 @@ class Settings(_Model):
             raise _FieldError(
                 "maxEngineNodes", maximum,
                 f"is below engineNodes ({self.engine_nodes}); the fleet could never reach it",
+            )
+        if self.min_engine_nodes > self.engine_nodes:
+            raise _FieldError(
+                "minEngineNodes", self.min_engine_nodes,
+                f"is above engineNodes ({self.engine_nodes}); the group starts between its minimum and maximum",
+            )
+        if self.autoscale.enabled and self.fleet_max == self.min_engine_nodes:
+            raise _FieldError(
+                "autoscale", self.autoscale.enabled,
+                f"has nothing to scale: minEngineNodes and the maximum are both {self.fleet_max} "
+                "(set ipfleet:maxEngineNodes above it)",
             )
         if self.on_demand_base > self.fleet_max:
             raise _FieldError(

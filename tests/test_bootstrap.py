@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import json
@@ -86,11 +87,24 @@ def test_shellcheck_passes_the_bootstrap_script(variation, role, spec, tmp_path)
 def test_embedded_files_are_what_the_sources_say(variation, role, spec):
     document = yaml.safe_load(render_user_data(spec))
     files = {f["path"]: f for f in document["write_files"]}
-    agent = Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_node.py"
-    embedded = files.pop("/usr/local/lib/ipfleet/ipfleet_node.py")
-    assert embedded["encoding"] == "gz+b64"
-    assert gzip.decompress(base64.b64decode(embedded["content"])).decode() == agent.read_text()
+    programs = Path(__file__).resolve().parent.parent / "bootstrap" / "node"
     files = {path: f["content"] for path, f in files.items()}
+
+    def same_code(embedded: str, source: Path) -> bool:
+        """The node's copy is the source's code: the same syntax tree, docstrings aside."""
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
+                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                node.body = body[1:] or [ast.Pass()]
+        return ast.dump(ast.parse(embedded)) == ast.dump(tree)
+
+    embedded = files.pop("/usr/local/lib/ipfleet/ipfleet_node.py")
+    assert same_code(embedded, programs / "ipfleet_node.py")
+    assert "def watch(" in embedded and '"""' not in embedded.split("def watch(")[1][:200]
+    keeper = files.pop("/usr/local/lib/ipfleet/ipfleet_keeper.py", None)
+    assert same_code(keeper, programs / "ipfleet_keeper.py") if role == "controller" else keeper is None
     assert files["/usr/local/lib/ipfleet/bootstrap.sh"] == render_bootstrap_script(spec)
     for mount in spec.mounts:
         unit = files[f"/etc/systemd/system/{mount.unit}"]
@@ -181,7 +195,8 @@ SECRET_SHAPES = [
     re.compile(r"AKIA[0-9A-Z]{16}"),                    # AWS access key id
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     re.compile(r'"key"\s*:\s*"[0-9a-f-]{16,}"'),       # an ipyparallel HMAC key
-    re.compile(r"curve_(secret|public|server)key"),
+    # A CurveZMQ key written out: a curve key's name, then a 40-character Z85 value.
+    re.compile(r"curve_?(secret|public|server)_?key\W{1,6}[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}"),
 ]
 
 

@@ -6,7 +6,8 @@ import json
 
 import pulumi
 
-from components.engine_fleet import EngineFleet, EngineFleetArgs
+from bootstrap.spec import DRAIN_HOOK
+from components.engine_fleet import DRAIN_TIMEOUT, EngineFleet, EngineFleetArgs
 from components.node_role import NodeRole, NodeRoleArgs
 from components.rendezvous import Rendezvous, RendezvousArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
@@ -76,7 +77,8 @@ def test_engine_fleet_template_and_group():
             image_id="ami-1", root_device_name="/dev/sda1", instance_types=["c6i.large", "c5.large"],
             subnet_ids=["subnet-1", "subnet-2"], security_group_id="sg-1",
             instance_profile_arn="arn:profile", user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
-            desired=3, maximum=6, on_demand_base=1, tags={"team": "science"},
+            desired=3, minimum=1, maximum=6, on_demand_base=1, tags={"team": "science"},
+            controller_role="controller-role", engine_role="engine-role",
         ))
         pulumi.export("done", True)
 
@@ -87,7 +89,29 @@ def test_engine_fleet_template_and_group():
     assert template["iamInstanceProfile"] == {"arn": "arn:profile"}
     assert {t["resourceType"] for t in template["tagSpecifications"]} == {"instance", "volume"}
     group = plan.one("aws:autoscaling/group:Group").inputs
-    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (0, 3, 6)
+    assert (group["minSize"], group["desiredCapacity"], group["maxSize"]) == (1, 3, 6)
     assert group["mixedInstancesPolicy"]["instancesDistribution"]["onDemandBaseCapacity"] == 1
     assert group["waitForCapacityTimeout"] == "0"
     assert {"key": "team", "value": "science", "propagateAtLaunch": True} in group["tags"]
+
+
+def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drain():
+    """`pulumi up` keeps a scaled (or idle) group's size; the stack file owns the bounds;
+    scale-in waits for the node's drain; each role may act on this group only."""
+    plan = declare(settings_of(), lambda: EngineFleet("fleet", EngineFleetArgs(
+        image_id="ami-1", root_device_name="/dev/xvda", instance_types=["c6i.large"], subnet_ids=["subnet-1"],
+        security_group_id="sg-1", instance_profile_arn="arn:profile", user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
+        desired=2, maximum=4, controller_role="controller-role", engine_role="engine-role")))
+    group = plan.one("aws:autoscaling/group:Group")
+    assert group.options["ignoreChanges"] == ["desiredCapacity"]
+    [hook] = group.inputs["initialLifecycleHooks"]
+    assert hook == {"name": DRAIN_HOOK, "lifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                    "heartbeatTimeout": DRAIN_TIMEOUT, "defaultResult": "CONTINUE"}
+    policies = {p.inputs["role"]: json.loads(p.inputs["policy"]) for p in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+    assert set(policies) == {"controller-role", "engine-role"}
+    for role, action in (("controller-role", "autoscaling:SetDesiredCapacity"),
+                         ("engine-role", "autoscaling:CompleteLifecycleAction")):
+        describe, change = policies[role]["Statement"]
+        assert describe["Action"] == ["autoscaling:DescribeAutoScalingGroups",
+                                      "autoscaling:DescribeAutoScalingInstances"]
+        assert change == {"Effect": "Allow", "Action": [action], "Resource": "<fleet-group.arn>"}

@@ -146,8 +146,9 @@ def test_no_statement_grants_write_on_everything(example):
     for r in example.of_type(ROLE_POLICY):
         for statement in json.loads(r.inputs["policy"])["Statement"]:
             if statement["Resource"] == "*":
-                # Only Session Manager's channel actions, which AWS scopes to "*".
-                assert all(a.startswith(("ssmmessages:", "ssm:UpdateInstanceInformation"))
+                # Only Session Manager's channel actions and Auto Scaling's reads,
+                # which AWS evaluates on "*".
+                assert all(a.startswith(("ssmmessages:", "ssm:UpdateInstanceInformation", "autoscaling:Describe"))
                            for a in statement["Action"]), statement
 
 
@@ -162,7 +163,9 @@ def test_shared_storage_is_retained_unless_asked_and_can_be_disabled():
     assert dropped.one("aws:efs/fileSystem:FileSystem").options == {}
     off = plan_of(sharedStorage={"enabled": False})
     assert not off.of_type("aws:efs/fileSystem:FileSystem")
-    assert "nfs" not in user_data(off, "engine")
+    document = yaml.safe_load(user_data(off, "engine"))
+    assert "nfs-common" not in document["packages"]
+    assert not [f for f in document["write_files"] if "Type=nfs" in f["content"]]
     assert off.outputs["sharedFileSystemId"] is None
 
 

@@ -45,7 +45,7 @@ def security_dir(facts: dict) -> Path:
     return Path(facts["profile_dir"]) / "security"
 
 
-def ssm_client(facts: dict, patient: bool = False):
+def aws_client(facts: dict, service: str, patient: bool = False):
     import boto3
     from botocore.config import Config
 
@@ -58,7 +58,11 @@ def ssm_client(facts: dict, patient: bool = False):
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
     # A hundred nodes booting at once share the account's few PutParameter calls a second.
     config = Config(retries={"mode": "adaptive", "max_attempts": 10}) if patient else None
-    return boto3.client("ssm", region_name=facts["region"], endpoint_url=endpoint, config=config)
+    return boto3.client(service, region_name=facts["region"], endpoint_url=endpoint, config=config)
+
+
+def ssm_client(facts: dict, patient: bool = False):
+    return aws_client(facts, "ssm", patient)
 
 
 def private_address() -> str:
@@ -361,11 +365,25 @@ def node_record(facts: dict, identity: dict, phase: str, error: dict | None = No
     record = {"format": RECORD_FORMAT, "role": facts["role"], **identity, "phase": phase,
               "engines": engines_now(facts), "error": error, "reason": reason,
               "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if facts["role"] == "controller":
+        record["scaling"] = keeper_summary(facts)
     text = json.dumps(record)
     while len(text) > RECORD_LIMIT and error and error.get("log"):
         error["log"] = error["log"][1:]
         text = json.dumps(record)
     return text
+
+
+def keeper_file(facts: dict) -> Path:
+    """What the controller's keeper (ipfleet_keeper.py) says of the engine group."""
+    return Path(facts["state_dir"]) / "keeper.json"
+
+
+def keeper_summary(facts: dict) -> dict | None:
+    try:
+        return json.loads(keeper_file(facts).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def failure_file(facts: dict) -> Path:
@@ -436,13 +454,33 @@ def drain(facts: dict, reason: str) -> None:
     log("drained: engines stopped")
 
 
+def complete_drain(facts: dict, identity: dict) -> bool:
+    """Tell Auto Scaling this drained node may go now, rather than when the drain
+    hook times out. True once done, or once there is nothing to complete."""
+    autoscaling = aws_client(facts, "autoscaling", patient=True)
+    try:
+        found = autoscaling.describe_auto_scaling_instances(InstanceIds=[identity["instanceId"]])
+        groups = [i["AutoScalingGroupName"] for i in found["AutoScalingInstances"]]
+        if not groups:
+            return True  # not (or no longer) in a group
+        autoscaling.complete_lifecycle_action(
+            AutoScalingGroupName=groups[0], LifecycleHookName=facts["drain_hook"],
+            InstanceId=identity["instanceId"], LifecycleActionResult="CONTINUE")
+        log(f"drain hook {facts['drain_hook']} of {groups[0]} completed")
+        return True
+    except Exception as e:  # the hook times out by itself: the node goes a little later
+        log(f"could not complete the drain hook: {type(e).__name__}: {e}")
+        return False
+
+
 def watch(interval: float, heartbeat: float = 600.0) -> None:
     """Every node, for its life: report when its phase or engines change, and on an
-    engine node, drain as soon as an interruption notice appears (two minutes on spot)."""
+    engine node, drain as soon as an interruption notice appears (two minutes on spot),
+    then let Auto Scaling terminate it."""
     facts = load_facts()
     identity = node_identity()
     booted = Path("/var/lib/cloud/instance/boot-finished")
-    last, last_sent, drained_for = None, 0.0, None
+    last, last_sent, drained_for, released = None, 0.0, None, False
     while True:
         reason = interruption() if facts["role"] == "engine" and drained_for is None else None
         if reason:
@@ -458,10 +496,16 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
             phase = "failed"
         else:
             phase = "running" if booted.exists() else "booting"
-        state = (phase, json.dumps(engines_now(facts)))
+        state = (phase, json.dumps(engines_now(facts)),
+                 json.dumps(keeper_summary(facts)) if facts["role"] == "controller" else "")
         if state != last or time.monotonic() - last_sent > heartbeat:
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
                 last, last_sent = state, time.monotonic()
+        # Drained and recorded: a node Auto Scaling is taking out goes now. (A spot
+        # node's group marks it Terminated too, once EC2 has told it.)
+        if drained_for and not released and last and last[0] == "drained" \
+                and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated":
+            released = complete_drain(facts, identity)
         time.sleep(interval)
 
 
@@ -485,7 +529,7 @@ def sshd_forwarding() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ipfleet-node", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="ipfleet-node", description="ipfleet's node agent")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("address", help="print this node's private IPv4 address")
     sub.add_parser("engine-count", help="print how many engines this node runs")
