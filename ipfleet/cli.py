@@ -158,20 +158,32 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     instance, type, spot or on-demand, zone, address, bootstrap phase (booting,
     running, failed, draining, drained), its engines (registered, on the
     controller; running, on engine nodes) and, if its bootstrap failed, the
-    step, exit code and last log lines. Needs AWS credentials only.
+    step, exit code and last log lines. Engine nodes also show their state in
+    the Auto Scaling group (InService, Terminating:Wait while draining), and
+    the controller's keeper says what the idle guard and autoscaler are doing.
+    Needs AWS credentials only.
     """
     import boto3
     import botocore.exceptions as boto_errors
 
-    from ipfleet.node_status import describe_failure, read_records
+    from ipfleet.node_status import describe_failure, describe_scaling, read_records
+    from ipfleet.scaling import ScaleError, find_group
 
     region = _region(stack, region)
     try:
         records = read_records(boto3.client("ssm", region_name=region), stack)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
         _fail(f"cannot read the node records of {stack!r} in {region}: {e}")
+    try:  # the group's own view: which instances it holds, in which lifecycle state
+        group = find_group(boto3.client("autoscaling", region_name=region), stack)
+    except (ScaleError, boto_errors.BotoCoreError, boto_errors.ClientError):
+        group = None
+    states = group.instances if group else {}
+    controller = next((r for r in records if r.role == "controller"), None)
     if as_json:
-        typer.echo(json.dumps({"stack": stack, "region": region, "nodes": [r.as_json() for r in records]},
+        typer.echo(json.dumps({"stack": stack, "region": region,
+                               "group": group.as_json() if group else None,
+                               "nodes": [{**r.as_json(), "groupState": states.get(r.instance_id)} for r in records]},
                               indent=2))
         return
     if not records:
@@ -181,16 +193,67 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     from rich.table import Table
 
     table = Table(title=f"ipfleet stack {stack} ({region})")
-    for column in ("role", "instance", "type", "market", "zone", "address", "phase", "engines", "error"):
+    for column in ("role", "instance", "type", "market", "zone", "address", "phase", "group state", "engines",
+                   "error"):
         table.add_column(column, no_wrap=column != "error")
     for r in records:
         table.add_row(r.role, r.instance_id, r.instance_type or "-", r.lifecycle or "-", r.zone or "-",
-                      r.address or "-", r.phase, r.engines_text, r.error_text or r.reason or "")
+                      r.address or "-", r.phase, states.get(r.instance_id, "-"), r.engines_text,
+                      r.error_text or r.reason or "")
     # Piped (grep, a log), the table keeps its full width rather than a guessed 80 columns.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
+    if controller:
+        typer.echo(describe_scaling(controller.scaling))
     for r in records:
         if r.phase == "failed":
             typer.echo(describe_failure(r), err=True)
+
+
+@app.command()
+def scale(
+    stack: DeployedStackArg,
+    nodes: Annotated[int, typer.Argument(metavar="N", min=0, help="Engine nodes wanted.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until N nodes run their engines, all registered "
+                                       "with the controller, and every leaving node has drained and gone.")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits.")] = 900.0,
+    region: RegionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set STACK's engine group to N nodes (StarCluster's addnode and removenode).
+
+    N must lie within ipfleet:minEngineNodes and ipfleet:maxEngineNodes of the
+    stack file, which own the bounds; the size itself is the running cluster's:
+    `pulumi up` leaves it as scaled. New engines join the clients already
+    connected. Leaving nodes drain first: their engines stop, and the tasks they
+    were running are retried on the others (ipfleet.client()'s views retry by
+    default), so no result is lost. Scaling an idle-guarded cluster wakes it.
+    Needs AWS credentials only.
+
+    Example: ipfleet scale demo 4 --wait
+    """
+    import boto3
+    import botocore.exceptions as boto_errors
+
+    from ipfleet.scaling import ScaleError
+    from ipfleet.scaling import scale as do_scale
+
+    region = _region(stack, region)
+    report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
+    try:
+        result = do_scale(boto3.client("autoscaling", region_name=region), boto3.client("ssm", region_name=region),
+                          stack, nodes, wait, timeout, report)
+    except ScaleError as e:
+        _fail(str(e))
+    except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
+        _fail(f"cannot scale {stack!r} in {region}: {e}")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    elif wait:
+        typer.echo(f"{stack}: {nodes} engine nodes, {result['engines']} engines registered, "
+                   f"in {result['seconds']} s.")
+    else:
+        typer.echo(f"{stack}: asked for {nodes} engine nodes (was {result['from']}); "
+                   f"`ipfleet status {stack}` shows them arrive, or add --wait.")
 
 
 @app.command("restart-engines")

@@ -26,6 +26,8 @@ class NodeRecord:
     error: dict | None = None
     reason: str | None = None
     updated: str = ""
+    # The controller's: what its keeper says of the engine group (idle guard, autoscaler).
+    scaling: dict | None = None
 
     @classmethod
     def parse(cls, value: str) -> NodeRecord | None:
@@ -38,7 +40,7 @@ class NodeRecord:
         return cls(role=raw.get("role", "?"), instance_id=raw.get("instanceId", "?"), phase=raw.get("phase", "?"),
                    instance_type=raw.get("instanceType"), lifecycle=raw.get("lifecycle"), zone=raw.get("zone"),
                    address=raw.get("address"), engines=raw.get("engines") or {}, error=raw.get("error"),
-                   reason=raw.get("reason"), updated=raw.get("updated", ""))
+                   reason=raw.get("reason"), updated=raw.get("updated", ""), scaling=raw.get("scaling"))
 
     @property
     def engines_text(self) -> str:
@@ -58,7 +60,8 @@ class NodeRecord:
     def as_json(self) -> dict:
         return {"role": self.role, "instanceId": self.instance_id, "instanceType": self.instance_type,
                 "lifecycle": self.lifecycle, "zone": self.zone, "address": self.address, "phase": self.phase,
-                "engines": self.engines, "error": self.error, "reason": self.reason, "updated": self.updated}
+                "engines": self.engines, "error": self.error, "reason": self.reason, "updated": self.updated,
+                **({"scaling": self.scaling} if self.role == "controller" else {})}
 
 
 def read_records(ssm, stack: str) -> list[NodeRecord]:
@@ -82,3 +85,23 @@ def describe_failure(record: NodeRecord, lines: int = 15) -> str:
     tail = "\n".join(f"    {line}" for line in log[-lines:])
     return (f"the {record.role} {record.instance_id} failed its bootstrap at {record.error_text}"
             + (f"; its log ends:\n{tail}" if tail else ""))
+
+
+def describe_scaling(scaling: dict | None) -> str:
+    """The controller keeper's view of the engine group, in a sentence or two."""
+    if not scaling:
+        return "The controller's keeper has not reported on the engine group yet."
+    line = (f"Engine group {scaling['group']}: {scaling['desired']} nodes wanted "
+            f"(min {scaling['min']}, max {scaling['max']}), {scaling['inService']} in service.")
+    minutes = scaling.get("idleMinutes") or 0
+    if scaling.get("idledAt"):
+        line += (f" Idle since {scaling.get('idleSince') or '?'}: the idle guard took it to "
+                 f"{scaling['desired']} at {scaling['idledAt']}; a client, a task or `ipfleet scale` brings it back.")
+    elif minutes:
+        since = scaling.get("idleSince")
+        line += f" Idle guard: {minutes:g} min" + (f" (idle since {since})." if since else " (busy now).")
+    else:
+        line += " Idle guard off."
+    if scaling.get("autoscale"):
+        line += " Autoscaling on the queue."
+    return line
