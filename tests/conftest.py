@@ -70,10 +70,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    """moto server on 127.0.0.1: real HTTP, real boto3, AWS APIs answered locally."""
+    """moto server on 127.0.0.1: real HTTP, real boto3, AWS APIs answered locally,
+    with the twin's Auto Scaling rules (ipfleet/twin/aws_server.py)."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"

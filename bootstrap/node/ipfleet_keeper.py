@@ -178,14 +178,15 @@ class Hub:
 
 
 def clients_connected() -> int:
-    out = subprocess.run(["ss", "-Htn", "state", "established"], capture_output=True, text=True).stdout
-    count = 0
-    for line in out.splitlines():
-        fields = line.split()
-        if len(fields) >= 3 and fields[2].rsplit(":", 1)[-1].isdigit() \
-                and int(fields[2].rsplit(":", 1)[-1]) in CLIENT_PORTS:
-            count += 1
-    return count
+    """TCP connections to the client ports from anything but the controller itself
+    (its schedulers talk to its hub over the same ports): laptops, directly or
+    through sshd's tunnels."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True, text=True).stdout
+    connections = [line.split() for line in out.splitlines() if len(line.split()) >= 4]
+    own = {fields[2] for fields in connections if '"ipcontroller"' in " ".join(fields[4:])}
+    return sum(1 for fields in connections
+               if fields[2].rsplit(":", 1)[-1].isdigit() and int(fields[2].rsplit(":", 1)[-1]) in CLIENT_PORTS
+               and fields[3] not in own)
 
 
 def find_group(autoscaling, stack: str) -> dict | None:

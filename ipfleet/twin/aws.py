@@ -2,7 +2,8 @@
 
 Usage: python -m ipfleet.twin.aws SPEC_JSON
 SPEC_JSON: {"region", "parameters": [{"name", "type", "value"}], "buckets": [...],
-            "objects": [{"bucket", "key", "body"}]}
+            "objects": [{"bucket", "key", "body"}], "group": {see create_engine_group}}
+Prints what it made: {"group": NAME} with a group.
 """
 
 from __future__ import annotations
@@ -25,6 +26,36 @@ def wait_ready(endpoint: str, timeout: float = 30) -> None:
             time.sleep(0.2)
 
 
+def create_engine_group(autoscaling, ec2, group: dict) -> str:
+    """The engine group as the plan declares it: its launch template (the engine user
+    data), bounds, size, tags and drain hook. GROUP: {"name", "min", "max", "desired",
+    "user_data" (base64), "instance_type", "zone", "tags": {...}, "hook": {"name",
+    "transition", "timeout", "result"}}. Returns the group's name."""
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # one of moto's own
+    template = ec2.create_launch_template(
+        LaunchTemplateName=f"{group['name']}-template",
+        LaunchTemplateData={"ImageId": image, "InstanceType": group["instance_type"],
+                            "UserData": group["user_data"],
+                            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}},
+    )["LaunchTemplate"]
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=group["name"], MinSize=group["min"], MaxSize=group["max"], DesiredCapacity=0,
+        LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
+        AvailabilityZones=[group["zone"]],
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": group["name"],
+               "ResourceType": "auto-scaling-group"} for k, v in group["tags"].items()],
+    )
+    hook = group.get("hook")
+    if hook:
+        autoscaling.put_lifecycle_hook(
+            AutoScalingGroupName=group["name"], LifecycleHookName=hook["name"],
+            LifecycleTransition=hook["transition"], HeartbeatTimeout=hook["timeout"],
+            DefaultResult=hook["result"])
+    # Sized once the hook is there, as AWS creates a group with its initial hooks.
+    autoscaling.set_desired_capacity(AutoScalingGroupName=group["name"], DesiredCapacity=group["desired"])
+    return group["name"]
+
+
 def main() -> None:
     import os
 
@@ -44,6 +75,11 @@ def main() -> None:
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": spec["region"]})
     for o in spec.get("objects", []):
         s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=o["body"].encode())
+    made = {}
+    if spec.get("group"):
+        made["group"] = create_engine_group(boto3.client("autoscaling", region_name=spec["region"]),
+                                            boto3.client("ec2", region_name=spec["region"]), spec["group"])
+    print(json.dumps(made))
 
 
 if __name__ == "__main__":

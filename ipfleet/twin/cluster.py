@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,11 @@ class TwinState:
     engines_per_node: int = 1
     # Per node address: metadata values the twin adds (a spot notice, say).
     metadata_extra: dict[str, dict] = field(default_factory=dict)
+    # The engine group in moto, the reconciler playing it (twin/reconciler.py), and
+    # how many engine nodes it has launched so far (their names count up).
+    group_name: str = ""
+    reconciler_pid: int | None = None
+    launched: int = 0
     booted_at: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -102,9 +110,31 @@ class TwinState:
         return self.work_dir / "client-home"
 
     def save(self) -> None:
+        """Write the state (only the process that made it, before a reconciler runs,
+        should call this directly; afterwards change it inside `locked()`)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         data = {**self.__dict__, "nodes": [n.as_dict() for n in self.nodes]}
-        (self.state_dir / "state.json").write_text(json.dumps(data, indent=2))
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.state_dir / "state.json")
+
+    @contextmanager
+    def locked(self) -> Iterator[TwinState]:
+        """Read, change, write, with no other process in between: the reconciler
+        adds and removes engine nodes while tests and faults change the rest."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.state_dir / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.refresh()
+            yield self
+            self.save()
+
+    def refresh(self) -> TwinState:
+        """Take up what other processes wrote (nodes the reconciler booted or removed)."""
+        path = self.state_dir / "state.json"
+        if path.exists():
+            self.__dict__.update(TwinState.load(self.stack).__dict__)
+        return self
 
     @classmethod
     def load(cls, stack: str) -> TwinState:
@@ -247,24 +277,17 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
-    hosts = [net.host("controller", network.FIRST_NODE_HOST)]
-    hosts += [net.host(f"engine{i}", network.FIRST_NODE_HOST + i) for i in range(1, settings.engine_nodes + 1)]
+    controller = net.host("controller", network.FIRST_NODE_HOST)
     client = net.client()
-    state.namespaces = net.namespaces([*hosts, client])
+    state.namespaces = net.namespaces([controller, client])
     state.client_namespace = client.namespace
-    names = [host_name(ref.name, "controller")] + \
-        [host_name(ref.name, f"engine-{i}") for i in range(1, settings.engine_nodes + 1)]
-    state.nodes = [
-        Node(name=name, role="controller" if i == 0 else "engine", namespace=host.namespace,
-             address=host.address, work_dir=str(state.work_dir / name), instance_id=new_instance_id(),
-             image=str(image))
-        for i, (name, host) in enumerate(zip(names, hosts))
-    ]
+    name = host_name(ref.name, "controller")
+    state.nodes = [Node(name=name, role="controller", namespace=controller.namespace, address=controller.address,
+                        work_dir=str(state.work_dir / name), instance_id=new_instance_id(), image=str(image))]
     state.save()  # from here on, `down` can clean up whatever exists
     try:
         net.create_router()
-        for host in hosts:
-            net.attach(host)
+        net.attach(controller)
         net.attach_client(client)
         state.ingress = _cidr_ingress(plan)
         net.apply_security_group(state.ingress, state.controller.address)
@@ -275,15 +298,38 @@ def up(stack: str, log=print, engine_nodes: int | None = None) -> TwinState:
         _start_aws(state, plan, settings)
         state.shared_dir.mkdir(parents=True, exist_ok=True)
         state.booted_at = time.time()
-        for node in state.nodes:
-            node.prepare(image, user_data[node.role])
-            node.boot(state.shared_dir, wheelhouse)
-            state.save()
+        state.controller.prepare(image, user_data["controller"])
+        state.controller.boot(state.shared_dir, wheelhouse)
+        state.save()
+        # The engine nodes are the group's: the reconciler boots what moto launched.
+        _start_reconciler(state)
+        _wait_for_engine_nodes(state, settings.engine_nodes)
         log(f"booted {len(state.nodes)} nodes: " + ", ".join(f"{n.name} ({n.address})" for n in state.nodes))
     except BaseException:
         down(state, log=lambda *_: None)
         raise
     return state
+
+
+def _start_reconciler(state: TwinState) -> None:
+    log_file = state.work_dir / "reconciler.log"
+    process = subprocess.Popen([sys.executable, "-m", "ipfleet.twin.reconciler", state.stack],
+                               stdout=log_file.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    with state.locked():
+        state.reconciler_pid = process.pid
+
+
+def _wait_for_engine_nodes(state: TwinState, count: int, timeout: float = 120) -> None:
+    """Until the reconciler has booted COUNT engine nodes (as EC2 has them running)."""
+    deadline = time.monotonic() + timeout
+    while len(state.refresh().engine_nodes) < count or not all(n.pid for n in state.engine_nodes):
+        if state.reconciler_pid is None or not process_alive(state.reconciler_pid):
+            raise TwinError(f"the twin's reconciler stopped; see {state.work_dir / 'reconciler.log'}")
+        if time.monotonic() > deadline:
+            raise TwinError(f"the reconciler booted {len(state.engine_nodes)} of {count} engine nodes "
+                            f"in {timeout:.0f} s; see {state.work_dir / 'reconciler.log'}")
+        time.sleep(0.2)
 
 
 def _client_key(home: Path) -> str:
@@ -325,6 +371,8 @@ def write_metadata(state: TwinState, extra: dict[str, dict] | None = None) -> No
             "instance-type": state.instance_types.get(node.role),
             # The engines run on spot (the fleet's default); the controller on demand.
             "instance-life-cycle": "spot" if node.role == "engine" else "on-demand",
+            # Auto Scaling's word to its nodes; the reconciler says Terminated when one leaves.
+            **({"autoscaling/target-lifecycle-state": "InService"} if node.role == "engine" else {}),
             **state.metadata_extra.get(node.address, {}),
         }
     state.metadata_file.parent.mkdir(parents=True, exist_ok=True)
@@ -348,7 +396,7 @@ def _start_aws(state: TwinState, plan, settings) -> None:
     namespace, readied as `pulumi up` would leave AWS. moto answers on the API address
     only: its own metadata endpoint would also answer IMDSv1, which EC2 refuses here."""
     state.moto_pid = _start_in_router(
-        state, [sys.executable, "-m", "moto.server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log")
+        state, [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log")
     state.save()
     state.metadata_pid = _start_in_router(
         state, [sys.executable, "-m", "ipfleet.twin.metadata", str(state.metadata_file),
@@ -357,8 +405,25 @@ def _start_aws(state: TwinState, plan, settings) -> None:
     parameters = [{"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
                   for p in plan.of_type("aws:ssm/parameter:Parameter")]
     spec = {"region": settings.region, "parameters": parameters,
-            "buckets": sorted({m.bucket for m in settings.s3_mounts}), "objects": []}
-    client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
+            "buckets": sorted({m.bucket for m in settings.s3_mounts}), "objects": [],
+            "group": _engine_group_spec(state, plan)}
+    made = client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
+    state.group_name = json.loads(made.stdout)["group"]
+    state.save()
+
+
+def _engine_group_spec(state: TwinState, plan) -> dict:
+    """The engine group as the plan declares it (the twin names it; AWS would add a suffix)."""
+    from ipfleet.plan_view import encoded_user_data
+
+    group = plan.one("aws:autoscaling/group:Group").inputs
+    [hook] = group["initialLifecycleHooks"]
+    return {"name": f"{state.stack}-engines-{state.tag}", "min": group["minSize"], "max": group["maxSize"],
+            "desired": group["desiredCapacity"], "user_data": encoded_user_data(plan, "engine"),
+            "instance_type": state.instance_types["engine"], "zone": f"{state.region}a",
+            "tags": {t["key"]: t["value"] for t in group["tags"]},
+            "hook": {"name": hook["name"], "transition": hook["lifecycleTransition"],
+                     "timeout": hook["heartbeatTimeout"], "result": hook["defaultResult"]}}
 
 
 def put_object(state: TwinState, bucket: str, key: str, body: str) -> None:
@@ -423,14 +488,14 @@ def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
             if not controller.running():
                 raise TwinError(f"{controller.name} stopped; see {controller.console_log}")
             if _unit_active(controller, unit):
-                state.timings[label] = round(time.time() - state.booted_at, 2)
+                with state.locked():
+                    state.timings[label] = round(time.time() - state.booted_at, 2)
                 log(f"{label.replace('_', ' ')}: {state.timings[label]} s")
                 break
             if time.monotonic() > deadline:
                 raise TwinError(f"{unit} on {controller.name} not active after {timeout:.0f} s:\n"
                                 + describe_node(controller))
             time.sleep(0.5)
-    state.save()
 
 
 def _unit_active(node: Node, unit: str) -> bool:
@@ -496,9 +561,9 @@ def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
     demo = client_python(state, ["-m", "ipfleet.twin.client_demo", state.stack, str(state.engines_expected),
                                  str(timeout)], timeout=timeout + 30)
     result = json.loads(demo.stdout)
-    state.timings["boot_to_registered"] = round(result.pop("registered_at") - state.booted_at, 2)
-    state.timings["boot_to_demo_done"] = round(result.pop("done_at") - state.booted_at, 2)
-    state.save()
+    with state.locked():
+        state.timings["boot_to_registered"] = round(result.pop("registered_at") - state.booted_at, 2)
+        state.timings["boot_to_demo_done"] = round(result.pop("done_at") - state.booted_at, 2)
     return {**result, "access": state.access, "timings": dict(state.timings)}
 
 
@@ -567,20 +632,21 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
     old one still serves (create before delete)."""
     old = state.controller
     net = TwinNetwork(state.tag)
-    number = max(int(n.address.rsplit(".", 1)[1]) for n in state.nodes) + 1
+    number = next_host_number(state)
     host = net.host(f"controller{number}", number)
     name = host_name(state.stack, f"controller-{number}")
     new = Node(name=name, role="controller", namespace=host.namespace, address=host.address,
                work_dir=str(state.work_dir / name), instance_id=new_instance_id(), image=old.image)
-    state.namespaces.append(host.namespace)
-    state.nodes.append(new)
-    state.save()
+    with state.locked():
+        state.namespaces.append(host.namespace)
+        state.nodes.append(new)
     net.attach(host)
-    write_metadata(state)
     started = time.monotonic()
     new.prepare(Path(old.image), state.user_data_file("controller").read_bytes())
     new.boot(state.shared_dir, Path(old.wheelhouse))
-    state.save()
+    with state.locked():
+        state.nodes = [new if n.name == new.name else n for n in state.nodes]
+        write_metadata(state)
     log(f"booted the replacement controller {name} ({new.address}); waiting for it to publish")
     deadline = time.monotonic() + timeout
     while not _unit_active(new, "ipfleet-publish.service"):
@@ -594,19 +660,48 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
 def retire_controller(state: TwinState, old: Node, log=print) -> None:
     """The second half: the old instance powers off and its address leaves the network."""
     old.stop()
-    state.nodes.remove(old)
     net = TwinNetwork(state.tag)
     net.destroy([old.namespace])
-    state.namespaces.remove(old.namespace)
+    with state.locked():
+        state.nodes = [n for n in state.nodes if n.name != old.name]
+        state.namespaces.remove(old.namespace)
+        write_metadata(state)
     net.apply_security_group([tuple(rule) for rule in state.ingress], state.controller.address)
-    write_metadata(state)
-    state.save()
     log(f"terminated {old.name} ({old.address})")
+
+
+def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
+    """A lost or interrupted engine node leaves its group, which shrinks by one (AWS
+    would launch a replacement; the twin leaves that to `ipfleet scale`). Returns
+    once the reconciler has taken the node away."""
+    from ipfleet.twin.group import TwinGroup
+
+    group = TwinGroup(state.namespaces[0], ENDPOINT, state.region, state.group_name)
+    try:
+        group.detach(node.instance_id)
+    finally:
+        group.close()
+    deadline = time.monotonic() + timeout
+    while any(n.name == node.name for n in state.refresh().nodes):
+        if time.monotonic() > deadline:
+            raise TwinError(f"the reconciler did not take {node.name} away in {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def next_host_number(state: TwinState) -> int:
+    """A free address for a new node: above every node there is (and ever was, for engines)."""
+    return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes]
+               + [network.FIRST_NODE_HOST + state.launched]) + 1
 
 
 def down(state: TwinState, log=print) -> list[str]:
     """Stop every node and process, unmount, delete namespaces and files. Returns leftovers."""
     leftovers = []
+    # The reconciler first, so that it boots nothing more; then what it had booted.
+    state.refresh()
+    if state.reconciler_pid and process_alive(state.reconciler_pid):
+        _stop_group(state.reconciler_pid)
+        state.refresh()
     for node in state.nodes:
         try:
             node.stop()

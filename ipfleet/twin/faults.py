@@ -39,6 +39,7 @@ def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.
               log=print) -> dict:
     if kind not in FAULTS:
         raise TwinError(f"--fault {kind!r}: choose one of {', '.join(FAULTS)}")
+    state.refresh()  # the reconciler may have booted or removed engine nodes
     if kind in ("engine-loss", "spot-interruption") and len(state.engine_nodes) < 2:
         raise TwinError(f"--fault {kind} needs at least 2 engine nodes (one is lost); try --engine-nodes 2")
     cluster.connect(state, timeout)
@@ -121,14 +122,15 @@ def _inject(state: TwinState, kind: str, old_controller, log) -> str:
     if kind == "controller-replace":
         cluster.retire_controller(state, old_controller, log)
         return old_controller.name
-    victim = state.engine_nodes[0]
+    victim = state.refresh().engine_nodes[0]
     if kind == "engine-loss":
         victim.kill()
         log(f"lost {victim.name} without warning")
     else:
         notice = {"action": "terminate",
                   "time": (datetime.now(timezone.utc) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        cluster.write_metadata(state, extra={victim.address: {"spot/instance-action": json.dumps(notice)}})
+        with state.locked():
+            cluster.write_metadata(state, extra={victim.address: {"spot/instance-action": json.dumps(notice)}})
         log(f"spot interruption notice served to {victim.name}; waiting for it to drain")
         deadline = time.monotonic() + 120  # the notice's two minutes
         while victim.run("systemctl", "is-active", "--quiet", "ipengine@1.service").returncode == 0:
@@ -137,6 +139,5 @@ def _inject(state: TwinState, kind: str, old_controller, log) -> str:
             time.sleep(0.5)
         log(f"{victim.name} drained; terminating it")
         victim.stop()
-    state.nodes.remove(victim)
-    state.save()
+    cluster.leave_group(state, victim)
     return victim.name

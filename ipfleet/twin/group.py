@@ -1,0 +1,68 @@
+"""The twin's engine group in moto, asked from the twin's own processes.
+
+The twin's processes run in the root network namespace (they create namespaces
+and boot nodes), and nothing may go from there to a namespace address. Their
+Auto Scaling calls therefore run on one thread that has entered the router's
+namespace (setns applies to the calling thread only): its sockets live there,
+next to moto, and every other thread stays where it was.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+CLONE_NEWNET = 0x40000000
+CALL_TIMEOUT = 30.0
+
+
+def _enter(namespace: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{namespace}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns into {namespace}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
+class TwinGroup:
+    """The engine group GROUP_NAME, through moto at ENDPOINT, from inside NAMESPACE."""
+
+    def __init__(self, namespace: str, endpoint: str, region: str, group_name: str):
+        self.name = group_name
+        self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter, initargs=(namespace,))
+        self._client = self._call(lambda: __import__("boto3").client(
+            "autoscaling", region_name=region, endpoint_url=endpoint,
+            aws_access_key_id="twin", aws_secret_access_key="twin"))
+
+    def _call(self, fn):
+        return self._pool.submit(fn).result(timeout=CALL_TIMEOUT)
+
+    def describe(self) -> dict:
+        """The group: its size, bounds and instances (id -> lifecycle state), and its drain hook."""
+        group = self._call(lambda: self._client.describe_auto_scaling_groups(
+            AutoScalingGroupNames=[self.name])["AutoScalingGroups"][0])
+        return {"desired": group["DesiredCapacity"], "min": group["MinSize"], "max": group["MaxSize"],
+                "instances": {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}}
+
+    def hook(self) -> dict | None:
+        hooks = self._call(lambda: self._client.describe_lifecycle_hooks(
+            AutoScalingGroupName=self.name)["LifecycleHooks"])
+        return next((h for h in hooks if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"), None)
+
+    def complete(self, instance_id: str, hook: str) -> None:
+        """The hook's timeout, played by the twin: AWS goes on with the default result."""
+        self._call(lambda: self._client.complete_lifecycle_action(
+            AutoScalingGroupName=self.name, LifecycleHookName=hook, InstanceId=instance_id,
+            LifecycleActionResult="CONTINUE"))
+
+    def detach(self, instance_id: str) -> None:
+        """A node lost (or interrupted) leaves the group, and the group its size."""
+        self._call(lambda: self._client.detach_instances(
+            AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=True))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)

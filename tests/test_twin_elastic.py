@@ -1,0 +1,106 @@
+"""An elastic cluster on a twin that plays the Auto Scaling group: `ipfleet scale`
+grows it under a connected client, shrinks it in the middle of a map without
+losing a result, and the idle guard takes it to zero by itself, until the next
+client brings it back. Everything runs as the laptop, through `ipfleet twin exec`.
+
+One twin (ssm access, 1 to 3 engine nodes of 2 engines, idle after 1 minute),
+in this order: out, in, idle, wake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ipfleet.twin import cluster
+from tests.conftest import write_stack
+
+pytestmark = pytest.mark.twin
+
+STACK = "elastic"
+CONFIG = {"aws:region": "us-east-1", "ipfleet:engineNodes": 1, "ipfleet:maxEngineNodes": 3,
+          "ipfleet:enginesPerNode": 2, "ipfleet:idleMinutes": 1}
+SCRIPT = str(Path(__file__).resolve().parent / "twin_scripts" / "elastic_client.py")
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    if os.environ.get("IPFLEET_SKIP_TWIN") == "1":
+        pytest.skip("IPFLEET_SKIP_TWIN=1")
+    cluster.check_platform()
+    state = cluster.up(str(write_stack(tmp_path_factory.mktemp("elastic"), STACK, CONFIG)))
+    try:
+        cluster.wait_ready(state, timeout=600)
+        cluster.fetch_and_demo(state, timeout=300)
+        yield state
+    finally:
+        assert cluster.down(state) == []
+
+
+def twin_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "exec", STACK, "--", *command],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def laptop(*args: str) -> dict:
+    result = twin_exec("python", SCRIPT, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def status() -> dict:
+    shown = twin_exec("ipfleet", "status", STACK, "--json", timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    return json.loads(shown.stdout)
+
+
+def test_scale_out_joins_the_connected_client_and_status_shows_the_group(twin):
+    refused = twin_exec("ipfleet", "scale", STACK, "4", timeout=120)
+    assert refused.returncode == 1
+    assert "outside the group's bounds, 0 to 3" in refused.stderr and "maxEngineNodes" in refused.stderr
+
+    out = laptop("scale-out", STACK, "3")
+    print(f"\nscale 1 -> 3: engines registered {out['seconds_to_registered']} s after `ipfleet scale`")
+    # The client connected before the scale used every new engine, on every node.
+    assert (out["engines_before"], out["engines_after"]) == (2, 6)
+    assert out["engines_used"] == 6 and out["hosts_used"] == 3
+    shown = status()
+    engines = [n for n in shown["nodes"] if n["role"] == "engine"]
+    assert sorted(n["instanceId"] for n in engines) == sorted(out["nodes"]) == sorted(shown["group"]["instances"])
+    assert all(n["groupState"] == "InService" and n["engines"]["running"] == 2 for n in engines)
+
+
+def test_scale_in_in_the_middle_of_a_map_loses_no_result(twin):
+    out = laptop("scale-in", STACK, "1")
+    print(f"\nscale 3 -> 1 mid-map: drained, gone and unregistered {out['seconds_to_drained']} s after `ipfleet scale`")
+    assert out["results_correct"] == out["tasks"] == 200
+    assert (out["engines_before"], out["engines_after"]) == (6, 2)
+    log = (twin.work_dir / "reconciler.log").read_text()
+    assert log.count("is leaving the group: Terminating:Wait") == 2
+    assert "timed out" not in log  # each node drained and completed its hook itself
+
+
+def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
+    deadline = time.monotonic() + 240  # one idle minute, the keeper's look, the drain
+    while True:
+        shown = status()
+        scaling = next(n for n in shown["nodes"] if n["role"] == "controller")["scaling"] or {}
+        engines = [n for n in shown["nodes"] if n["role"] == "engine"]
+        if scaling.get("idledAt") and not engines and not shown["group"]["instances"]:
+            break
+        assert time.monotonic() < deadline, f"not idle yet: {scaling}, {len(engines)} engine nodes"
+        time.sleep(5)
+    assert shown["group"]["desired"] == 0
+    assert scaling["lastChanges"][-1]["reason"].startswith("idle for 1 min")
+    told = twin_exec("ipfleet", "status", STACK, timeout=120).stdout
+    assert "the idle guard took it to 0" in told
+
+    woken = laptop("wake", STACK, "2")
+    print(f"\nidle -> woken by a client: engines registered {woken['seconds_to_registered']} s after it connected")
+    assert woken["answer"] == 49
