@@ -168,10 +168,12 @@ class Hub:
     def work(self) -> tuple[int, int, int]:
         """(tasks outstanding, tasks completed, engines registered)."""
         status = self.ask("queue_request", {"targets": None, "verbose": False})
-        engines = self.ask("connection_request", {})["engines"]
+        engines = {str(k) for k in self.ask("connection_request", {})["engines"]}
         outstanding, completed = int(status.get("unassigned", 0)), 0
         for key, counts in status.items():
-            if isinstance(counts, dict):
+            # Only engines registered now: a departed engine's entry keeps the tasks it
+            # held when it went (they were retried elsewhere) for good.
+            if isinstance(counts, dict) and key in engines:
                 outstanding += counts.get("queue", 0) + counts.get("tasks", 0)
                 completed += counts.get("completed", 0)
         return outstanding, completed, len(engines)
