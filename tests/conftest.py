@@ -142,3 +142,31 @@ def imds(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def skip_without_twin() -> None:
+    if os.environ.get("IPFLEET_SKIP_TWIN") == "1":
+        pytest.skip("IPFLEET_SKIP_TWIN=1")
+    from ipfleet.twin import cluster
+
+    cluster.check_platform()
+
+
+def running_twin(folder: Path, stack: str, config: dict) -> Iterator:
+    """A module fixture's body: STACK's twin booted, connected and demoed; down after."""
+    from ipfleet.twin import cluster
+
+    skip_without_twin()
+    state = cluster.up(str(write_stack(folder, stack, config)))
+    try:
+        cluster.wait_ready(state, timeout=600)
+        cluster.fetch_and_demo(state, timeout=300)
+        yield state
+    finally:
+        assert cluster.down(state) == []
+
+
+def twin_exec(stack: str, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`ipfleet twin exec STACK -- COMMAND...`, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "exec", stack, "--", *command],
+                          capture_output=True, text=True, timeout=timeout)

@@ -10,16 +10,12 @@ in this order: out, in, idle, wake.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from ipfleet.twin import cluster
-from tests.conftest import write_stack
+from tests.conftest import running_twin, twin_exec
 
 pytestmark = pytest.mark.twin
 
@@ -31,37 +27,23 @@ SCRIPT = str(Path(__file__).resolve().parent / "twin_scripts" / "elastic_client.
 
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
-    if os.environ.get("IPFLEET_SKIP_TWIN") == "1":
-        pytest.skip("IPFLEET_SKIP_TWIN=1")
-    cluster.check_platform()
-    state = cluster.up(str(write_stack(tmp_path_factory.mktemp("elastic"), STACK, CONFIG)))
-    try:
-        cluster.wait_ready(state, timeout=600)
-        cluster.fetch_and_demo(state, timeout=300)
-        yield state
-    finally:
-        assert cluster.down(state) == []
-
-
-def twin_exec(*command: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "exec", STACK, "--", *command],
-                          capture_output=True, text=True, timeout=timeout)
+    yield from running_twin(tmp_path_factory.mktemp("elastic"), STACK, CONFIG)
 
 
 def laptop(*args: str) -> dict:
-    result = twin_exec("python", SCRIPT, *args)
+    result = twin_exec(STACK, "python", SCRIPT, *args, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
 def status() -> dict:
-    shown = twin_exec("ipfleet", "status", STACK, "--json", timeout=120)
+    shown = twin_exec(STACK, "ipfleet", "status", STACK, "--json", timeout=120)
     assert shown.returncode == 0, shown.stderr
     return json.loads(shown.stdout)
 
 
 def test_scale_out_joins_the_connected_client_and_status_shows_the_group(twin):
-    refused = twin_exec("ipfleet", "scale", STACK, "4", timeout=120)
+    refused = twin_exec(STACK, "ipfleet", "scale", STACK, "4", timeout=120)
     assert refused.returncode == 1
     assert "outside the group's bounds, 0 to 3" in refused.stderr and "maxEngineNodes" in refused.stderr
 
@@ -101,7 +83,7 @@ def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
         time.sleep(5)
     assert shown["group"]["desired"] == 0
     assert scaling["lastChanges"][-1]["reason"].startswith("idle for 1 min")
-    told = twin_exec("ipfleet", "status", STACK, timeout=120).stdout
+    told = twin_exec(STACK, "ipfleet", "status", STACK, timeout=120).stdout
     assert "the idle guard took it to 0" in told
 
     woken = laptop("wake", STACK, "2")

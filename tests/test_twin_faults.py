@@ -10,16 +10,13 @@ leaves it whole for the next: restart and replacement first, then the two losses
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 
 from ipfleet.twin import cluster
 from ipfleet.twin.faults import run_fault
-from tests.conftest import write_stack
+from tests.conftest import running_twin, skip_without_twin, twin_exec, write_stack
 
 pytestmark = pytest.mark.twin
 
@@ -27,28 +24,9 @@ STACK = "faults"
 CONFIG = {"aws:region": "us-east-1", "ipfleet:engineNodes": 3, "ipfleet:enginesPerNode": 2}
 
 
-def _skip_without_twin():
-    if os.environ.get("IPFLEET_SKIP_TWIN") == "1":
-        pytest.skip("IPFLEET_SKIP_TWIN=1")
-    cluster.check_platform()
-
-
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory):
-    _skip_without_twin()
-    state = cluster.up(str(write_stack(tmp_path_factory.mktemp("faults"), STACK, CONFIG)))
-    try:
-        cluster.wait_ready(state, timeout=600)
-        cluster.fetch_and_demo(state, timeout=300)
-        yield state
-    finally:
-        assert cluster.down(state) == []
-
-
-def twin_exec(stack: str, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`ipfleet twin exec STACK -- COMMAND...`, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "exec", stack, "--", *command],
-                          capture_output=True, text=True, timeout=timeout)
+    yield from running_twin(tmp_path_factory.mktemp("faults"), STACK, CONFIG)
 
 
 def test_status_lists_every_node_from_its_own_record(twin):
@@ -107,7 +85,7 @@ def test_a_fault_in_the_middle_of_a_map_loses_nothing(twin, kind):
 def test_a_failed_bootstrap_is_named_with_its_step_and_log(tmp_path):
     """A typo in pythonPackages: the controller's pip fails, as it would on AWS; the node's
     record says so, `ipfleet status` shows it, and `ipfleet fetch` stops waiting at once."""
-    _skip_without_twin()
+    skip_without_twin()
     config = {"aws:region": "us-east-1", "ipfleet:engineNodes": 0,
               "ipfleet:pythonPackages": ["ipfleet-no-such-package-xyz"]}
     state = cluster.up(str(write_stack(tmp_path, "broken", config)))
