@@ -9,9 +9,12 @@ next to moto, and every other thread stays where it was.
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 from concurrent.futures import ThreadPoolExecutor
+
+from ipfleet.scaling import EngineGroup
 
 CLONE_NEWNET = 0x40000000
 CALL_TIMEOUT = 30.0
@@ -34,19 +37,29 @@ class TwinGroup:
     def __init__(self, namespace: str, endpoint: str, region: str, group_name: str):
         self.name = group_name
         self._pool = ThreadPoolExecutor(max_workers=1, initializer=_enter, initargs=(namespace,))
-        self._client = self._call(lambda: __import__("boto3").client(
-            "autoscaling", region_name=region, endpoint_url=endpoint,
-            aws_access_key_id="twin", aws_secret_access_key="twin"))
+
+        def client(service: str):
+            import boto3
+
+            return boto3.client(service, region_name=region, endpoint_url=endpoint,
+                                aws_access_key_id="twin", aws_secret_access_key="twin")
+
+        self._client = self._call(lambda: client("autoscaling"))
+        self._ec2 = self._call(lambda: client("ec2"))
 
     def _call(self, fn):
         return self._pool.submit(fn).result(timeout=CALL_TIMEOUT)
 
-    def describe(self) -> dict:
-        """The group: its size, bounds and instances (id -> lifecycle state), and its drain hook."""
-        group = self._call(lambda: self._client.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[self.name])["AutoScalingGroups"][0])
-        return {"desired": group["DesiredCapacity"], "min": group["MinSize"], "max": group["MaxSize"],
-                "instances": {i["InstanceId"]: i["LifecycleState"] for i in group["Instances"]}}
+    def describe(self) -> EngineGroup:
+        """The group: its size, bounds and instances (id -> lifecycle state)."""
+        return EngineGroup.parse(self._call(lambda: self._client.describe_auto_scaling_groups(
+            AutoScalingGroupNames=[self.name])["AutoScalingGroups"][0]))
+
+    def launch_user_data(self) -> bytes:
+        """What the group launches with: its launch template's user data, read as EC2 reads it."""
+        versions = self._call(lambda: self._ec2.describe_launch_template_versions(
+            LaunchTemplateName=f"{self.name}-template", Versions=["$Latest"]))
+        return base64.b64decode(versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"])
 
     def hook(self) -> dict | None:
         hooks = self._call(lambda: self._client.describe_lifecycle_hooks(

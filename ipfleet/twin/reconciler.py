@@ -20,7 +20,6 @@ itself when the twin's state is gone.
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import sys
@@ -45,28 +44,12 @@ class Reconciler:
         self.state = TwinState.load(stack)
         self.group = TwinGroup(self.state.namespaces[0], ENDPOINT, self.state.region, self.state.group_name)
         self.hook = self.group.hook()
-        self.user_data = self._launch_template_user_data()
+        self.user_data = self.group.launch_user_data()
         self.waiting_since: dict[str, float] = {}
         self.stopping = False
 
-    def _launch_template_user_data(self) -> bytes:
-        """What the group launches with, read from moto as EC2 reads the template."""
-        state = self.state
-
-        def read():
-            import boto3
-
-            ec2 = boto3.client("ec2", region_name=state.region, endpoint_url=ENDPOINT,
-                               aws_access_key_id="twin", aws_secret_access_key="twin")
-            versions = ec2.describe_launch_template_versions(
-                LaunchTemplateName=f"{state.group_name}-template", Versions=["$Latest"])
-            return versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]
-
-        return base64.b64decode(self.group._call(read))
-
     def step(self) -> None:
-        group = self.group.describe()
-        instances = group["instances"]
+        instances = self.group.describe().instances
         nodes = {n.instance_id: n for n in self.state.refresh().engine_nodes}
         for instance_id, lifecycle in instances.items():
             if instance_id not in nodes and lifecycle in ("Pending", "InService"):
@@ -128,7 +111,7 @@ class Reconciler:
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))
-        log(f"playing group {self.state.group_name}: {json.dumps(self.group.describe())}")
+        log(f"playing group {self.state.group_name}: {json.dumps(self.group.describe().as_json())}")
         while not self.stopping and (self.state.state_dir / "state.json").exists():
             try:
                 self.step()
