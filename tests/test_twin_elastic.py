@@ -68,9 +68,6 @@ def test_scale_in_in_the_middle_of_a_map_loses_no_result(twin):
     assert "timed out" not in log  # each node drained and completed its hook itself
 
 
-@pytest.mark.xfail(strict=False, reason="first CI run: after a scale-in mid-map the keeper counted the departed "
-                   "engines' stranded tasks as outstanding work and never idled; fixed to count registered "
-                   "engines only, not yet proven in the twin")
 def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
     deadline = time.monotonic() + 240  # one idle minute, the keeper's look, the drain
     while True:
