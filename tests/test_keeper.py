@@ -58,6 +58,30 @@ def test_idle_guard_keeps_the_floor_and_can_be_turned_off(keeper):
         == (None, "ok")
 
 
+def test_engines_leaving_an_idle_group_do_not_wake_it(keeper):
+    # The idle guard's own scale-in: the nodes drain, their engines unregister and the
+    # counts the hub reports fall. Falling is not activity; only a new completion is.
+    p, memory = policy(keeper, idle=1), keeper.Memory(last_activity=0.0)
+    assert keeper.decide(p, 30, seen(keeper, completed=200), memory) == (None, "ok")
+    assert keeper.decide(p, 90, seen(keeper, completed=200), memory)[0] == 0
+    for at, done in ((95, 120), (100, 0)):  # a node gone, then all
+        assert keeper.decide(p, at, seen(keeper, completed=done, engines=0, desired=0), memory) == (None, "idle")
+    assert keeper.decide(p, 105, seen(keeper, completed=3, engines=0, desired=0), memory)[0] == 2
+
+
+def test_hub_counts_outstanding_on_registered_engines_and_completed_on_all(keeper):
+    # The hub's answers as ipyparallel 9 gives them: engine 2 departed holding 5 tasks.
+    answers = {
+        "queue_request": {"unassigned": 1, "0": {"queue": 0, "tasks": 2, "completed": 40},
+                          "1": {"queue": 1, "tasks": 0, "completed": 35},
+                          "2": {"queue": 0, "tasks": 5, "completed": 25}, "status": "ok"},
+        "connection_request": {"engines": {"0": "uuid-0", "1": "uuid-1"}, "status": "ok"},
+    }
+    hub = keeper.Hub.__new__(keeper.Hub)
+    hub.ask = lambda msg_type, content: answers[msg_type]
+    assert hub.work() == (1 + 2 + 1, 40 + 35 + 25, 2)
+
+
 def test_a_user_scaling_an_idle_group_takes_it_over(keeper):
     p, memory = policy(keeper, idle=1), keeper.Memory(last_activity=0.0)
     assert keeper.decide(p, 61, seen(keeper), memory)[0] == 0

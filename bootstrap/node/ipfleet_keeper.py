@@ -88,8 +88,10 @@ def _decide(policy: Policy, now: float, seen: Observation, memory: Memory) -> tu
     floor = max(policy.min_engine_nodes, seen.minimum)
     # Someone grew the group (`ipfleet scale`): as much a sign of life as a task.
     grown = memory.desired is not None and seen.desired > memory.desired
+    # More tasks completed is activity; fewer is not (the controller restarted and
+    # counts from zero again).
     active = grown or seen.outstanding > 0 or seen.clients > 0 or \
-        (memory.completed >= 0 and seen.completed != memory.completed)
+        (memory.completed >= 0 and seen.completed > memory.completed)
     memory.completed = seen.completed
     if active:
         memory.last_activity = now
@@ -171,11 +173,15 @@ class Hub:
         engines = {str(k) for k in self.ask("connection_request", {})["engines"]}
         outstanding, completed = int(status.get("unassigned", 0)), 0
         for key, counts in status.items():
-            # Only engines registered now: a departed engine's entry keeps the tasks it
-            # held when it went (they were retried elsewhere) for good.
-            if isinstance(counts, dict) and key in engines:
+            if not isinstance(counts, dict):
+                continue
+            # Completed counts every engine ever registered, so an engine leaving is
+            # not a change; outstanding counts registered engines only, since a
+            # departed engine's entry keeps the tasks it held when it went (they
+            # were retried elsewhere) for good.
+            completed += counts.get("completed", 0)
+            if key in engines:
                 outstanding += counts.get("queue", 0) + counts.get("tasks", 0)
-                completed += counts.get("completed", 0)
         return outstanding, completed, len(engines)
 
 
