@@ -11,11 +11,19 @@ AGENT = f"{AGENT_DIR}/ipfleet_node.py"
 # The controller's keeper: idle guard and autoscaler (imports the agent beside it).
 KEEPER = f"{AGENT_DIR}/ipfleet_keeper.py"
 BOOTSTRAP_SCRIPT = f"{AGENT_DIR}/bootstrap.sh"
+# Makes the venv with uv (system python3, before the venv exists).
+PYENV = f"{AGENT_DIR}/ipfleet_pyenv.py"
+# Where that uv lives when the image has none of its own (ipfleet_pyenv.UV_HOME).
+UV_BINARY = "/opt/ipfleet/uv/uv"
 STATE_DIR = "/var/lib/ipfleet"
 IPYTHON_DIR = f"{STATE_DIR}/ipython"
 PROFILE_DIR = f"{IPYTHON_DIR}/profile_default"
 CONFIG_DIR = "/etc/ipfleet"
 FACTS_FILE = f"{CONFIG_DIR}/node.json"
+# What the venv holds: pinned requirements, and constraints for all they pull in
+# (ipfleet_pyenv.py has its own copy: it runs before anything else is there).
+PYTHON_REQUIREMENTS = f"{CONFIG_DIR}/python-requirements.txt"
+PYTHON_CONSTRAINTS = f"{CONFIG_DIR}/python-constraints.txt"
 # The cluster's keys on the controller (0600, the service user's); see the agent.
 KEYS_FILE = f"{STATE_DIR}/keys.json"
 # The controller's login for tunnels: its home holds the authorized key.
@@ -24,4 +32,4 @@ LOGIN_HOME = "/home/ipfleet-admin"
 # Every folder of ipfleet's own that the bootstrap writes or runs from: a mount
 # at, above or below any of them would hide what the node needs. (Its other
 # files, units and sshd settings, lie in system trees no mount may touch.)
-NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, CONFIG_DIR, LOGIN_HOME)
+NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, CONFIG_DIR, LOGIN_HOME, "/opt/ipfleet/uv")

@@ -26,6 +26,13 @@ from bootstrap.spec import DRAIN_HOOK, NodeSpec
 HERE = Path(__file__).parent
 AGENT_SOURCE = HERE / "node" / "ipfleet_node.py"
 KEEPER_SOURCE = HERE / "node" / "ipfleet_keeper.py"
+PYENV_SOURCE = HERE / "node" / "ipfleet_pyenv.py"
+
+# What each role's long-running services import, compiled to bytecode at boot.
+WARM_MODULES = {
+    "controller": ("boto3", "ipyparallel.controller.app", "ipyparallel.controller.scheduler"),
+    "engine": ("boto3", "ipyparallel.engine.app", "ipykernel.ipkernel"),
+}
 
 # EC2 refuses user data over 16 KB (before base64).
 USER_DATA_LIMIT = 16 * 1024
@@ -33,7 +40,7 @@ USER_DATA_LIMIT = 16 * 1024
 # cloud-config top-level keys ipfleet writes. `cloud-init schema` (22.4) does not
 # flag unknown top-level keys, so the tests hold rendered documents to this list.
 KNOWN_TOP_LEVEL_KEYS = frozenset({
-    "bootcmd", "locale", "package_update", "packages", "users", "write_files", "runcmd",
+    "bootcmd", "locale", "users", "write_files", "runcmd",
     "ssh_pwauth", "disable_root",
 })
 
@@ -60,7 +67,16 @@ def _environment() -> Environment:
     env.filters["shquote"] = shlex.quote
     # JSON strings are valid YAML scalars: quoting without surprises.
     env.filters["yaml"] = lambda v: json.dumps(v)
+    env.filters["pylist"] = python_list
     return env
+
+
+def python_list(numbers) -> str:
+    """A Python expression for a list of ints: a range when it is one (shorter user data)."""
+    numbers = list(numbers)
+    if numbers and numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"list(range({numbers[0]}, {numbers[-1] + 1}))"
+    return repr(numbers)
 
 
 def facts(spec: NodeSpec) -> dict:
@@ -86,6 +102,14 @@ def facts(spec: NodeSpec) -> dict:
         "forward_ports": list(spec.forward_ports),
         "loopback_forward_ports": list(spec.loopback_forward_ports),
         "drain_hook": DRAIN_HOOK,
+        # The bootstrap installs what the image lacks of these (apt, in the background).
+        "apt_packages": list(spec.apt_packages),
+        # For bootstrap/node/ipfleet_pyenv.py.
+        "python": {
+            "venv": VENV,
+            "index_url": spec.package_index_url,
+            "uv": spec.uv_requirement,
+        },
         "keeper": dict(spec.keeper),
     }
 
@@ -100,8 +124,9 @@ def render_user_data(spec: NodeSpec) -> str:
     template = _environment().get_template(f"{spec.role}.yaml.j2")
     context = _context(spec)
     context["bootstrap_script"] = render_bootstrap_script(spec)
-    context["agent_source"] = node_program(AGENT_SOURCE)
+    context["agent_source"] = node_program(AGENT_SOURCE, spec.role)
     context["keeper_source"] = node_program(KEEPER_SOURCE)
+    context["pyenv_source"] = node_program(PYENV_SOURCE)
     text = template.render(**context)
     # Fail here, with the template's name, rather than at boot.
     parsed = yaml.safe_load(text)
@@ -112,10 +137,11 @@ def render_user_data(spec: NodeSpec) -> str:
 
 
 @cache
-def node_program(path: Path) -> str:
+def node_program(path: Path, role: str | None = None) -> str:
     """A node program as the node gets it: the same code without comments and
     docstrings, which EC2's 16 KB of user data has no room for (about a quarter
-    of the compressed size). Tracebacks on a node name the lines of this text."""
+    of the compressed size), and, for ROLE, without the functions the module's
+    ROLE_ONLY names for the other role. Tracebacks on a node name the lines of this text."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
@@ -123,7 +149,24 @@ def node_program(path: Path) -> str:
                 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
                 and isinstance(body[0].value.value, str):
             node.body = body[1:] or [ast.Pass()]
+    if role is not None:
+        others = {name for owner, names in role_only(tree).items() if owner != role for name in names}
+        # The table itself is for this renderer only.
+        tree.body = [node for node in tree.body
+                     if not (isinstance(node, ast.FunctionDef) and node.name in others) and not _is_role_only(node)]
     return f"#!/usr/bin/env python3\n# {path.name} from ipfleet's source (bootstrap/node/).\n{ast.unparse(tree)}\n"
+
+
+def role_only(tree: ast.Module) -> dict[str, tuple[str, ...]]:
+    """The module's ROLE_ONLY table: {role: names of functions only that role runs}."""
+    for node in tree.body:
+        if _is_role_only(node):
+            return ast.literal_eval(node.value)
+    return {}
+
+
+def _is_role_only(node: ast.stmt) -> bool:
+    return isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROLE_ONLY" for t in node.targets)
 
 
 def _context(spec: NodeSpec) -> dict:
@@ -133,6 +176,11 @@ def _context(spec: NodeSpec) -> dict:
         "venv": VENV,
         "agent": AGENT,
         "keeper": paths.KEEPER,
+        "pyenv": paths.PYENV,
+        "warm_modules": WARM_MODULES[spec.role],
+        "uv_binary": paths.UV_BINARY,
+        "python_requirements_file": paths.PYTHON_REQUIREMENTS,
+        "python_constraints_file": paths.PYTHON_CONSTRAINTS,
         "state_dir": STATE_DIR,
         "ipython_dir": IPYTHON_DIR,
         "profile_dir": PROFILE_DIR,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Literal
 
+from bootstrap.pins import closure_pins, pinned
 from ipfleet import ports
 from ipfleet.settings import Settings
 
@@ -32,6 +32,8 @@ LOGIN_USER = "ipfleet-admin"
 # a laptop's client and the engines must agree on ipyparallel, pyzmq and
 # cloudpickle (`ipfleet connect` compares them).
 NODE_PACKAGES = ("ipyparallel", "pyzmq", "cloudpickle", "boto3")
+# What installs them on the node (bootstrap/node/ipfleet_pyenv.py), also pinned.
+UV = "uv"
 NOTEBOOK_PACKAGES = ("jupyterlab",)
 # JupyterLab listens here on the controller's loopback only.
 NOTEBOOK_PORT = 8888
@@ -73,7 +75,12 @@ class NodeSpec:
     keys_parameter: str
     node_records_path: str
     access: str
+    # Installed by uv into the venv: ipfleet's node packages pinned and the stack's
+    # pythonPackages (requirements), every dependency held to this project's version
+    # (constraints, bootstrap/pins.py), and the uv to fetch when the image has none.
     python_requirements: tuple[str, ...]
+    python_constraints: tuple[str, ...]
+    uv_requirement: str
     apt_packages: tuple[str, ...]
     package_index_url: str | None
     engines_per_node: int | str
@@ -113,7 +120,8 @@ class NodeSpec:
 def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeSpec:
     """The spec of one role's nodes. `efs_dns_name` is known only after deploy."""
     mounts: list[Mount] = []
-    apt = ["python3-venv", "iproute2"]
+    # No python3-venv: uv makes the venv. iproute2: the agent's `ip`, the keeper's `ss`.
+    apt = ["iproute2"]
     shared = settings.shared_storage
     if shared.enabled:
         mounts.append(_shared_mount(shared.source, shared.mount_point, efs_dns_name))
@@ -142,12 +150,13 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
     tunnels = settings.access in ("ssm", "ssh") and role == "controller"
     if tunnels:
         apt.append("openssh-server")
-    python = [pinned(name) for name in NODE_PACKAGES]
+    own = list(NODE_PACKAGES)
     if settings.ipyparallel.packer == "msgpack":
-        python.append(pinned("msgpack"))
+        own.append("msgpack")
     notebook = settings.notebook and role == "controller"
     if notebook:
-        python += [pinned(name) for name in NOTEBOOK_PACKAGES]
+        own += NOTEBOOK_PACKAGES
+    python = [pinned(name) for name in own]
     return NodeSpec(
         role=role,
         stack=settings.stack,
@@ -157,6 +166,8 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         node_records_path=settings.node_records_path,
         access=settings.access,
         python_requirements=tuple(python + list(settings.python_packages)),
+        python_constraints=closure_pins(own),
+        uv_requirement=pinned(UV),
         apt_packages=tuple(dict.fromkeys(apt + list(settings.apt_packages))),
         package_index_url=settings.package_index_url,
         engines_per_node=settings.engines_per_node,
@@ -206,14 +217,6 @@ def _shared_mount(source: str, where: str, efs_dns_name: str | None) -> Mount:
     if kind == "nfs":
         return Mount(rest, where, "nfs4", "nfsvers=4.1,hard,timeo=600,retrans=2,_netdev,nofail")
     return Mount(rest, where, "none", "bind")
-
-
-def pinned(name: str) -> str:
-    """`name==version` as installed here (the project's lock), or bare if absent."""
-    try:
-        return f"{name}=={version(name)}"
-    except PackageNotFoundError:
-        return name
 
 
 def escape_path(path: str) -> str:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import ast
 import base64
 import gzip
+import importlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from bootstrap import (
     ROLES, USER_DATA_LIMIT, decode_user_data, encode_user_data, node_spec,
     render_bootstrap_script, render_user_data,
 )
+from bootstrap import paths
 from bootstrap.preflight import check_user_data
 from bootstrap.render import KNOWN_TOP_LEVEL_KEYS
 from ipfleet.settings import SettingsError
@@ -90,21 +93,34 @@ def test_embedded_files_are_what_the_sources_say(variation, role, spec):
     programs = Path(__file__).resolve().parent.parent / "bootstrap" / "node"
     files = {path: f["content"] for path, f in files.items()}
 
-    def same_code(embedded: str, source: Path) -> bool:
-        """The node's copy is the source's code: the same syntax tree, docstrings aside."""
+    def same_code(embedded: str, source: Path, leave_out: set[str] = frozenset()) -> bool:
+        """The node's copy is the source's code: the same syntax tree, docstrings and
+        the functions LEAVE_OUT aside."""
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
             if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
                     and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
                 node.body = body[1:] or [ast.Pass()]
+        tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name in leave_out)
+                     and not (leave_out and isinstance(n, ast.Assign) and n.targets[0].id == "ROLE_ONLY")]
         return ast.dump(ast.parse(embedded)) == ast.dump(tree)
 
+    # The agent: all of it but what only the other role runs (EC2's 16 KB).
+    sys.path.insert(0, str(programs))
+    try:
+        role_only = importlib.import_module("ipfleet_node").ROLE_ONLY
+    finally:
+        sys.path.remove(str(programs))
+    others = {name for owner, names in role_only.items() if owner != role for name in names}
     embedded = files.pop("/usr/local/lib/ipfleet/ipfleet_node.py")
-    assert same_code(embedded, programs / "ipfleet_node.py")
+    assert same_code(embedded, programs / "ipfleet_node.py", others)
+    defined = {n.name for n in ast.parse(embedded).body if isinstance(n, ast.FunctionDef)}
+    assert not defined & others and set(role_only[role]) <= defined
     assert "def watch(" in embedded and '"""' not in embedded.split("def watch(")[1][:200]
     keeper = files.pop("/usr/local/lib/ipfleet/ipfleet_keeper.py", None)
     assert same_code(keeper, programs / "ipfleet_keeper.py") if role == "controller" else keeper is None
+    assert same_code(files.pop("/usr/local/lib/ipfleet/ipfleet_pyenv.py"), programs / "ipfleet_pyenv.py")
     assert files["/usr/local/lib/ipfleet/bootstrap.sh"] == render_bootstrap_script(spec)
     for mount in spec.mounts:
         unit = files[f"/etc/systemd/system/{mount.unit}"]
@@ -261,8 +277,12 @@ def test_controller_config_pins_ports_from_the_shared_module():
     from ipfleet import ports
 
     text = render_user_data(node_spec(settings_of(), "controller", EFS))
-    assert f"c.IPController.client_ports = {ports.CLIENT_PORTS.as_list()}" in text
-    assert f"c.IPController.engine_ports = {ports.ENGINE_PORTS.as_list()}" in text
+    def assigned(name: str) -> list[int]:
+        return eval(re.search(rf"^\s*c\.IPController\.{name} = (.+)$", text, re.MULTILINE).group(1))
+
+    assert assigned("client_ports") == ports.CLIENT_PORTS.as_list()
+    assert assigned("engine_ports") == ports.ENGINE_PORTS.as_list()
+    assert assigned("ports") == ports.INTERNAL_PORTS.as_list()
 
 
 def test_s3_prefixes_mount_without_a_directory_object():
@@ -272,3 +292,28 @@ def test_s3_prefixes_mount_without_a_directory_object():
                                      {"bucket": "b-2", "mountPoint": "/whole"}])
     options = {m.where: m.options.split(",") for m in node_spec(settings, "engine", EFS).mounts}
     assert "compat_dir" in options["/data"] and "compat_dir" not in options["/whole"]
+
+
+def test_the_environment_program_reads_the_files_the_user_data_writes():
+    # ipfleet_pyenv.py runs before ipfleet's modules are anywhere: it has its own copy.
+    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_pyenv.py").read_text()
+    assert f'REQUIREMENTS = "{paths.PYTHON_REQUIREMENTS}"' in source
+    assert f'CONSTRAINTS = "{paths.PYTHON_CONSTRAINTS}"' in source
+    assert f'UV_HOME = Path("{paths.UV_BINARY.rsplit("/", 1)[0]}")' in source
+
+
+def test_a_heavy_stack_still_fits_in_user_data():
+    """Ten Python packages, five Debian ones, three S3 mounts and the notebook."""
+    import base64
+
+    heavy = settings_of(
+        pythonPackages=["numpy", "scipy", "pandas", "scikit-learn", "matplotlib", "xarray", "netCDF4", "h5py",
+                        "numba", "dask"],
+        aptPackages=["gfortran", "libopenblas-dev", "htop", "git", "build-essential"],
+        s3Mounts=[{"bucket": "my-lab-data", "prefix": "runs/2026", "mountPoint": "/data/runs"},
+                  {"bucket": "my-lab-reference", "mountPoint": "/data/ref", "readOnly": True},
+                  {"bucket": "my-lab-results", "mountPoint": "/data/results"}],
+        notebook=True)
+    for role in ("controller", "engine"):
+        encoded = encode_user_data(render_user_data(node_spec(heavy, role, EFS)))
+        assert len(base64.b64decode(encoded)) < USER_DATA_LIMIT * 0.9, role

@@ -164,7 +164,8 @@ def test_shared_storage_is_retained_unless_asked_and_can_be_disabled():
     off = plan_of(sharedStorage={"enabled": False})
     assert not off.of_type("aws:efs/fileSystem:FileSystem")
     document = yaml.safe_load(user_data(off, "engine"))
-    assert "nfs-common" not in document["packages"]
+    facts = json.loads(next(f["content"] for f in document["write_files"] if f["path"] == "/etc/ipfleet/node.json"))
+    assert "nfs-common" not in facts["apt_packages"]
     assert not [f for f in document["write_files"] if "Type=nfs" in f["content"]]
     assert off.outputs["sharedFileSystemId"] is None
 

@@ -83,7 +83,7 @@ def test_a_fault_in_the_middle_of_a_map_loses_nothing(twin, kind):
 
 
 def test_a_failed_bootstrap_is_named_with_its_step_and_log(tmp_path):
-    """A typo in pythonPackages: the controller's pip fails, as it would on AWS; the node's
+    """A typo in pythonPackages: the controller's uv fails, as it would on AWS; the node's
     record says so, `ipfleet status` shows it, and `ipfleet fetch` stops waiting at once."""
     skip_without_twin()
     config = {"aws:region": "us-east-1", "ipfleet:engineNodes": 0,
@@ -100,14 +100,14 @@ def test_a_failed_bootstrap_is_named_with_its_step_and_log(tmp_path):
             time.sleep(2)
         [record] = nodes
         assert record["instanceId"] == state.controller.instance_id
-        assert record["error"]["step"] == "python venv" and record["error"]["exitCode"] != 0
+        assert record["error"]["step"] == "python environment" and record["error"]["exitCode"] != 0
         assert any("ipfleet-no-such-package-xyz" in line for line in record["error"]["log"])
         table = twin_exec("broken", "ipfleet", "status", "broken")
-        assert "failed" in table.stdout and "python venv" in table.stderr
+        assert "failed" in table.stdout and "python environment" in table.stderr
         started = time.monotonic()
         fetched = twin_exec("broken", "ipfleet", "fetch", "broken", "--timeout", "300")
         assert fetched.returncode == 1 and time.monotonic() - started < 60
-        assert "failed its bootstrap at python venv" in fetched.stderr
+        assert "failed its bootstrap at python environment" in fetched.stderr
         assert "ipfleet-no-such-package-xyz" in fetched.stderr
     finally:
         assert cluster.down(state) == []

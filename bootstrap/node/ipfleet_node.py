@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import secrets
 import subprocess
 import sys
@@ -31,6 +32,13 @@ KEYS_FORMAT = 1
 # EC2's instance metadata service (tests point this at a stand-in on loopback).
 METADATA = os.environ.get("IPFLEET_METADATA_URL", "http://169.254.169.254/latest")
 SSH_HOST_KEYS = Path("/etc/ssh")
+# Functions one role never runs: the other role's user data leaves them out
+# (bootstrap/render.py), for EC2 gives user data 16 KB in all.
+ROLE_ONLY = {
+    "controller": ("host_keys", "new_keys", "ensure_keys", "load_keys", "run_notebook", "_versions",
+                   "wait_for_files", "publish", "keeper_file", "keeper_summary", "sshd_forwarding"),
+    "engine": ("read_published", "wait_connection", "interruption", "drain", "complete_drain"),
+}
 
 
 def log(message: str) -> None:
@@ -260,9 +268,11 @@ def wait_connection(timeout: float) -> None:
             break
         if time.monotonic() + delay > deadline:
             raise SystemExit(f"ipfleet-node: nothing published at {name} after {timeout:.0f} s")
-        log(f"attempt {attempt}: controller has not published yet; next look in {delay:.0f} s")
+        log(f"attempt {attempt}: controller has not published yet; next look in {delay:.1f} s")
         time.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        # Engines boot beside their controller: look every second or so at first, then
+        # back off, jittered, so that a big fleet stays within SSM's read rate.
+        delay = min(delay * 1.2, 10.0) * random.uniform(0.9, 1.1)
     target = security_dir(facts) / "ipcontroller-engine.json"
     text = json.dumps(document["engine"])
     previous = target.read_text() if target.exists() else None
