@@ -49,14 +49,19 @@ def _running(stack: str | None):
         _fail(str(e), 2)
 
 
-def _boot(stack: str, engine_nodes: int | None = None):
+BakedOption = Annotated[bool, typer.Option(
+    "--baked", help="Boot an image that already holds the nodes' Python environment, as a baked AMI "
+    "would (built once, cached); by default nodes install it from the package index at boot.")]
+
+
+def _boot(stack: str, engine_nodes: int | None = None, baked: bool = False):
     from ipfleet.project import StackNotFound
     from ipfleet.settings import SettingsError
     from ipfleet.twin import cluster
 
     try:
         cluster.check_platform()
-        state = cluster.up(stack, log=_say, engine_nodes=engine_nodes)
+        state = cluster.up(stack, log=_say, engine_nodes=engine_nodes, baked=baked)
     except (cluster.TwinError, StackNotFound) as e:
         _fail(str(e), 2)
     except SettingsError as e:
@@ -66,12 +71,13 @@ def _boot(stack: str, engine_nodes: int | None = None):
 
 @twin_app.command()
 def up(stack: StackArg,
-       timeout: Annotated[float, typer.Option(help="Seconds to wait for the controller to publish.")] = 600) -> None:
+       timeout: Annotated[float, typer.Option(help="Seconds to wait for the controller to publish.")] = 600,
+       baked: BakedOption = False) -> None:
     """Boot STACK's twin and wait until its controller has published connection info."""
     from ipfleet.twin import cluster
 
     _stop_on_sigterm()
-    state = _boot(stack)
+    state = _boot(stack, baked=baked)
     try:
         cluster.wait_ready(state, timeout=timeout, log=_say)
     except (cluster.TwinError, KeyboardInterrupt) as e:
@@ -168,6 +174,7 @@ def demo(
     engine_nodes: Annotated[int | None, typer.Option(
         help="Override the stack's engineNodes for this run.")] = None,
     keep: Annotated[bool, typer.Option(help="Leave the twin up afterwards.")] = False,
+    baked: BakedOption = False,
     fault: Annotated[str | None, typer.Option(
         metavar="KIND", help="Then hit a map of 200 tasks with a fault: controller-restart, controller-replace, "
         "engine-loss or spot-interruption; report what was lost and how long recovery took.")] = None,
@@ -185,7 +192,7 @@ def demo(
     if fault is not None and fault not in FAULTS:
         _fail(f"--fault {fault!r}: choose one of {', '.join(FAULTS)}", 2)
     _stop_on_sigterm()
-    state = _boot(stack, engine_nodes)
+    state = _boot(stack, engine_nodes, baked)
     try:
         cluster.wait_ready(state, timeout=timeout, log=_say)
         result = cluster.fetch_and_demo(state, timeout=timeout, log=_say)

@@ -10,7 +10,8 @@ from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_con
 from ipfleet.twin.rootfs import BASE_PACKAGES, cache_key, packages_for
 from ipfleet.twin.wheelhouse import write_simple_index
 from ipfleet.twin.network import CLIENT_SUBNET
-from tests.conftest import PUBLIC_KEY, example_config
+from bootstrap.render import render_user_data
+from tests.conftest import PUBLIC_KEY, example_config, settings_of
 
 
 def test_twin_changes_only_the_documented_knobs():
@@ -103,9 +104,10 @@ def test_twin_host_names_fit_any_stack_name():
 def test_apt_packages_are_read_from_user_data_even_compressed():
     import gzip
 
-    text = b"#cloud-config\npackages: [python3-venv, s3fs]\n"
-    assert apt_packages_of(text) == ["python3-venv", "s3fs"]
-    assert apt_packages_of(gzip.compress(text)) == ["python3-venv", "s3fs"]
+    spec = node_spec(settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}], sharedStorage={"enabled": False}),
+                     "engine", None)
+    text = render_user_data(spec).encode()
+    assert apt_packages_of(text) == apt_packages_of(gzip.compress(text)) == ["iproute2", "s3fs"]
 
 
 def test_simple_index_layout(tmp_path):
@@ -115,5 +117,6 @@ def test_simple_index_layout(tmp_path):
         (files / name).write_bytes(b"")
     write_simple_index(tmp_path)
     page = (tmp_path / "simple" / "jupyter-client" / "index.html").read_text()
-    assert 'href="../../files/jupyter_client-8.6.3-py3-none-any.whl"' in page
+    # With the sha256 PyPI gives, which a node's uv fetch checks (of empty files here).
+    assert 'href="../../files/jupyter_client-8.6.3-py3-none-any.whl#sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"' in page
     assert 'href="ipyparallel/"' in (tmp_path / "simple" / "index.html").read_text()

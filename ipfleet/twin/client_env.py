@@ -16,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ipfleet.twin.wheelhouse import CACHE, LOCK
+from ipfleet.twin.wheelhouse import CACHE
 
 PROJECT = Path(__file__).resolve().parents[2]
+LOCK = PROJECT / "requirements.lock"
 
 
 class ClientEnvError(RuntimeError):

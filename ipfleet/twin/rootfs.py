@@ -11,6 +11,7 @@ list changes.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -21,7 +22,8 @@ CACHE = Path("/var/cache/ipfleet/twin")
 
 # What the official Debian cloud images provide that the bootstrap relies on...
 BASE_PACKAGES = (
-    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3", "python3-venv",
+    # (No python3-venv: uv makes the nodes' venv, so the image need not have it.)
+    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3",
     # debootstrap cannot configure python3-cryptography (a cloud-init dependency) without it.
     "python3-cffi-backend",
     "iproute2", "netbase", "ca-certificates", "sudo", "openssh-server",
@@ -114,3 +116,51 @@ def image_python_version(image: Path) -> str:
         if re.fullmatch(r"python3\.\d+", fields.get("Package", "")) and "Version" in fields:
             return fields["Version"].split("-", 1)[0].split("+", 1)[0]
     raise RuntimeError(f"no python3.X package in {image}")
+
+
+def ensure_baked_image(image: Path, wheelhouse: Path, requirements: Iterable[str], constraints: Iterable[str],
+                       python_facts: dict, pyenv_program: str, log=print) -> Path:
+    """IMAGE with the nodes' Python environment already in it, as a baked AMI holds it.
+
+    Made by running the nodes' own bootstrap/node/ipfleet_pyenv.py in a copy of the
+    image, with the package index the nodes use, and the bytecode compiled (time is
+    free here). Cached per image, requirements and program.
+    """
+    from bootstrap import paths
+    from ipfleet.twin.node import WHEELHOUSE_MOUNT
+
+    requirements, constraints = sorted(requirements), sorted(constraints)
+    key = hashlib.sha256("\n".join([image.name, wheelhouse.name, *requirements, "--", *constraints,
+                                     json.dumps(python_facts, sort_keys=True), pyenv_program]).encode())
+    target = image.with_name(f"{image.name}-baked-{key.hexdigest()[:12]}")
+    if (target / ".ipfleet-complete").exists():
+        return target
+    building = target.with_name(target.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    log(f"baking the nodes' Python environment into a copy of the image: {target}")
+    result = subprocess.run(["cp", "-a", "--reflink=auto", str(image), str(building)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RootfsError(f"copying the image failed: {result.stderr.strip()}")
+    (building / ".ipfleet-complete").unlink(missing_ok=True)
+    facts = {"python": python_facts}
+    placed = {paths.FACTS_FILE: json.dumps(facts), paths.PYTHON_REQUIREMENTS: "\n".join(requirements) + "\n",
+              paths.PYTHON_CONSTRAINTS: "\n".join(constraints) + "\n", paths.PYENV: pyenv_program}
+    for path, text in placed.items():
+        (building / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (building / path.lstrip("/")).write_text(text)
+    result = subprocess.run(
+        ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--private-network",
+         f"--directory={building}", f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
+         "/usr/bin/python3", paths.PYENV, "--compile-bytecode"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+        raise RootfsError(f"baking the Python environment failed:\n{tail}")
+    # What cloud-init writes at boot is the stack's, not the image's.
+    for path in placed:
+        (building / path.lstrip("/")).unlink()
+    shutil.rmtree(building / "var/cache/ipfleet/uv", ignore_errors=True)
+    (building / ".ipfleet-complete").write_text("baked: " + " ".join(requirements) + "\n")
+    building.rename(target)
+    return target

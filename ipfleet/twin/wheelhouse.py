@@ -1,7 +1,8 @@
 """Python packages for offline nodes: a wheelhouse served as a package index.
 
-Built once per set of requirements, constrained by the project's lock, and laid
-out as a PEP 503 "simple" index so that nodes reach it through the very setting
+Built once per set of requirements and constraints (what the nodes' user data
+asks for, uv included), and laid out as a PEP 503 "simple" index with sha256
+fragments, as PyPI serves it, so that nodes reach it through the very setting
 users have for mirrors (`ipfleet:packageIndexUrl`, here a file:// URL).
 """
 
@@ -17,7 +18,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 CACHE = Path("/var/cache/ipfleet/twin")
-LOCK = Path(__file__).resolve().parents[2] / "requirements.lock"
 
 
 NOT_ON_INDEX = re.compile(r"No matching distribution found for (\S+)")
@@ -27,14 +27,15 @@ class WheelhouseError(RuntimeError):
     pass
 
 
-def ensure_wheelhouse(requirements: Iterable[str], python_version: str, log=print) -> Path:
+def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], python_version: str,
+                      log=print) -> Path:
     """A folder holding `files/*.whl` and `simple/<project>/index.html`.
 
     Resolved for the nodes' Python (`python_version`, the image's), not this
     machine's: a wheel that requires a newer patch release would not install there.
     """
     requirements = sorted(requirements)
-    lock = LOCK.read_text() if LOCK.exists() else ""
+    lock = "\n".join(sorted(constraints))
     key = hashlib.sha256("\n".join([*requirements, lock, python_version]).encode()).hexdigest()[:12]
     target = CACHE / f"wheelhouse-{key}"
     if (target / "simple" / "index.html").exists():
@@ -47,7 +48,8 @@ def ensure_wheelhouse(requirements: Iterable[str], python_version: str, log=prin
     command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
                "--only-binary=:all:", "--python-version", python_version, "-d", str(files), *requirements]
     if lock:
-        command[4:4] = ["-c", str(LOCK)]
+        (building / "constraints.txt").write_text(lock + "\n")
+        command[4:4] = ["-c", str(building / "constraints.txt")]
     # A requirement no index has (a typo in ipfleet:pythonPackages, say) is left out, so
     # that the nodes' pip fails on it as it would on AWS, where it is a boot failure.
     for _ in range(len(requirements) + 1):
@@ -73,10 +75,15 @@ def write_simple_index(root: Path) -> None:
     for project, wheels in projects.items():
         folder = simple / project
         folder.mkdir(exist_ok=True)
-        links = "\n".join(f'<a href="../../files/{html.escape(w)}">{html.escape(w)}</a><br>' for w in wheels)
+        links = "\n".join(f'<a href="../../files/{html.escape(w)}#sha256={_sha256(root / "files" / w)}">'
+                          f'{html.escape(w)}</a><br>' for w in wheels)
         folder.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}\n</body></html>\n")
     index = "\n".join(f'<a href="{p}/">{p}</a><br>' for p in sorted(projects))
     simple.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{index}\n</body></html>\n")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _normalize(name: str) -> str:
