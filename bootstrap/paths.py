@@ -14,7 +14,8 @@ BOOTSTRAP_SCRIPT = f"{AGENT_DIR}/bootstrap.sh"
 # Makes the venv with uv (system python3, before the venv exists).
 PYENV = f"{AGENT_DIR}/ipfleet_pyenv.py"
 # Where that uv lives when the image has none of its own (ipfleet_pyenv.UV_HOME).
-UV_BINARY = "/opt/ipfleet/uv/uv"
+UV_HOME = "/opt/ipfleet/uv"
+UV_BINARY = f"{UV_HOME}/uv"
 STATE_DIR = "/var/lib/ipfleet"
 IPYTHON_DIR = f"{STATE_DIR}/ipython"
 PROFILE_DIR = f"{IPYTHON_DIR}/profile_default"
@@ -32,4 +33,4 @@ LOGIN_HOME = "/home/ipfleet-admin"
 # Every folder of ipfleet's own that the bootstrap writes or runs from: a mount
 # at, above or below any of them would hide what the node needs. (Its other
 # files, units and sshd settings, lie in system trees no mount may touch.)
-NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, CONFIG_DIR, LOGIN_HOME, "/opt/ipfleet/uv")
+NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, CONFIG_DIR, LOGIN_HOME, UV_HOME)

@@ -299,7 +299,7 @@ def test_the_environment_program_reads_the_files_the_user_data_writes():
     source = (Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_pyenv.py").read_text()
     assert f'REQUIREMENTS = "{paths.PYTHON_REQUIREMENTS}"' in source
     assert f'CONSTRAINTS = "{paths.PYTHON_CONSTRAINTS}"' in source
-    assert f'UV_HOME = Path("{paths.UV_BINARY.rsplit("/", 1)[0]}")' in source
+    assert f'UV_HOME = Path("{paths.UV_HOME}")' in source
 
 
 def test_a_heavy_stack_still_fits_in_user_data():

@@ -104,8 +104,8 @@ def fetch_uv(index_url: str, requirement: str) -> Path:
 
 def venv_works(venv: Path) -> bool:
     """The venv exists and its python runs (a venv of a python3 since replaced does not)."""
-    return subprocess.run([venv / "bin" / "python", "-c", ""], capture_output=True).returncode == 0 \
-        if (venv / "bin" / "python").exists() else False
+    python = venv / "bin" / "python"
+    return python.exists() and subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
 
 
 def run(command: list, env: dict) -> None:

@@ -196,32 +196,37 @@ def user_data_of(plan, role: str) -> bytes:
     return base64.b64decode(encoded_user_data(plan, role))
 
 
-def written_file(user_data: bytes, path: str) -> str:
-    """The content of PATH as the user data's write_files puts it on a node."""
+def written_files(user_data: bytes) -> dict[str, str]:
+    """{path: content} of what the user data's write_files puts on a node."""
     import gzip
 
     if user_data[:2] == b"\x1f\x8b":
         user_data = gzip.decompress(user_data)
-    for entry in yaml.safe_load(user_data.decode()).get("write_files") or []:
-        if entry.get("path") == path:
-            return entry.get("content", "")
-    raise TwinError(f"the user data writes no {path}")
+    return {entry["path"]: entry.get("content", "")
+            for entry in yaml.safe_load(user_data.decode()).get("write_files") or []}
 
 
-def node_facts_of(user_data: bytes) -> dict:
+def written(files: dict[str, str], path: str) -> str:
+    if path not in files:
+        raise TwinError(f"the user data writes no {path}")
+    return files[path]
+
+
+def node_facts_of(files: dict[str, str]) -> dict:
+    """The node's facts file, from its user data's written files."""
     from bootstrap import paths
 
-    return json.loads(written_file(user_data, paths.FACTS_FILE))
+    return json.loads(written(files, paths.FACTS_FILE))
 
 
-def apt_packages_of(user_data: bytes) -> list[str]:
+def apt_packages_of(files: dict[str, str]) -> list[str]:
     """The Debian packages a node's bootstrap installs if its image lacks them."""
-    return list(node_facts_of(user_data).get("apt_packages") or [])
+    return list(node_facts_of(files).get("apt_packages") or [])
 
 
-def python_lines_of(user_data: bytes, path: str) -> list[str]:
+def python_lines_of(files: dict[str, str], path: str) -> list[str]:
     """A node's pinned Python requirements or constraints (PATH: where the user data writes them)."""
-    return [line.strip() for line in written_file(user_data, path).splitlines() if line.strip()]
+    return [line.strip() for line in written(files, path).splitlines() if line.strip()]
 
 
 def twin_suite(image: str) -> str:
@@ -277,21 +282,21 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
 
     started = time.monotonic()
     suite = twin_suite(settings.image)
-    image = ensure_rootfs(suite, apt_packages_of(user_data["controller"]) + apt_packages_of(user_data["engine"]),
-                          log)
+    # Each role's user data, parsed once: what its nodes will find written.
+    files = {role: written_files(data) for role, data in user_data.items()}
+    image = ensure_rootfs(suite, apt_packages_of(files["controller"]) + apt_packages_of(files["engine"]), log)
     # What the nodes' user data asks for, uv included, is what the package index holds.
     from bootstrap import paths
 
-    requirements = {line for data in user_data.values() for line in python_lines_of(data, paths.PYTHON_REQUIREMENTS)}
-    constraints = {line for data in user_data.values() for line in python_lines_of(data, paths.PYTHON_CONSTRAINTS)}
-    uv = node_facts_of(user_data["engine"])["python"]["uv"]
+    requirements = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_REQUIREMENTS)}
+    constraints = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_CONSTRAINTS)}
+    python_facts = node_facts_of(files["controller"])["python"]
     python_version = image_python_version(image)
-    wheelhouse = ensure_wheelhouse(requirements | {uv}, constraints, python_version, log)
+    wheelhouse = ensure_wheelhouse(requirements | {python_facts["uv"]}, constraints, python_version, log)
     if baked:
         # The environment in the image, as a baked AMI holds it: the nodes only check it.
-        controller_facts = node_facts_of(user_data["controller"])
-        image = ensure_baked_image(image, wheelhouse, requirements, constraints, controller_facts["python"],
-                                   written_file(user_data["controller"], paths.PYENV), log)
+        image = ensure_baked_image(image, wheelhouse, requirements, constraints, python_facts,
+                                   written(files["controller"], paths.PYENV), log)
     client_python = ensure_client_python(".".join(python_version.split(".")[:2]), log)
     prepare_seconds = time.monotonic() - started
 

@@ -17,6 +17,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from bootstrap.pins import canonical
+
 CACHE = Path("/var/cache/ipfleet/twin")
 
 
@@ -51,7 +53,7 @@ def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], p
         (building / "constraints.txt").write_text(lock + "\n")
         command[4:4] = ["-c", str(building / "constraints.txt")]
     # A requirement no index has (a typo in ipfleet:pythonPackages, say) is left out, so
-    # that the nodes' pip fails on it as it would on AWS, where it is a boot failure.
+    # that the nodes' uv fails on it as it would on AWS, where it is a boot failure.
     for _ in range(len(requirements) + 1):
         result = subprocess.run(command, capture_output=True, text=True)
         missing = NOT_ON_INDEX.search(result.stderr)
@@ -69,7 +71,7 @@ def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], p
 def write_simple_index(root: Path) -> None:
     projects: dict[str, list[str]] = {}
     for wheel in sorted((root / "files").glob("*.whl")):
-        projects.setdefault(_normalize(wheel.name.split("-")[0]), []).append(wheel.name)
+        projects.setdefault(canonical(wheel.name.split("-")[0]), []).append(wheel.name)
     simple = root / "simple"
     simple.mkdir(exist_ok=True)
     for project, wheels in projects.items():
@@ -86,5 +88,3 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
