@@ -5,8 +5,10 @@ controller that moved (real boto3 against moto)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import time
 
 import boto3
 import pytest
@@ -95,6 +97,33 @@ def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys
     assert "controller at 10.0.0.42 (was 10.0.0.10)" in capsys.readouterr().out
     assert oct(engine_file.stat().st_mode & 0o777) == "0o600"
     assert values["rendezvous_parameter"] == name
+
+
+def test_an_engine_file_just_read_is_used_without_asking_again(facts, aws_env, tmp_path, capsys):
+    """Engines started right after the boot's read skip theirs; one restarted later reads again."""
+    name = "/ipfleet/fresh/connection"
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    facts(region="us-east-1", rendezvous_parameter=name, profile_dir=str(tmp_path / "profile"),
+          aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+    def publish(address: str) -> None:
+        document = {"format": agent.FORMAT, "stack": "fresh", "published_at": "2026-11-23T10:00:00+00:00",
+                    "controller": {"address": address}, "engine": {"location": address, "key": "k"}}
+        ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+
+    engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+    publish("10.0.0.10")
+    agent.wait_connection(timeout=5)
+    publish("10.0.0.42")
+    agent.wait_connection(timeout=5, fresh_within=60)  # just read: not asked again
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
+    assert "used as it is" in capsys.readouterr().out
+    old = time.time() - 120
+    os.utime(engine_file, (old, old))  # read two minutes ago: a restarted engine asks again
+    agent.wait_connection(timeout=5, fresh_within=60)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    agent.wait_connection(timeout=5)  # unchanged, but confirmed: fresh again
+    assert time.time() - engine_file.stat().st_mtime < 5
 
 
 def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_env, imds, tmp_path, monkeypatch):

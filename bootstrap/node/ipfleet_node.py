@@ -249,9 +249,20 @@ def read_published(client, name: str) -> dict | None:
     return document
 
 
-def wait_connection(timeout: float) -> None:
-    """Engine: wait (bounded) for the controller to publish, then write the engine file."""
+def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
+    """Engine: wait (bounded) for the controller to publish, then write the engine file.
+
+    FRESH_WITHIN: seconds; a file read from the rendezvous that recently (at boot,
+    or by this node's other engine) is used as it is, without AWS and boto3's
+    second of CPU per engine. An engine that restarts after losing its controller
+    finds the file older than that and reads again."""
     facts = load_facts()
+    target = security_dir(facts) / "ipcontroller-engine.json"
+    if fresh_within > 0 and target.exists():
+        age = time.time() - target.stat().st_mtime
+        if 0 <= age < fresh_within:
+            log(f"{target} read from the rendezvous {age:.0f} s ago: used as it is")
+            return
     client = ssm_client(facts)
     name = facts["rendezvous_parameter"]
     deadline = time.monotonic() + timeout
@@ -273,10 +284,10 @@ def wait_connection(timeout: float) -> None:
         # Engines boot beside their controller: look every second or so at first, then
         # back off, jittered, so that a big fleet stays within SSM's read rate.
         delay = min(delay * 1.2, 10.0) * random.uniform(0.9, 1.1)
-    target = security_dir(facts) / "ipcontroller-engine.json"
     text = json.dumps(document["engine"])
     previous = target.read_text() if target.exists() else None
     if previous == text:
+        os.utime(target)  # confirmed now: fresh for --fresh-within
         log(f"controller at {document['controller']['address']} (published {document['published_at']}) "
             "unchanged")
         return
@@ -548,6 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("publish", "wait-connection"):
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=1800.0)
+    p.add_argument("--fresh-within", type=float, default=0.0)  # see wait_connection
     p = sub.add_parser("mount", help="root: start a mount unit, waiting for its server (bounded)")
     p.add_argument("unit")
     p.add_argument("--timeout", type=float, default=600.0)
@@ -582,7 +594,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "forget":
         forget()
     else:
-        wait_connection(args.timeout)
+        wait_connection(args.timeout, args.fresh_within)
 
 
 if __name__ == "__main__":
