@@ -48,6 +48,7 @@ VARIANTS = {
 
 # ---- the measurement, run by the client's Python (loopback: this machine; twin: the laptop namespace)
 
+
 def _noop():
     return None
 
@@ -79,10 +80,14 @@ def measure(rc, tasks: int, sleep_tasks: int, pings: int, repeats: int) -> dict:
         started = time.perf_counter()
         one.apply_sync(_noop)
         trips.append(time.perf_counter() - started)
-    return {"engines": len(rc.ids), "tasks_per_s": statistics.median(noops), "tasks_per_s_runs": noops,
-            "sleep10ms_tasks_per_s": statistics.median(sleeps),
-            "latency_ms": round(statistics.median(trips) * 1000, 2),
-            "latency_p90_ms": round(statistics.quantiles(trips, n=10)[-1] * 1000, 2)}
+    return {
+        "engines": len(rc.ids),
+        "tasks_per_s": statistics.median(noops),
+        "tasks_per_s_runs": noops,
+        "sleep10ms_tasks_per_s": statistics.median(sleeps),
+        "latency_ms": round(statistics.median(trips) * 1000, 2),
+        "latency_p90_ms": round(statistics.quantiles(trips, n=10)[-1] * 1000, 2),
+    }
 
 
 def client_main(argv: list[str]) -> None:
@@ -110,6 +115,7 @@ def client_main(argv: list[str]) -> None:
 
 # ---- loopback clusters: ipcontroller and ipengines on 127.0.0.1, in process groups of their own
 
+
 def ipfleet_controller_config(stack: str, work: Path) -> str:
     """The ipcontroller_config.py ipfleet's user data writes, its node paths pointed into WORK."""
     from bootstrap import paths
@@ -128,8 +134,12 @@ def ipfleet_controller_config(stack: str, work: Path) -> str:
     (work / "keys.json").write_text(json.dumps({"hmac_key": os.urandom(16).hex()}))
     (work / "address.py").write_text("print('127.0.0.1')\n")
     (work / "state").mkdir()
-    for node_path, here in ((paths.KEYS_FILE, work / "keys.json"), (f"{paths.VENV}/bin/python", sys.executable),
-                            (paths.AGENT, work / "address.py"), (paths.STATE_DIR, work / "state")):
+    for node_path, here in (
+        (paths.KEYS_FILE, work / "keys.json"),
+        (f"{paths.VENV}/bin/python", sys.executable),
+        (paths.AGENT, work / "address.py"),
+        (paths.STATE_DIR, work / "state"),
+    ):
         if node_path not in text and node_path != f"{paths.VENV}/bin/python":
             raise RuntimeError(f"the controller's config no longer mentions {node_path}: update this benchmark")
         text = text.replace(node_path, str(here))
@@ -149,8 +159,15 @@ def loopback_cluster(python: str, engines: int, config: str | None):
     groups = []
 
     def start(*args: str) -> None:
-        groups.append(subprocess.Popen([python, "-m", *args, f"--profile-dir={profile}"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True).pid)
+        groups.append(
+            subprocess.Popen(
+                [python, "-m", *args, f"--profile-dir={profile}"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ).pid
+        )
 
     try:
         start("ipyparallel.controller", "--ip=127.0.0.1")
@@ -191,15 +208,20 @@ def client_args(args) -> list[str]:
 
 def loopback_row(python: str, args, name: str, config: str | None) -> dict:
     with loopback_cluster(python, args.engines, config) as url:
-        result = subprocess.run([python, str(HERE), "_client", "url", str(url), *client_args(args)],
-                                capture_output=True, text=True, timeout=900,
-                                env={**os.environ, "PYTHONPATH": str(PROJECT)})
+        result = subprocess.run(
+            [python, str(HERE), "_client", "url", str(url), *client_args(args)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        )
     if result.returncode != 0:
         raise RuntimeError(f"{name}: the client failed:\n{result.stderr[-3000:]}")
     return {"config": name, **json.loads(result.stdout)}
 
 
 # ---- twin rows: a twin of the stack per access mode, the client in the laptop's namespace
+
 
 def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
     import yaml
@@ -217,8 +239,9 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
     try:
         cluster.wait_ready(state, timeout=600, log=lambda *_: None)
         cluster.connect(state)
-        result = cluster.client_python(state, [str(HERE), "_client", "stack", state.stack, *client_args(args)],
-                                       timeout=900)
+        result = cluster.client_python(
+            state, [str(HERE), "_client", "stack", state.stack, *client_args(args)], timeout=900
+        )
     finally:
         cluster.down(state, log=lambda *_: None)
     return {"config": f"twin {access}", **json.loads(result.stdout)}, state.client_python
@@ -227,8 +250,10 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
 def machine() -> str:
     import platform
 
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.machine())
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.machine(),
+    )
     return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
 
 
@@ -243,15 +268,19 @@ def main() -> None:
     parser.add_argument("--sleep-tasks", type=int, default=200, help="10 ms tasks per measurement")
     parser.add_argument("--pings", type=int, default=200, help="blocking applies for the latency")
     parser.add_argument("--repeats", type=int, default=3, help="task measurements per configuration (median)")
-    parser.add_argument("--access", nargs="*", default=["ssm", "ssh", "direct"], choices=["ssm", "ssh", "direct"],
-                        help="the twin's access modes to measure (none: loopback rows only, no root needed)")
+    parser.add_argument(
+        "--access",
+        nargs="*",
+        default=["ssm", "ssh", "direct"],
+        choices=["ssm", "ssh", "direct"],
+        help="the twin's access modes to measure (none: loopback rows only, no root needed)",
+    )
     parser.add_argument("--no-variants", action="store_true", help="leave out the one-knob variants of (b)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
 
     def progress(row: dict) -> None:
-        print(f"  {row['config']}: {row['tasks_per_s']} tasks/s, {row['latency_ms']} ms", file=sys.stderr,
-              flush=True)
+        print(f"  {row['config']}: {row['tasks_per_s']} tasks/s, {row['latency_ms']} ms", file=sys.stderr, flush=True)
 
     rows = []
     python = sys.executable
@@ -260,8 +289,9 @@ def main() -> None:
         row, python = twin_row(args.stack, access, args)
         rows.append(row)
         progress(row)
-    python_version = subprocess.run([python, "-c", "import sys; print(sys.version.split()[0])"],
-                                    capture_output=True, text=True, check=True).stdout.strip()
+    python_version = subprocess.run(
+        [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     base = ipfleet_controller_config(args.stack, Path(tempfile.mkdtemp(prefix="ipfleet-throughput-")))
     loopback = [("ipp-defaults", None), ("ipfleet", base)]
     if not args.no_variants:
@@ -278,20 +308,36 @@ def main() -> None:
         row["latency_ratio"] = round(row["latency_ms"] / baseline["latency_ms"], 2)
 
     if args.json:
-        print(json.dumps({"stack": args.stack, "machine": machine(), "python": python_version,
-                          "engines": args.engines, "tasks": args.tasks, "rows": rows}))
+        print(
+            json.dumps(
+                {
+                    "stack": args.stack,
+                    "machine": machine(),
+                    "python": python_version,
+                    "engines": args.engines,
+                    "tasks": args.tasks,
+                    "rows": rows,
+                }
+            )
+        )
         return
-    print(f"\nThroughput, {args.engines} engines, {args.tasks} no-op / {args.sleep_tasks} 10 ms tasks, "
-          f"median of {args.repeats}; latency: median of {args.pings} applies\n"
-          f"Machine: {machine()}, Python {python_version}\n")
-    print("| configuration | no-op tasks/s (runs) | vs (a) | 10 ms tasks/s | vs (a) | apply round trip | vs (a) "
-          "| client ready |")
+    print(
+        f"\nThroughput, {args.engines} engines, {args.tasks} no-op / {args.sleep_tasks} 10 ms tasks, "
+        f"median of {args.repeats}; latency: median of {args.pings} applies\n"
+        f"Machine: {machine()}, Python {python_version}\n"
+    )
+    print(
+        "| configuration | no-op tasks/s (runs) | vs (a) | 10 ms tasks/s | vs (a) | apply round trip | vs (a) "
+        "| client ready |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         runs = "/".join(f"{r:.0f}" for r in row["tasks_per_s_runs"])
-        print(f"| {row['config']} | {row['tasks_per_s']:.0f} ({runs}) | {row['ratio']:.2f}x | "
-              f"{row['sleep10ms_tasks_per_s']:.0f} | {row['sleep10ms_ratio']:.2f}x | "
-              f"{row['latency_ms']:.1f} ms | {row['latency_ratio']:.2f}x | {row['connect_s']:.1f} s |")
+        print(
+            f"| {row['config']} | {row['tasks_per_s']:.0f} ({runs}) | {row['ratio']:.2f}x | "
+            f"{row['sleep10ms_tasks_per_s']:.0f} | {row['sleep10ms_ratio']:.2f}x | "
+            f"{row['latency_ms']:.1f} ms | {row['latency_ratio']:.2f}x | {row['connect_s']:.1f} s |"
+        )
 
 
 if __name__ == "__main__":

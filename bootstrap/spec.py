@@ -87,6 +87,7 @@ class NodeSpec:
     packer: str
     scheme: str
     ping_ms: int
+    high_water_mark: int
     mounts: tuple[Mount, ...] = ()
     shared_mount_point: str | None = None
     # Where boto3 and s3fs send AWS API calls; None means AWS itself.
@@ -131,8 +132,13 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
     for m in settings.s3_mounts:
         source = f"{m.bucket}:/{m.prefix}" if m.prefix else m.bucket
         options = [
-            "_netdev", "nofail", "allow_other", "iam_role=auto",
-            f"uid={SERVICE_UID}", f"gid={SERVICE_UID}", "umask=0022",
+            "_netdev",
+            "nofail",
+            "allow_other",
+            "iam_role=auto",
+            f"uid={SERVICE_UID}",
+            f"gid={SERVICE_UID}",
+            "umask=0022",
             f"url={endpoint or f'https://s3.{settings.region}.amazonaws.com'}",
             f"endpoint={settings.region}",
         ]
@@ -174,6 +180,7 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         packer=settings.ipyparallel.packer,
         scheme=settings.ipyparallel.scheme,
         ping_ms=settings.ipyparallel.ping_ms,
+        high_water_mark=settings.ipyparallel.high_water_mark,
         mounts=tuple(mounts),
         shared_mount_point=shared.mount_point if shared.enabled else None,
         aws_endpoint_url=endpoint,
@@ -192,9 +199,13 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
 
 def _keeper(settings: Settings) -> tuple[tuple[str, float | int | bool], ...]:
     scale = settings.autoscale
-    return (("idle_minutes", settings.idle_minutes), ("min_engine_nodes", settings.min_engine_nodes),
-            ("autoscale", scale.enabled), ("tasks_per_engine", scale.tasks_per_engine),
-            ("cooldown_seconds", scale.cooldown_seconds))
+    return (
+        ("idle_minutes", settings.idle_minutes),
+        ("min_engine_nodes", settings.min_engine_nodes),
+        ("autoscale", scale.enabled),
+        ("tasks_per_engine", scale.tasks_per_engine),
+        ("cooldown_seconds", scale.cooldown_seconds),
+    )
 
 
 def _ssm_agent_url(settings: Settings, role: Role) -> str | None:

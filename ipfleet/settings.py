@@ -51,8 +51,24 @@ SSH_KEY = re.compile(r"^(\S+) ([A-Za-z0-9+/=]+)( .*)?$")
 # EC2's ImportKeyPair takes these two kinds only (not ECDSA, not DSA).
 EC2_KEY_TYPES = ("ssh-ed25519", "ssh-rsa")
 # Trees of the node's own system: a mount at or anywhere below one would hide it.
-SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc",
-                "/root", "/run", "/sbin", "/sys", "/tmp", "/usr", "/var")
+SYSTEM_TREES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/var",
+)
 
 # Limits of the AWS APIs, each checked here rather than half-way through `pulumi up`.
 # Auto Scaling group sizes are 32-bit integers in the API.
@@ -89,9 +105,7 @@ class _Model(BaseModel):
     # camelCase in stack files, snake_case in Python; unknown keys are errors. Only the
     # camelCase name is accepted: `mountPoint` and `mount_point` side by side would be
     # the same setting twice.
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=False, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, extra="forbid", frozen=True)
 
 
 class SharedStorage(_Model):
@@ -154,6 +168,22 @@ class IpyparallelSettings(_Model):
     # Heartbeat period. ipyparallel's default (3000 ms) makes registration take
     # about 6 s; 1000 ms registers in about 1 s for little extra traffic.
     ping_ms: int = Field(default=1000, ge=100, le=60_000)
+    # Tasks the scheduler hands each engine before its first finishes (TaskScheduler.hwm).
+    # 1 keeps the queue at the controller: engines added by scale-out get work at once, the
+    # autoscaler sees the queue, and a lost node takes only its running tasks. 0 (no limit)
+    # ran short tasks 1.1x to 1.5x faster in benchmarks/throughput.py, for a fixed fleet.
+    high_water_mark: int = Field(default=1, ge=0, le=1000)
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if v == "pure":
+            raise ValueError(
+                "is ZeroMQ's own scheduler, which cannot resubmit the tasks of a lost engine (retries) or "
+                "record them in the task database, and ipfleet's spot nodes rely on both; use leastload "
+                "(the default), lru, twobin, weighted or plainrandom"
+            )
+        return v
 
 
 class Autoscale(_Model):
@@ -179,9 +209,7 @@ class Settings(_Model):
     # task or a client (0: never). Minutes, fractions allowed.
     idle_minutes: float = Field(default=60, ge=0, le=10_080, allow_inf_nan=False)
     autoscale: Autoscale = Field(default_factory=Autoscale)
-    engine_instance_types: list[str] = Field(
-        default_factory=lambda: ["c6i.large", "c5.large", "m6i.large"]
-    )
+    engine_instance_types: list[str] = Field(default_factory=lambda: ["c6i.large", "c5.large", "m6i.large"])
     engines_per_node: int | Literal["auto"] = "auto"
     on_demand_base: int = Field(default=0, ge=0)
     spot_max_price: float | None = Field(default=None, gt=0, allow_inf_nan=False)
@@ -220,8 +248,9 @@ class Settings(_Model):
             raise ValueError("stack names are 1-100 of A-Z a-z 0-9 _ . - (Pulumi's rule)")
         return v
 
-    @field_validator("engine_nodes", "max_engine_nodes", "min_engine_nodes", "on_demand_base",
-                     "controller_revision", mode="before")
+    @field_validator(
+        "engine_nodes", "max_engine_nodes", "min_engine_nodes", "on_demand_base", "controller_revision", mode="before"
+    )
     @classmethod
     def _not_a_boolean(cls, v: Any) -> Any:
         # YAML's `true` would otherwise count as 1.
@@ -240,8 +269,10 @@ class Settings(_Model):
     @classmethod
     def _group_size(cls, v: int | None) -> int | None:
         if v is not None and v > ASG_SIZE_MAX:
-            raise ValueError(f"must be at most {ASG_SIZE_MAX}, the largest size the Auto Scaling API takes "
-                             "(your account's EC2 quotas are far lower)")
+            raise ValueError(
+                f"must be at most {ASG_SIZE_MAX}, the largest size the Auto Scaling API takes "
+                "(your account's EC2 quotas are far lower)"
+            )
         return v
 
     @field_validator("region")
@@ -361,14 +392,15 @@ class Settings(_Model):
             raise ValueError("not an OpenSSH public key (the one line of ~/.ssh/id_ed25519.pub)")
         kind, body = match.group(1), match.group(2)
         if kind not in EC2_KEY_TYPES:
-            raise ValueError(f"key type {kind}: EC2 imports only ssh-ed25519 and ssh-rsa keys "
-                             "(make one with ssh-keygen -t ed25519)")
+            raise ValueError(
+                f"key type {kind}: EC2 imports only ssh-ed25519 and ssh-rsa keys (make one with ssh-keygen -t ed25519)"
+            )
         try:
             blob = base64.b64decode(body, validate=True)
         except ValueError:
             blob = b""
         # The key's body names its own type: a pasted key cut short or mixed up fails here.
-        if blob[4:4 + len(kind)] != kind.encode() or int.from_bytes(blob[:4], "big") != len(kind):
+        if blob[4 : 4 + len(kind)] != kind.encode() or int.from_bytes(blob[:4], "big") != len(kind):
             raise ValueError(f"the key's body is not a {kind} key (cut short or mixed up?)")
         return v
 
@@ -377,8 +409,10 @@ class Settings(_Model):
     def _cidrs(cls, v: list[str]) -> list[str]:
         out = []
         if len(v) > ADMIN_CIDRS_MAX:
-            raise ValueError(f"lists {len(v)} blocks; a security group holds 60 inbound rules by default "
-                             f"and ipfleet uses 2, so at most {ADMIN_CIDRS_MAX}")
+            raise ValueError(
+                f"lists {len(v)} blocks; a security group holds 60 inbound rules by default "
+                f"and ipfleet uses 2, so at most {ADMIN_CIDRS_MAX}"
+            )
         for item in v:
             try:
                 out.append(str(ipaddress.ip_network(item, strict=True)))
@@ -407,17 +441,20 @@ class Settings(_Model):
     @classmethod
     def _tags(cls, v: dict[str, str]) -> dict[str, str]:
         if len(v) > USER_TAGS_MAX:
-            raise ValueError(f"has {len(v)} tags; AWS resources take 50 and ipfleet sets 3, "
-                             f"so at most {USER_TAGS_MAX}")
+            raise ValueError(f"has {len(v)} tags; AWS resources take 50 and ipfleet sets 3, so at most {USER_TAGS_MAX}")
         for key, value in v.items():
             if key.lower().startswith("aws:") or key in RESERVED_TAG_KEYS:
                 raise ValueError(f"tag key {key!r} is reserved (aws:*, {', '.join(RESERVED_TAG_KEYS)})")
             if not 0 < len(key) <= 128 or not _tag_text(key):
-                raise ValueError(f"tag key {key!r} must be 1-128 letters, digits, spaces or _.:/=+-@ "
-                                 "(IAM, EFS and SSM refuse others)")
+                raise ValueError(
+                    f"tag key {key!r} must be 1-128 letters, digits, spaces or _.:/=+-@ "
+                    "(IAM, EFS and SSM refuse others)"
+                )
             if len(value) > 256 or not _tag_text(value):
-                raise ValueError(f"tag {key!r} has value {value!r}; values are up to 256 letters, digits, "
-                                 "spaces or _.:/=+-@ (IAM, EFS and SSM refuse others)")
+                raise ValueError(
+                    f"tag {key!r} has value {value!r}; values are up to 256 letters, digits, "
+                    "spaces or _.:/=+-@ (IAM, EFS and SSM refuse others)"
+                )
         return v
 
     # --- settings that depend on each other ---------------------------------
@@ -427,53 +464,63 @@ class Settings(_Model):
         maximum = self.max_engine_nodes
         if maximum is not None and maximum < self.engine_nodes:
             raise _FieldError(
-                "maxEngineNodes", maximum,
+                "maxEngineNodes",
+                maximum,
                 f"is below engineNodes ({self.engine_nodes}); the fleet could never reach it",
             )
         if self.min_engine_nodes > self.engine_nodes:
             raise _FieldError(
-                "minEngineNodes", self.min_engine_nodes,
+                "minEngineNodes",
+                self.min_engine_nodes,
                 f"is above engineNodes ({self.engine_nodes}); the group starts between its minimum and maximum",
             )
         if self.autoscale.enabled and self.fleet_max == self.min_engine_nodes:
             raise _FieldError(
-                "autoscale", self.autoscale.enabled,
+                "autoscale",
+                self.autoscale.enabled,
                 f"has nothing to scale: minEngineNodes and the maximum are both {self.fleet_max} "
                 "(set ipfleet:maxEngineNodes above it)",
             )
         if self.on_demand_base > self.fleet_max:
             raise _FieldError(
-                "onDemandBase", self.on_demand_base,
+                "onDemandBase",
+                self.on_demand_base,
                 f"is above the fleet's maximum size ({self.fleet_max})",
             )
         if self.access in ("ssh", "direct") and not self.admin_cidrs:
             raise _FieldError(
-                "access", self.access,
+                "access",
+                self.access,
                 "opens a port, so ipfleet:adminCidrs must say who may reach it "
                 "(or use access: ssm, which opens nothing)",
             )
         if self.access == "ssh" and not self.ssh_public_key:
             raise _FieldError(
-                "access", self.access,
+                "access",
+                self.access,
                 "logs in with a key, so ipfleet:sshPublicKey must hold your public key "
                 "(the contents of ~/.ssh/id_ed25519.pub, say)",
             )
         if self.notebook and self.access == "direct":
             raise _FieldError(
-                "notebook", self.notebook,
-                "is reached through the SSH tunnel, which access: direct does not have "
-                "(use access: ssm or ssh)",
+                "notebook",
+                self.notebook,
+                "is reached through the SSH tunnel, which access: direct does not have (use access: ssm or ssh)",
             )
         if self.subnet_ids and not self.vpc_id:
             raise _FieldError("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
         if self.admin_sudo and not (self.ssh_public_key and self.access in ("ssm", "ssh")):
-            raise _FieldError("adminSudo", self.admin_sudo,
-                              "applies to the ipfleet-admin login, which exists only with access ssm or ssh "
-                              "and an ipfleet:sshPublicKey")
+            raise _FieldError(
+                "adminSudo",
+                self.admin_sudo,
+                "applies to the ipfleet-admin login, which exists only with access ssm or ssh "
+                "and an ipfleet:sshPublicKey",
+            )
         image = IMAGES.get(self.image)
         if self.s3_mounts and image is not None and not image.s3fs_imdsv2:
             raise _FieldError(
-                "s3Mounts", [m.bucket for m in self.s3_mounts],
+                "s3Mounts",
+                [m.bucket for m in self.s3_mounts],
                 f"cannot work on image {self.image}: its s3fs gets no IAM role credentials when IMDSv2 is "
                 "required (fixed in s3fs 1.91), and ipfleet requires IMDSv2; use image debian-13 "
                 "(the default) or ubuntu-24.04",
@@ -491,8 +538,7 @@ class Settings(_Model):
         for key, point in wanted:
             if not point.startswith("/"):
                 raise _FieldError(key, point, "must be an absolute path")
-            if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point \
-                    or ".." in point.split("/"):
+            if not MOUNT_POINT.match(point) or posixpath.normpath(point) != point or ".." in point.split("/"):
                 raise _FieldError(key, point, "must be a plain absolute path (letters, digits, _ . -)")
             for used in NODE_PATHS:
                 if _at_or_below(point, used) or _at_or_below(used, point):
@@ -600,8 +646,7 @@ class _FieldError(ValueError):
 
 # --- parsing raw stack config ----------------------------------------------
 
-_FIELDS = {info.alias or name: name for name, info in Settings.model_fields.items()
-           if name not in ("stack", "region")}
+_FIELDS = {info.alias or name: name for name, info in Settings.model_fields.items() if name not in ("stack", "region")}
 
 
 def parse_settings(stack: str, config: Mapping[str, Any]) -> Settings:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import base64
-import gzip
 import importlib
 import json
 import re
@@ -17,10 +16,15 @@ import pytest
 import yaml
 
 from bootstrap import (
-    ROLES, USER_DATA_LIMIT, decode_user_data, encode_user_data, node_spec,
-    render_bootstrap_script, render_user_data,
+    ROLES,
+    USER_DATA_LIMIT,
+    decode_user_data,
+    encode_user_data,
+    node_spec,
+    paths,
+    render_bootstrap_script,
+    render_user_data,
 )
-from bootstrap import paths
 from bootstrap.preflight import check_user_data
 from bootstrap.render import KNOWN_TOP_LEVEL_KEYS
 from ipfleet.settings import SettingsError
@@ -31,13 +35,19 @@ EFS = "fs-0123456789abcdef0.efs.us-east-1.amazonaws.com"
 VARIATIONS = {
     "example": {},
     "no-shared-storage": {"sharedStorage": {"enabled": False}},
-    "s3-mounts": {"s3Mounts": [
-        {"bucket": "inputs-bucket", "prefix": "runs/1", "mountPoint": "/data/in"},
-        {"bucket": "results-bucket", "mountPoint": "/data/out", "readOnly": False}]},
-    "fixed-engines-msgpack": {"enginesPerNode": 4, "ipyparallel": {"packer": "msgpack", "scheme": "pure"}},
-    "ubuntu-mirror": {"image": "ubuntu-24.04", "packageIndexUrl": "https://pypi.mirror.example/simple",
-                      "aptPackages": ["build-essential", "libopenblas-dev"],
-                      "pythonPackages": ["scipy>=1.11", "pandas[performance]==2.2.3"]},
+    "s3-mounts": {
+        "s3Mounts": [
+            {"bucket": "inputs-bucket", "prefix": "runs/1", "mountPoint": "/data/in"},
+            {"bucket": "results-bucket", "mountPoint": "/data/out", "readOnly": False},
+        ]
+    },
+    "fixed-engines-msgpack": {"enginesPerNode": 4, "ipyparallel": {"packer": "msgpack", "scheme": "twobin"}},
+    "ubuntu-mirror": {
+        "image": "ubuntu-24.04",
+        "packageIndexUrl": "https://pypi.mirror.example/simple",
+        "aptPackages": ["build-essential", "libopenblas-dev"],
+        "pythonPackages": ["scipy>=1.11", "pandas[performance]==2.2.3"],
+    },
 }
 
 
@@ -57,8 +67,7 @@ def test_cloud_init_schema_accepts_the_document(variation, role, spec, tmp_path)
     assert shutil.which("cloud-init"), "cloud-init is required (apt-get install cloud-init)"
     path = tmp_path / "user-data"
     path.write_text(render_user_data(spec))
-    result = subprocess.run(["cloud-init", "schema", "--config-file", str(path)],
-                            capture_output=True, text=True)
+    result = subprocess.run(["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid cloud-config" in result.stdout
 
@@ -99,11 +108,20 @@ def test_embedded_files_are_what_the_sources_say(variation, role, spec):
         tree = ast.parse(source.read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr) \
-                    and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+            if (
+                isinstance(body, list)
+                and body
+                and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)
+            ):
                 node.body = body[1:] or [ast.Pass()]
-        tree.body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and n.name in leave_out)
-                     and not (leave_out and isinstance(n, ast.Assign) and n.targets[0].id == "ROLE_ONLY")]
+        tree.body = [
+            n
+            for n in tree.body
+            if not (isinstance(n, ast.FunctionDef) and n.name in leave_out)
+            and not (leave_out and isinstance(n, ast.Assign) and n.targets[0].id == "ROLE_ONLY")
+        ]
         return ast.dump(ast.parse(embedded)) == ast.dump(tree)
 
     # The agent: all of it but what only the other role runs (EC2's 16 KB).
@@ -133,15 +151,18 @@ def test_mount_unit_names_follow_systemd_escaping():
     assert units == ["shared.mount", "data-my\\x2dfiles.mount"]
 
 
-@pytest.mark.parametrize("where", ["/shared", "/data/.cache", "/.hidden/data", "/data/my-files",
-                                   "/srv/a_b.c/x:y", "/mnt/ünïcode", "/scratch/.a/.b"])
+@pytest.mark.parametrize(
+    "where",
+    ["/shared", "/data/.cache", "/.hidden/data", "/data/my-files", "/srv/a_b.c/x:y", "/mnt/ünïcode", "/scratch/.a/.b"],
+)
 def test_mount_unit_names_are_systemd_escapes_own(where):
     """systemd names a mount unit after its path; a unit named otherwise is not the mount."""
     from bootstrap.spec import Mount
 
     assert shutil.which("systemd-escape"), "systemd-escape is required (the systemd package)"
-    real = subprocess.run(["systemd-escape", "--path", "--suffix=mount", where],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    real = subprocess.run(
+        ["systemd-escape", "--path", "--suffix=mount", where], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert Mount("x", where, "none", "bind").unit == real
 
 
@@ -150,7 +171,8 @@ def test_service_group_has_the_fixed_gid_the_s3_mounts_name():
     settings = settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}])
     document = yaml.safe_load(render_user_data(node_spec(settings, "engine", EFS)))
     assert document["bootcmd"] == [
-        ["sh", "-c", "getent group ipfleet >/dev/null || groupadd --system --gid 2001 ipfleet"]]
+        ["sh", "-c", "getent group ipfleet >/dev/null || groupadd --system --gid 2001 ipfleet"]
+    ]
     user = next(u for u in document["users"] if isinstance(u, dict) and u["name"] == "ipfleet")
     assert (user["uid"], user["primary_group"], user["no_user_group"]) == (2001, "ipfleet", True)
     s3 = next(m for m in node_spec(settings, "engine", EFS).mounts if m.type == "fuse.s3fs")
@@ -208,9 +230,9 @@ def test_bootstrap_mounts_through_the_agent_with_a_bound():
 
 # Shapes of secrets that must never reach user data.
 SECRET_SHAPES = [
-    re.compile(r"AKIA[0-9A-Z]{16}"),                    # AWS access key id
+    re.compile(r"AKIA[0-9A-Z]{16}"),  # AWS access key id
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r'"key"\s*:\s*"[0-9a-f-]{16,}"'),       # an ipyparallel HMAC key
+    re.compile(r'"key"\s*:\s*"[0-9a-f-]{16,}"'),  # an ipyparallel HMAC key
     # A CurveZMQ key written out: a curve key's name, then a 40-character Z85 value.
     re.compile(r"curve_?(secret|public|server)_?key\W{1,6}[0-9A-Za-z.:+=^!/*?&<>()\[\]{}@%$#-]{40}"),
 ]
@@ -233,7 +255,6 @@ def test_large_user_data_is_gzipped_and_still_decodes():
     text = render_user_data(spec)
     assert len(text.encode()) > USER_DATA_LIMIT
     encoded = encode_user_data(text)
-    import base64
 
     raw = base64.b64decode(encoded)
     assert raw[:2] == b"\x1f\x8b" and len(raw) <= USER_DATA_LIMIT
@@ -241,7 +262,6 @@ def test_large_user_data_is_gzipped_and_still_decodes():
 
 
 def test_user_data_that_fits_stays_plain_text():
-    import base64
 
     text = "#cloud-config\n" + "# padding\n" * 1000
     assert base64.b64decode(encode_user_data(text)) == text.encode()
@@ -249,7 +269,6 @@ def test_user_data_that_fits_stays_plain_text():
 
 def test_default_user_data_leaves_room_for_packages():
     """The agent rides in user data: after compression, a quarter of EC2's 16 KB stays free."""
-    import base64
 
     for role in ("controller", "engine"):
         encoded = encode_user_data(render_user_data(node_spec(settings_of(), role, EFS)))
@@ -277,6 +296,7 @@ def test_controller_config_pins_ports_from_the_shared_module():
     from ipfleet import ports
 
     text = render_user_data(node_spec(settings_of(), "controller", EFS))
+
     def assigned(name: str) -> list[int]:
         return eval(re.search(rf"^\s*c\.IPController\.{name} = (.+)$", text, re.MULTILINE).group(1))
 
@@ -288,8 +308,9 @@ def test_controller_config_pins_ports_from_the_shared_module():
 def test_s3_prefixes_mount_without_a_directory_object():
     """s3fs 1.95 (Debian 13) refuses `bucket:/prefix` when no `prefix/` object exists, as is
     usual for prefixes written by other tools, unless given compat_dir (seen in the twin)."""
-    settings = settings_of(s3Mounts=[{"bucket": "b-1", "prefix": "runs", "mountPoint": "/data"},
-                                     {"bucket": "b-2", "mountPoint": "/whole"}])
+    settings = settings_of(
+        s3Mounts=[{"bucket": "b-1", "prefix": "runs", "mountPoint": "/data"}, {"bucket": "b-2", "mountPoint": "/whole"}]
+    )
     options = {m.where: m.options.split(",") for m in node_spec(settings, "engine", EFS).mounts}
     assert "compat_dir" in options["/data"] and "compat_dir" not in options["/whole"]
 
@@ -304,16 +325,38 @@ def test_the_environment_program_reads_the_files_the_user_data_writes():
 
 def test_a_heavy_stack_still_fits_in_user_data():
     """Ten Python packages, five Debian ones, three S3 mounts and the notebook."""
-    import base64
 
     heavy = settings_of(
-        pythonPackages=["numpy", "scipy", "pandas", "scikit-learn", "matplotlib", "xarray", "netCDF4", "h5py",
-                        "numba", "dask"],
+        pythonPackages=[
+            "numpy",
+            "scipy",
+            "pandas",
+            "scikit-learn",
+            "matplotlib",
+            "xarray",
+            "netCDF4",
+            "h5py",
+            "numba",
+            "dask",
+        ],
         aptPackages=["gfortran", "libopenblas-dev", "htop", "git", "build-essential"],
-        s3Mounts=[{"bucket": "my-lab-data", "prefix": "runs/2026", "mountPoint": "/data/runs"},
-                  {"bucket": "my-lab-reference", "mountPoint": "/data/ref", "readOnly": True},
-                  {"bucket": "my-lab-results", "mountPoint": "/data/results"}],
-        notebook=True)
+        s3Mounts=[
+            {"bucket": "my-lab-data", "prefix": "runs/2026", "mountPoint": "/data/runs"},
+            {"bucket": "my-lab-reference", "mountPoint": "/data/ref", "readOnly": True},
+            {"bucket": "my-lab-results", "mountPoint": "/data/results"},
+        ],
+        notebook=True,
+    )
     for role in ("controller", "engine"):
         encoded = encode_user_data(render_user_data(node_spec(heavy, role, EFS)))
         assert len(base64.b64decode(encoded)) < USER_DATA_LIMIT * 0.9, role
+
+
+def test_the_high_water_mark_reaches_the_controller_config():
+    def config_of(**overrides) -> str:
+        text = render_user_data(node_spec(settings_of(**overrides), "controller", EFS))
+        files = {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+        return files["/var/lib/ipfleet/ipython/profile_default/ipcontroller_config.py"]
+
+    assert "c.TaskScheduler.hwm = 1\n" in config_of()
+    assert "c.TaskScheduler.hwm = 0\n" in config_of(ipyparallel={"highWaterMark": 0})

@@ -24,9 +24,16 @@ def test_defaults_are_the_documented_ones():
 
 
 def test_values_arrive_as_strings_from_the_pulumi_engine():
-    s = parse_settings("demo", {**BASE, "ipfleet:engineNodes": "5", "ipfleet:enginesPerNode": "3",
-                                "ipfleet:s3Mounts": '[{"bucket": "my-data", "mountPoint": "/data"}]',
-                                "ipfleet:sharedStorage": '{"enabled": false}'})
+    s = parse_settings(
+        "demo",
+        {
+            **BASE,
+            "ipfleet:engineNodes": "5",
+            "ipfleet:enginesPerNode": "3",
+            "ipfleet:s3Mounts": '[{"bucket": "my-data", "mountPoint": "/data"}]',
+            "ipfleet:sharedStorage": '{"enabled": false}',
+        },
+    )
     assert s.engine_nodes == 5 and s.engines_per_node == 3
     assert s.s3_mounts[0].bucket == "my-data" and s.s3_mounts[0].read_only
     assert not s.shared_storage.enabled
@@ -44,21 +51,29 @@ BAD_INPUT = [
     ({"ipfleet:access": "vpn"}, "ipfleet:access", "vpn"),
     ({"ipfleet:ipyparallel": {"packer": "yaml"}}, "ipfleet:ipyparallel.packer", "yaml"),
     ({"ipfleet:ipyparallel": {"scheme": "fastest"}}, "ipfleet:ipyparallel.scheme", "fastest"),
+    ({"ipfleet:ipyparallel": {"scheme": "pure"}}, "ipfleet:ipyparallel.scheme", "resubmit"),
+    ({"ipfleet:ipyparallel": {"highWaterMark": -1}}, "ipfleet:ipyparallel.highWaterMark", "-1"),
     ({"ipfleet:access": "ssh", "ipfleet:adminCidrs": ["10.1.2.3/8"]}, "ipfleet:adminCidrs", "10.1.2.3/8"),
     ({"ipfleet:adminCidrs": ["my office"]}, "ipfleet:adminCidrs", "my office"),
     ({"ipfleet:access": "ssh", "ipfleet:adminCidrs": ["203.0.113.0/24"]}, "ipfleet:access", "ssh"),
-    ({"ipfleet:notebook": True, "ipfleet:access": "direct", "ipfleet:adminCidrs": ["203.0.113.0/24"]},
-     "ipfleet:notebook", "true"),
+    (
+        {"ipfleet:notebook": True, "ipfleet:access": "direct", "ipfleet:adminCidrs": ["203.0.113.0/24"]},
+        "ipfleet:notebook",
+        "true",
+    ),
     ({"ipfleet:ssmAgentUrl": "ftp://mirror/agent.deb"}, "ipfleet:ssmAgentUrl", "ftp://mirror/agent.deb"),
-    ({"ipfleet:s3Mounts": [{"bucket": "Bad_Bucket", "mountPoint": "/data"}]},
-     "ipfleet:s3Mounts[0].bucket", "Bad_Bucket"),
-    ({"ipfleet:s3Mounts": [{"bucket": "ok-bucket", "mountPoint": "data"}]},
-     "ipfleet:s3Mounts[0].mountPoint", "data"),
-    ({"ipfleet:s3Mounts": [{"bucket": "ok-a", "mountPoint": "/data"},
-                           {"bucket": "ok-b", "mountPoint": "/data"}]},
-     "ipfleet:s3Mounts[1].mountPoint", "/data"),
-    ({"ipfleet:s3Mounts": [{"bucket": "ok-a", "mountPoint": "/shared"}]},
-     "ipfleet:s3Mounts[0].mountPoint", "/shared"),
+    (
+        {"ipfleet:s3Mounts": [{"bucket": "Bad_Bucket", "mountPoint": "/data"}]},
+        "ipfleet:s3Mounts[0].bucket",
+        "Bad_Bucket",
+    ),
+    ({"ipfleet:s3Mounts": [{"bucket": "ok-bucket", "mountPoint": "data"}]}, "ipfleet:s3Mounts[0].mountPoint", "data"),
+    (
+        {"ipfleet:s3Mounts": [{"bucket": "ok-a", "mountPoint": "/data"}, {"bucket": "ok-b", "mountPoint": "/data"}]},
+        "ipfleet:s3Mounts[1].mountPoint",
+        "/data",
+    ),
+    ({"ipfleet:s3Mounts": [{"bucket": "ok-a", "mountPoint": "/shared"}]}, "ipfleet:s3Mounts[0].mountPoint", "/shared"),
     ({"ipfleet:sharedStorage": {"mountPoint": "/usr"}}, "ipfleet:sharedStorage.mountPoint", "/usr"),
     ({"ipfleet:engineInstanceTypes": []}, "ipfleet:engineInstanceTypes", "[]"),
     ({"ipfleet:engineInstanceTypes": ["c6i.large", "m7g.large"]}, "ipfleet:engineInstanceTypes", "m7g.large"),
@@ -67,8 +82,7 @@ BAD_INPUT = [
     ({"ipfleet:access": "direct"}, "ipfleet:access", "direct"),
     ({"ipfleet:pythonPackages": ["numpy>="]}, "ipfleet:pythonPackages", "numpy>="),
     ({"ipfleet:aptPackages": ["rm -rf /"]}, "ipfleet:aptPackages", "rm -rf /"),
-    ({"ipfleet:packageIndexUrl": "https://user:pw@mirror.example/simple"},
-     "ipfleet:packageIndexUrl", "user:pw"),
+    ({"ipfleet:packageIndexUrl": "https://user:pw@mirror.example/simple"}, "ipfleet:packageIndexUrl", "user:pw"),
     ({"ipfleet:sshPublicKey": "not a key"}, "ipfleet:sshPublicKey", "not a key"),
     ({"ipfleet:subnetIds": ["subnet-0123abcd"]}, "ipfleet:subnetIds", "subnet-0123abcd"),
     ({"ipfleet:vpcId": "vpc-xyz"}, "ipfleet:vpcId", "vpc-xyz"),
@@ -78,10 +92,16 @@ BAD_INPUT = [
     ({"ipfleet:s3Mounts": "[{not json"}, "ipfleet:s3Mounts", "[{not json"),
     ({"aws:region": "mars-1"}, "aws:region", "mars-1"),
     # EC2 imports RSA and ED25519 keys only; a key's body names its own type.
-    ({"ipfleet:sshPublicKey": "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBA== me"},
-     "ipfleet:sshPublicKey", "ecdsa-sha2-nistp256"),
-    ({"ipfleet:sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me"},
-     "ipfleet:sshPublicKey", "ssh-rsa"),
+    (
+        {"ipfleet:sshPublicKey": "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBA== me"},
+        "ipfleet:sshPublicKey",
+        "ecdsa-sha2-nistp256",
+    ),
+    (
+        {"ipfleet:sshPublicKey": "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me"},
+        "ipfleet:sshPublicKey",
+        "ssh-rsa",
+    ),
     # IAM, EFS and SSM refuse other tag characters half-way through `pulumi up`.
     ({"ipfleet:tags": {"team": "ML (infra)"}}, "ipfleet:tags", "ML (infra)"),
     ({"ipfleet:tags": {"owner": "x" * 257}}, "ipfleet:tags", "owner"),
@@ -97,19 +117,27 @@ BAD_INPUT = [
     ({"ipfleet:engineNodes": True}, "ipfleet:engineNodes", "true"),
     ({"ipfleet:enginesPerNode": 5000}, "ipfleet:enginesPerNode", "5000"),
     ({"ipfleet:spotMaxPrice": float("inf")}, "ipfleet:spotMaxPrice", "Infinity"),
-    ({"ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 43)]},
-     "ipfleet:engineInstanceTypes", "at most 40"),
+    (
+        {"ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 43)]},
+        "ipfleet:engineInstanceTypes",
+        "at most 40",
+    ),
     ({"ipfleet:adminCidrs": [f"203.0.113.{i}/32" for i in range(59)]}, "ipfleet:adminCidrs", "at most 58"),
     ({"ipfleet:controllerRevision": 0}, "ipfleet:controllerRevision", "0"),
     # The same setting twice: camelCase only, not its snake_case spelling beside it.
-    ({"ipfleet:sharedStorage": {"mountPoint": "/a", "mount_point": "/b"}},
-     "ipfleet:sharedStorage.mount_point", "/b"),
+    ({"ipfleet:sharedStorage": {"mountPoint": "/a", "mount_point": "/b"}}, "ipfleet:sharedStorage.mount_point", "/b"),
     # Debian 12's s3fs (1.90) cannot get role credentials under IMDSv2.
-    ({"ipfleet:image": "debian-12", "ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": "/data"}]},
-     "ipfleet:s3Mounts", "debian-12"),
+    (
+        {"ipfleet:image": "debian-12", "ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": "/data"}]},
+        "ipfleet:s3Mounts",
+        "debian-12",
+    ),
     ({"ipfleet:adminSudo": True}, "ipfleet:adminSudo", "true"),
-    ({"ipfleet:sharedStorage": {"mountPoint": "/usr/local/share"}}, "ipfleet:sharedStorage.mountPoint",
-     "/usr/local/share"),
+    (
+        {"ipfleet:sharedStorage": {"mountPoint": "/usr/local/share"}},
+        "ipfleet:sharedStorage.mountPoint",
+        "/usr/local/share",
+    ),
     ({"ipfleet:sharedStorage": {"mountPoint": "/var/data"}}, "ipfleet:sharedStorage.mountPoint", "/var/data"),
 ]
 
@@ -141,11 +169,20 @@ def test_explicit_world_cidr_is_allowed_when_the_stack_asks_for_it():
     assert s.curve  # direct mode always encrypts
 
 
-@pytest.mark.parametrize("instance_type,arch", [
-    ("c6i.large", "x86_64"), ("m7g.xlarge", "arm64"), ("c7gn.large", "arm64"),
-    ("t4g.small", "arm64"), ("g5.xlarge", "x86_64"), ("g5g.xlarge", "arm64"), ("x2gd.large", "arm64"),
-    ("inf1.xlarge", "x86_64"), ("r7iz.large", "x86_64"),
-])
+@pytest.mark.parametrize(
+    "instance_type,arch",
+    [
+        ("c6i.large", "x86_64"),
+        ("m7g.xlarge", "arm64"),
+        ("c7gn.large", "arm64"),
+        ("t4g.small", "arm64"),
+        ("g5.xlarge", "x86_64"),
+        ("g5g.xlarge", "arm64"),
+        ("x2gd.large", "arm64"),
+        ("inf1.xlarge", "x86_64"),
+        ("r7iz.large", "x86_64"),
+    ],
+)
 def test_architecture_of_instance_types(instance_type, arch):
     assert architecture(instance_type) == arch
 
@@ -162,8 +199,15 @@ def test_tags_of_any_script_pass_when_iam_takes_them():
 
 
 def test_counts_up_to_the_api_limits_pass():
-    s = parse_settings("demo", {**BASE, "ipfleet:engineNodes": 2**31 - 1, "ipfleet:enginesPerNode": 1024,
-                                "ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 42)]})
+    s = parse_settings(
+        "demo",
+        {
+            **BASE,
+            "ipfleet:engineNodes": 2**31 - 1,
+            "ipfleet:enginesPerNode": 1024,
+            "ipfleet:engineInstanceTypes": [f"c6i.{n}xlarge" for n in range(2, 42)],
+        },
+    )
     assert s.engine_nodes == 2**31 - 1 and len(s.engine_instance_types) == 40
 
 
@@ -183,10 +227,10 @@ def _mount_variants():
 
     for used in NODE_PATHS:
         parent = used.rsplit("/", 1)[0]
-        yield used                   # at
-        yield f"{used}/data"         # below
+        yield used  # at
+        yield f"{used}/data"  # below
         if parent.count("/") >= 1 and parent not in ("", "/"):
-            yield parent             # above
+            yield parent  # above
 
 
 @pytest.mark.parametrize("point", sorted(set(_mount_variants())))
@@ -197,8 +241,10 @@ def test_no_mount_at_above_or_below_ipfleets_own_files(point, setting):
     if setting == "sharedStorage":
         config, key = {"ipfleet:sharedStorage": {"mountPoint": point}}, "ipfleet:sharedStorage.mountPoint"
     else:
-        config, key = {"ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": point}]}, \
-            "ipfleet:s3Mounts[0].mountPoint"
+        config, key = (
+            {"ipfleet:s3Mounts": [{"bucket": "my-data", "mountPoint": point}]},
+            "ipfleet:s3Mounts[0].mountPoint",
+        )
     with pytest.raises(SettingsError) as caught:
         parse_settings("demo", {**BASE, **config})
     assert len(caught.value.problems) == 1
@@ -217,10 +263,12 @@ def test_a_key_set_twice_in_the_stack_file_is_refused(tmp_path):
     from ipfleet.stack_config import read_stack_file
 
     path = tmp_path / "Pulumi.twice.yaml"
-    path.write_text("config:\n  aws:region: us-east-1\n  ipfleet:engineNodes: 2\n"
-                    "  ipfleet:sharedStorage:\n    enabled: true\n    enabled: false\n"
-                    "  ipfleet:s3Mounts:\n    - bucket: a-bucket\n      bucket: b-bucket\n      mountPoint: /d\n"
-                    "  ipfleet:engineNodes: 5\n")
+    path.write_text(
+        "config:\n  aws:region: us-east-1\n  ipfleet:engineNodes: 2\n"
+        "  ipfleet:sharedStorage:\n    enabled: true\n    enabled: false\n"
+        "  ipfleet:s3Mounts:\n    - bucket: a-bucket\n      bucket: b-bucket\n      mountPoint: /d\n"
+        "  ipfleet:engineNodes: 5\n"
+    )
     with pytest.raises(SettingsError) as caught:
         read_stack_file(path)
     assert caught.value.problems == [
