@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -32,15 +32,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-StackArg = Annotated[str, typer.Argument(
-    metavar="STACK", help="A stack name (its settings in stacks/Pulumi.STACK.yaml) or a path to a stack file.")]
+StackArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="STACK", help="A stack name (its settings in stacks/Pulumi.STACK.yaml) or a path to a stack file."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-RegionOpt = Annotated[str | None, typer.Option(
-    help="AWS region; default: the stack file's aws:region, else your AWS configuration.")]
+RegionOpt = Annotated[
+    str | None, typer.Option(help="AWS region; default: the stack file's aws:region, else your AWS configuration.")
+]
 DeployedStackArg = Annotated[str, typer.Argument(metavar="STACK", help="The deployed stack's name.")]
 
 
-class RoleChoice(str, Enum):
+class RoleChoice(StrEnum):
     controller = "controller"
     engine = "engine"
 
@@ -76,21 +81,92 @@ def _plan_with_settings(stack: str):
 
 
 @app.command()
-def plan(stack: StackArg, as_json: JsonOpt = False) -> None:
+def plan(
+    stack: StackArg,
+    as_json: JsonOpt = False,
+    diff_ref: Annotated[
+        str | None,
+        typer.Option(
+            "--diff",
+            metavar="REF",
+            help="Compare with the stack and program at git REF (a branch, tag or commit): what is added, "
+            "removed, changed, and what `pulumi up` replaces.",
+        ),
+    ] = None,
+) -> None:
     """Show every resource STACK declares, offline, with no AWS credentials.
 
     Runs the same Pulumi program as `pulumi up` under Pulumi's mock runtime and
     lists each resource (type, name, parent, inputs; secrets masked) and the
     stack outputs. Values AWS assigns at deploy time show as <name.attribute>.
-    Commit the output next to a settings change to review it in a pull request.
+
+    With --diff REF, shows instead what changed since REF: the text a pull
+    request's review comment carries, e.g. `ipfleet plan prod --diff origin/main`.
     """
     from ipfleet.plan_view import render_text
 
+    if diff_ref is not None:
+        _plan_diff(stack, diff_ref, as_json)
+        return
     result = _plan(stack)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
     else:
         typer.echo(render_text(result))
+
+
+def _plan_diff(stack: str, ref: str, as_json: bool) -> None:
+    from ipfleet import plan_diff
+    from ipfleet.project import STACK_FILE, project_dir, stacks_dir
+
+    candidate = Path(stack)
+    if candidate.suffix in (".yaml", ".yml"):
+        path, name = candidate, candidate.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+    else:
+        path, name = stacks_dir(project_dir()) / STACK_FILE.format(name=stack), stack
+    try:
+        old = plan_diff.plan_at(ref, path)
+    except plan_diff.PlanDiffError as e:
+        _fail(str(e), 2)
+    # A stack the change deletes has no plan in the working tree.
+    new = json.loads(json.dumps(_plan(str(path)).as_json())) if path.exists() else None
+    if old is None and new is None:
+        _fail(f"no stack {stack!r} at {ref} or in the working tree ({path})", 2)
+    result = plan_diff.diff(name, ref, old, new)
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+    else:
+        typer.echo(plan_diff.render_text(result))
+
+
+@app.command()
+def stacks(
+    changed_since: Annotated[
+        str | None,
+        typer.Option(
+            metavar="REF",
+            help="Only stacks whose plan may differ from git REF's: their file changed, or the "
+            "program did (then every stack).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the project's stacks (stacks/Pulumi.NAME.yaml).
+
+    With --changed-since, the stacks a change touches: what CI reviews and deploys,
+    e.g. `ipfleet stacks --changed-since origin/main --json`.
+    """
+    from ipfleet import plan_diff
+    from ipfleet.project import list_stacks, project_dir, stacks_dir
+
+    root = project_dir()
+    names = list_stacks(root)
+    if changed_since is not None:
+        try:
+            names = plan_diff.changed_stacks(changed_since, root, names, stacks_dir(root))
+        except plan_diff.PlanDiffError as e:
+            _fail(str(e), 2)
+    typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
 
 @app.command()
@@ -119,8 +195,7 @@ def _region(stack: str, given: str | None) -> str:
 def fetch(
     stack: DeployedStackArg,
     region: RegionOpt = None,
-    timeout: Annotated[float, typer.Option(
-        min=0, help="Seconds to wait for a booting controller to publish.")] = 600.0,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for a booting controller to publish.")] = 600.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Fetch STACK's client connection file so ipyparallel.Client works here.
@@ -144,10 +219,11 @@ def fetch(
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
     versions = result.controller.get("versions", {})
-    typer.echo(f"Wrote {result.path} (published {result.published_at}, controller "
-               f"{result.controller.get('address', '?')}, Python {versions.get('python', '?')}).")
-    typer.echo("\nIn Python:\n    import ipyparallel as ipp\n"
-               f"    rc = ipp.Client(profile={result.profile!r})")
+    typer.echo(
+        f"Wrote {result.path} (published {result.published_at}, controller "
+        f"{result.controller.get('address', '?')}, Python {versions.get('python', '?')})."
+    )
+    typer.echo(f"\nIn Python:\n    import ipyparallel as ipp\n    rc = ipp.Client(profile={result.profile!r})")
 
 
 @app.command()
@@ -181,10 +257,17 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     states = group.instances if group else {}
     controller = next((r for r in records if r.role == "controller"), None)
     if as_json:
-        typer.echo(json.dumps({"stack": stack, "region": region,
-                               "group": group.as_json() if group else None,
-                               "nodes": [{**r.as_json(), "groupState": states.get(r.instance_id)} for r in records]},
-                              indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "stack": stack,
+                    "region": region,
+                    "group": group.as_json() if group else None,
+                    "nodes": [{**r.as_json(), "groupState": states.get(r.instance_id)} for r in records],
+                },
+                indent=2,
+            )
+        )
         return
     if not records:
         typer.echo(f"No node of {stack!r} has reported in {region} (not deployed, or still booting).")
@@ -193,13 +276,21 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     from rich.table import Table
 
     table = Table(title=f"ipfleet stack {stack} ({region})")
-    for column in ("role", "instance", "type", "market", "zone", "address", "phase", "group state", "engines",
-                   "error"):
+    for column in ("role", "instance", "type", "market", "zone", "address", "phase", "group state", "engines", "error"):
         table.add_column(column, no_wrap=column != "error")
     for r in records:
-        table.add_row(r.role, r.instance_id, r.instance_type or "-", r.lifecycle or "-", r.zone or "-",
-                      r.address or "-", r.phase, states.get(r.instance_id, "-"), r.engines_text,
-                      r.error_text or r.reason or "")
+        table.add_row(
+            r.role,
+            r.instance_id,
+            r.instance_type or "-",
+            r.lifecycle or "-",
+            r.zone or "-",
+            r.address or "-",
+            r.phase,
+            states.get(r.instance_id, "-"),
+            r.engines_text,
+            r.error_text or r.reason or "",
+        )
     # Piped (grep, a log), the table keeps its full width rather than a guessed 80 columns.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     if controller:
@@ -213,8 +304,14 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
 def scale(
     stack: DeployedStackArg,
     nodes: Annotated[int, typer.Argument(metavar="N", min=0, help="Engine nodes wanted.")],
-    wait: Annotated[bool, typer.Option("--wait", help="Wait until N nodes run their engines, all registered "
-                                       "with the controller, and every leaving node has drained and gone.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Wait until N nodes run their engines, all registered "
+            "with the controller, and every leaving node has drained and gone.",
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds --wait waits.")] = 900.0,
     region: RegionOpt = None,
     as_json: JsonOpt = False,
@@ -240,8 +337,15 @@ def scale(
     region = _region(stack, region)
     report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     try:
-        result = do_scale(boto3.client("autoscaling", region_name=region), boto3.client("ssm", region_name=region),
-                          stack, nodes, wait, timeout, report)
+        result = do_scale(
+            boto3.client("autoscaling", region_name=region),
+            boto3.client("ssm", region_name=region),
+            stack,
+            nodes,
+            wait,
+            timeout,
+            report,
+        )
     except ScaleError as e:
         _fail(str(e))
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
@@ -249,11 +353,12 @@ def scale(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     elif wait:
-        typer.echo(f"{stack}: {nodes} engine nodes, {result['engines']} engines registered, "
-                   f"in {result['seconds']} s.")
+        typer.echo(f"{stack}: {nodes} engine nodes, {result['engines']} engines registered, in {result['seconds']} s.")
     else:
-        typer.echo(f"{stack}: asked for {nodes} engine nodes (was {result['from']}); "
-                   f"`ipfleet status {stack}` shows them arrive, or add --wait.")
+        typer.echo(
+            f"{stack}: asked for {nodes} engine nodes (was {result['from']}); "
+            f"`ipfleet status {stack}` shows them arrive, or add --wait."
+        )
 
 
 @app.command("restart-engines")
@@ -281,24 +386,40 @@ def restart_engines(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        typer.echo(f"Restarted {result['engines_before']} engines; {result['engines_after']} registered again "
-                   f"in {result['seconds']} s.")
+        typer.echo(
+            f"Restarted {result['engines_before']} engines; {result['engines_after']} registered again "
+            f"in {result['seconds']} s."
+        )
 
 
 @app.command()
 def connect(
     stack: DeployedStackArg,
     region: RegionOpt = None,
-    identity: Annotated[Path | None, typer.Option(
-        "--identity", "-i", help="Private key for the controller; default: the ~/.ssh key whose "
-        "public half is the stack's sshPublicKey.")] = None,
-    ssh_config: Annotated[bool, typer.Option(
-        help="Write ~/.ssh/ipfleet/STACK.conf and include it from ~/.ssh/config (ipyparallel's "
-        "tunnels need it); --no-ssh-config prints the ssh command instead.")] = True,
-    proxy_command: Annotated[str | None, typer.Option(
-        envvar="IPFLEET_PROXY_COMMAND",
-        help="ssh ProxyCommand to reach the controller instead of Session Manager's "
-        "(a bastion, say); ssh's %h and %p tokens work.")] = None,
+    identity: Annotated[
+        Path | None,
+        typer.Option(
+            "--identity",
+            "-i",
+            help="Private key for the controller; default: the ~/.ssh key whose "
+            "public half is the stack's sshPublicKey.",
+        ),
+    ] = None,
+    ssh_config: Annotated[
+        bool,
+        typer.Option(
+            help="Write ~/.ssh/ipfleet/STACK.conf and include it from ~/.ssh/config (ipyparallel's "
+            "tunnels need it); --no-ssh-config prints the ssh command instead."
+        ),
+    ] = True,
+    proxy_command: Annotated[
+        str | None,
+        typer.Option(
+            envvar="IPFLEET_PROXY_COMMAND",
+            help="ssh ProxyCommand to reach the controller instead of Session Manager's "
+            "(a bastion, say); ssh's %h and %p tokens work.",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait for a booting controller.")] = 600.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -321,8 +442,15 @@ def connect(
     region = _region(stack, region)
     try:
         with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
-            result = do_connect(stack, region, timeout, identity=identity, write_ssh_config=ssh_config,
-                                proxy_command=proxy_command, on_wait=tick)
+            result = do_connect(
+                stack,
+                region,
+                timeout,
+                identity=identity,
+                write_ssh_config=ssh_config,
+                proxy_command=proxy_command,
+                on_wait=tick,
+            )
     except FetchError as e:
         _fail(str(e))
     for problem in result.connection.warnings:
@@ -331,8 +459,10 @@ def connect(
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
     controller = result.fetched.controller
-    typer.echo(f"Stack {stack!r} (access: {result.connection.access}), controller "
-               f"{controller.get('address', '?')}, published {result.fetched.published_at}.")
+    typer.echo(
+        f"Stack {stack!r} (access: {result.connection.access}), controller "
+        f"{controller.get('address', '?')}, published {result.fetched.published_at}."
+    )
     for path in result.written:
         typer.echo(f"  wrote {path}")
     if result.tunnel and not result.connection.ssh_host:
@@ -400,8 +530,9 @@ def check(stack: StackArg, as_json: JsonOpt = False) -> None:
     else:
         from ipfleet.checks import RULES
 
-        typer.echo(f"stack {stack!r}: all {len(RULES)} security rules pass "
-                   f"({', '.join(rule.__name__ for rule in RULES)})")
+        typer.echo(
+            f"stack {stack!r}: all {len(RULES)} security rules pass ({', '.join(rule.__name__ for rule in RULES)})"
+        )
     if findings:
         raise typer.Exit(1)
 

@@ -1,0 +1,322 @@
+"""`ipfleet plan STACK --diff REF`: what a change does to a stack, offline, for review.
+
+The stack's offline plan as it is at git REF (its settings and the program of
+that commit, run from an extracted copy of it) against the working tree's:
+resources added, removed and changed, which inputs changed (secrets stay
+masked), and what `pulumi up` will do about a change where ipfleet knows it,
+for the resources whose changes matter most (the controller, the engines'
+launch template). The text is stable, for a pull-request comment; `--json` is
+for scripts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bootstrap.render import decode_user_data
+
+INSTANCE = "aws:ec2/instance:Instance"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+USER_DATA_KEYS = ("userData", "userDataBase64")
+
+# What `pulumi up` does when these inputs change (the AWS provider's schema, and
+# the options ipfleet's components set).
+REPLACING_INPUTS = {
+    INSTANCE: {
+        "userDataBase64": "new user data replaces the controller (userDataReplaceOnChange)",
+        "subnetId": "a controller cannot move subnets: it is replaced",
+        "availabilityZone": "a controller cannot move zones: it is replaced",
+        "keyName": "a new key pair replaces the controller",
+        "privateIp": "a new private address replaces the controller",
+    },
+}
+# Inputs ipfleet's components tell `pulumi up` to leave alone, and why.
+IGNORED_NOTES = {
+    (
+        "aws:autoscaling/group:Group",
+        "desiredCapacity",
+    ): "the group's size belongs to `ipfleet scale` and the keeper once it exists; `pulumi up` leaves it",
+    (INSTANCE, "ami"): "a running controller keeps its image; raise ipfleet:controllerRevision to replace it",
+}
+CHANGE_NOTES = {
+    LAUNCH_TEMPLATE: "a new launch template version: the engine group replaces its running nodes with it, "
+    "half at a time (instance refresh)",
+}
+
+
+class PlanDiffError(RuntimeError):
+    pass
+
+
+@dataclass
+class InputChange:
+    path: str
+    old: Any
+    new: Any
+
+
+@dataclass
+class ResourceChange:
+    type: str
+    name: str
+    action: str  # "add", "remove", "update", "replace", "ignored" (only inputs `pulumi up` ignores changed)
+    inputs: list[InputChange] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            "type": self.type,
+            "name": self.name,
+            "action": self.action,
+            "notes": self.notes,
+            "inputs": [{"path": c.path, "old": c.old, "new": c.new} for c in self.inputs],
+        }
+
+
+@dataclass
+class PlanDiff:
+    stack: str
+    ref: str
+    changes: list[ResourceChange]
+    outputs: list[InputChange]
+    unchanged: int
+
+    def as_json(self) -> dict:
+        counts = {
+            action: sum(c.action == action for c in self.changes)
+            for action in ("add", "remove", "update", "replace", "ignored")
+        }
+        return {
+            "stack": self.stack,
+            "ref": self.ref,
+            "counts": {**counts, "unchanged": self.unchanged},
+            "resources": [c.as_json() for c in self.changes],
+            "outputs": [{"path": c.path, "old": c.old, "new": c.new} for c in self.outputs],
+        }
+
+
+# ---- the plan at a git revision
+
+
+def _git(repo: Path, *args: str, binary: bool = False) -> Any:
+    result = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=not binary)
+    if result.returncode != 0:
+        error = result.stderr if not binary else result.stderr.decode(errors="replace")
+        raise PlanDiffError(f"git {' '.join(args)}: {error.strip()}")
+    return result.stdout
+
+
+def plan_at(ref: str, stack_file: Path) -> dict | None:
+    """The offline plan (as `ipfleet plan --json` prints it) of STACK_FILE at git REF,
+    run by the program of that commit; None if the stack did not exist there."""
+    folder = stack_file.resolve().parent
+    top = Path(_git(folder, "rev-parse", "--show-toplevel").strip())
+    relative = stack_file.resolve().relative_to(top)
+    _git(top, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+    listed = _git(top, "ls-tree", "--name-only", ref, "--", str(relative)).strip()
+    if not listed:
+        return None
+    with tempfile.TemporaryDirectory(prefix="ipfleet-diff-") as tmp:
+        archive = Path(tmp) / "tree.tar"
+        archive.write_bytes(_git(top, "archive", "--format=tar", ref, binary=True))
+        with tarfile.open(archive) as tar:
+            tar.extractall(Path(tmp) / "tree", filter="data")
+        tree = Path(tmp) / "tree"
+        # The old program runs itself: its own ipfleet, components and bootstrap first on the path.
+        project = tree / _project_relative(top, folder)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(project), os.environ.get("PYTHONPATH")]))}
+        result = subprocess.run(
+            [sys.executable, "-m", "ipfleet.cli", "plan", str(tree / relative), "--json"],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    if result.returncode != 0:
+        raise PlanDiffError(f"the plan of {relative} at {ref} failed:\n{result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def _project_relative(top: Path, folder: Path) -> Path:
+    """The project folder (the one holding Pulumi.yaml) relative to the repository."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "Pulumi.yaml").is_file():
+            return candidate.relative_to(top)
+        if candidate == top:
+            break
+    return Path(".")
+
+
+# What the program is made of: a change to any of these can change every stack's plan.
+PROGRAM_PATHS = (
+    "__main__.py",
+    "Pulumi.yaml",
+    "pyproject.toml",
+    "requirements.lock",
+    "components/",
+    "bootstrap/",
+    "ipfleet/",
+)
+
+
+def changed_stacks(ref: str, project: Path, stacks: list[str], stack_folder: Path) -> list[str]:
+    """The stacks (of STACKS, in STACK_FOLDER) whose plan may differ from git REF's: those
+    whose file changed, or all of them when the program changed."""
+    top = Path(_git(project, "rev-parse", "--show-toplevel").strip())
+    prefix = project.resolve().relative_to(top)
+    changed = [Path(p) for p in _git(top, "diff", "--name-only", ref, "--", ".").splitlines()]
+    changed += [Path(p) for p in _git(top, "ls-files", "--others", "--exclude-standard").splitlines()]
+    inside = [p.relative_to(prefix) for p in changed if p.is_relative_to(prefix)]
+    if any(
+        str(p) == entry or str(p).startswith(entry)
+        for p in inside
+        for entry in PROGRAM_PATHS
+        if not (entry.endswith("/") and str(p).startswith("stacks/"))
+    ):
+        return list(stacks)
+    folder = stack_folder.resolve().relative_to(project.resolve())
+    names = {
+        p.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+        for p in inside
+        if p.parent == folder and p.name.startswith("Pulumi.") and p.suffix in (".yaml", ".yml")
+    }
+    return [name for name in stacks if name in names]
+
+
+# ---- comparing two plans
+
+
+def diff(stack: str, ref: str, old: dict | None, new: dict | None) -> PlanDiff:
+    before = {(r["type"], r["name"]): r for r in (old or {}).get("resources", [])}
+    after = {(r["type"], r["name"]): r for r in (new or {}).get("resources", [])}
+    changes, unchanged = [], 0
+    for key in sorted(before.keys() | after.keys(), key=lambda k: (k[1], k[0])):
+        type_, name = key
+        if key not in before:
+            changes.append(ResourceChange(type_, name, "add"))
+        elif key not in after:
+            changes.append(ResourceChange(type_, name, "remove", notes=_removal_notes(before[key])))
+        else:
+            change = _compare(before[key], after[key])
+            if change is None:
+                unchanged += 1
+            else:
+                changes.append(change)
+    outputs = _changed_values("", (old or {}).get("outputs", {}), (new or {}).get("outputs", {}))
+    return PlanDiff(stack, ref, changes, outputs, unchanged)
+
+
+def _removal_notes(resource: dict) -> list[str]:
+    if (resource.get("options") or {}).get("retainOnDelete"):
+        return ["retained: removed from the stack, kept in the account (retainOnDelete)"]
+    return []
+
+
+def _compare(old: dict, new: dict) -> ResourceChange | None:
+    changed = _changed_values("", old.get("inputs", {}), new.get("inputs", {}))
+    if not changed:
+        return None
+    ignored = set((new.get("options") or {}).get("ignoreChanges") or [])
+    replacing = REPLACING_INPUTS.get(new["type"], {})
+    notes, action = [], "update"
+    for change in changed:
+        top = change.path.split(".", 1)[0].split("[", 1)[0]
+        if top in ignored:
+            why = IGNORED_NOTES.get((new["type"], top), "the running resource keeps the old value")
+            notes.append(f"{top}: ignored by `pulumi up` (ignoreChanges): {why}")
+        elif top in replacing:
+            action = "replace"
+            notes.append(f"{top}: {replacing[top]}")
+    if new["type"] in CHANGE_NOTES and any(c.path.split(".")[0] not in ignored for c in changed):
+        notes.append(CHANGE_NOTES[new["type"]])
+    if all(c.path.split(".", 1)[0].split("[", 1)[0] in ignored for c in changed):
+        action = "ignored"
+    return ResourceChange(new["type"], new["name"], action, [_shown(c) for c in changed], notes)
+
+
+def _changed_values(path: str, old: Any, new: Any) -> list[InputChange]:
+    """Leaf-level differences; lists of scalars and of different lengths compare whole."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(old.keys() | new.keys()):
+            sub = f"{path}.{key}" if path else key
+            out += _changed_values(sub, old.get(key), new.get(key))
+        return out
+    if (
+        isinstance(old, list)
+        and isinstance(new, list)
+        and len(old) == len(new)
+        and any(isinstance(x, (dict, list)) for x in old + new)
+    ):
+        out = []
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            out += _changed_values(f"{path}[{i}]", a, b)
+        return out
+    return [] if old == new else [InputChange(path, old, new)]
+
+
+def _shown(change: InputChange) -> InputChange:
+    """User data as the lines that changed in its decoded cloud-config, not base64."""
+    if change.path in USER_DATA_KEYS and isinstance(change.old, str) and isinstance(change.new, str):
+        try:
+            old, new = decode_user_data(change.old), decode_user_data(change.new)
+        except Exception:  # a placeholder, not user data
+            return change
+        lines = [
+            line
+            for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+            if not line.startswith(("---", "+++", "@@"))
+        ]
+        return InputChange(change.path, f"<{len(old)} characters of cloud-config>", {"cloud-config lines": lines})
+    return change
+
+
+# ---- the text of a pull-request comment
+
+SYMBOLS = {"add": "+", "remove": "-", "update": "~", "replace": "+-", "ignored": "="}
+
+
+def render_text(d: PlanDiff) -> str:
+    counts = d.as_json()["counts"]
+    lines = [
+        f"Stack {d.stack}: plan at {d.ref} -> working tree",
+        f"{counts['add']} to add, {counts['replace']} to replace, {counts['update']} to update, "
+        f"{counts['remove']} to remove, {counts['unchanged']} unchanged"
+        + (f", {counts['ignored']} changed only where `pulumi up` ignores it." if counts["ignored"] else "."),
+    ]
+    if not d.changes and not d.outputs:
+        lines.append("No changes.")
+    for change in d.changes:
+        lines += ["", f"{SYMBOLS[change.action]} {change.name}  ({change.type})  {change.action}"]
+        for note in change.notes:
+            lines.append(f"    ! {note}")
+        for item in change.inputs:
+            if isinstance(item.new, dict) and "cloud-config lines" in item.new:
+                lines.append(f"    {item.path}: cloud-config changed:")
+                lines += [f"        {line}" for line in item.new["cloud-config lines"][:40]]
+                hidden = len(item.new["cloud-config lines"]) - 40
+                if hidden > 0:
+                    lines.append(f"        ... {hidden} more lines (`ipfleet render`)")
+            else:
+                lines.append(f"    {item.path}: {_compact(item.old)} -> {_compact(item.new)}")
+    if d.outputs:
+        lines += ["", "Outputs:"]
+        lines += [f"    {c.path}: {_compact(c.old)} -> {_compact(c.new)}" for c in d.outputs]
+    return "\n".join(lines)
+
+
+def _compact(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -1,0 +1,124 @@
+"""`ipfleet plan STACK --diff REF` on real git history: a temporary repository holding
+this project, a commit, then changes to a stack (and a new stack) in the working tree.
+The plan at REF is run by the program of that commit, from an extracted copy."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ipfleet import plan_diff
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.loopback
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=review@example.org", "-c", "user.name=review", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """This project (tracked and new files, as they are now) committed to a fresh repository."""
+    repo = tmp_path_factory.mktemp("repo")
+    listed = git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "base")
+    return repo
+
+
+def ipfleet(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": str(repo)},
+        timeout=600,
+    )
+
+
+def edit_stack(repo: Path, name: str, **changes) -> None:
+    path = repo / "stacks" / f"Pulumi.{name}.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["config"].update(changes)
+    path.write_text(yaml.safe_dump(document))
+
+
+def test_no_change_is_no_change(repo):
+    result = ipfleet(repo, "plan", "example", "--diff", "main", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["resources"] == [] and out["outputs"] == []
+    assert out["counts"]["unchanged"] > 20
+
+
+def test_a_settings_change_shows_inputs_old_and_new_and_what_is_replaced(repo):
+    edit_stack(
+        repo,
+        "example",
+        **{
+            "ipfleet:controllerInstanceType": "t3.large",
+            "ipfleet:pythonPackages": ["numpy", "scipy"],
+            "ipfleet:engineNodes": 3,
+        },
+    )
+    try:
+        result = ipfleet(repo, "plan", "example", "--diff", "main", "--json")
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        by_type = {r["type"]: r for r in out["resources"]}
+        controller = by_type[plan_diff.INSTANCE]
+        assert controller["action"] == "replace"
+        assert {"path": "instanceType", "old": "t3.medium", "new": "t3.large"} in controller["inputs"]
+        user_data = next(i for i in controller["inputs"] if i["path"] == "userDataBase64")
+        assert any(
+            line.strip() == "+scipy" or line.endswith(" scipy") for line in user_data["new"]["cloud-config lines"]
+        )
+        assert by_type[plan_diff.LAUNCH_TEMPLATE]["action"] == "update"
+        group = by_type["aws:autoscaling/group:Group"]
+        assert group["action"] == "ignored" and "ipfleet scale" in group["notes"][0]
+        assert out["outputs"] == [{"path": "engineNodes", "old": 2, "new": 3}]
+
+        text = ipfleet(repo, "plan", "example", "--diff", "main")
+        assert text.returncode == 0, text.stderr
+        assert "0 to add, 1 to replace, 1 to update, 0 to remove" in text.stdout
+        assert "instanceType: t3.medium -> t3.large" in text.stdout
+        assert "replaces the controller" in text.stdout
+    finally:
+        git(repo, "checkout", "-q", "--", "stacks")
+
+
+def test_a_new_stack_is_all_additions(repo):
+    source = yaml.safe_load((repo / "stacks" / "Pulumi.example.yaml").read_text())
+    new = repo / "stacks" / "Pulumi.fresh.yaml"
+    new.write_text(yaml.safe_dump(source))
+    try:
+        result = ipfleet(repo, "plan", "fresh", "--diff", "main")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1].startswith(f"{result.stdout.count(chr(10) + '+ ')} to add, 0 to replace")
+        assert "+ fresh-controller-node  (aws:ec2/instance:Instance)  add" in result.stdout
+    finally:
+        new.unlink()
+
+
+def test_an_unknown_ref_is_a_clear_error(repo):
+    result = ipfleet(repo, "plan", "example", "--diff", "no-such-branch")
+    assert result.returncode == 2
+    assert "no-such-branch" in result.stderr
