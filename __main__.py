@@ -43,8 +43,13 @@ engine_image = (
 
 cluster = Cluster(
     settings.stack,
-    ClusterArgs(settings=settings, network=network, placement=placement,
-                controller_image=controller_image, engine_image=engine_image),
+    ClusterArgs(
+        settings=settings,
+        network=network,
+        placement=placement,
+        controller_image=controller_image,
+        engine_image=engine_image,
+    ),
     pulumi.ResourceOptions(providers=[provider]),
 )
 for key, value in cluster.outputs.items():

@@ -12,7 +12,15 @@ from bootstrap.render import (
 from bootstrap.spec import ROLES, Mount, NodeSpec, Role, node_spec
 
 __all__ = [
-    "ROLES", "USER_DATA_LIMIT", "Mount", "NodeSpec", "Role", "UserDataTooLarge",
-    "decode_user_data", "encode_user_data", "node_spec", "render_bootstrap_script",
+    "ROLES",
+    "USER_DATA_LIMIT",
+    "Mount",
+    "NodeSpec",
+    "Role",
+    "UserDataTooLarge",
+    "decode_user_data",
+    "encode_user_data",
+    "node_spec",
+    "render_bootstrap_script",
     "render_user_data",
 ]

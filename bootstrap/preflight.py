@@ -27,10 +27,12 @@ def check_user_data(settings: Settings) -> None:
         try:
             encode_user_data(render_user_data(spec))
         except UserDataTooLarge as e:
-            raise SettingsError([
-                f"ipfleet:pythonPackages/aptPackages: the {role} {e}; install fewer packages "
-                "at boot (bake an AMI and set ipfleet:image, or use ipfleet:packageIndexUrl)"
-            ]) from None
+            raise SettingsError(
+                [
+                    f"ipfleet:pythonPackages/aptPackages: the {role} {e}; install fewer packages "
+                    "at boot (bake an AMI and set ipfleet:image, or use ipfleet:packageIndexUrl)"
+                ]
+            ) from None
 
 
 def check_role_policy_size(settings: Settings) -> None:
@@ -49,8 +51,10 @@ def check_role_policy_size(settings: Settings) -> None:
     ]
     size = sum(len(json.dumps(d, separators=(",", ":"))) for d in documents)
     if size > ROLE_POLICY_CHARACTERS:
-        raise SettingsError([
-            f"ipfleet:s3Mounts: {len(settings.s3_mounts)} mounts need IAM policies of {size} characters, "
-            f"over the {ROLE_POLICY_CHARACTERS} IAM allows a role; mount fewer buckets or whole buckets "
-            "instead of many prefixes"
-        ])
+        raise SettingsError(
+            [
+                f"ipfleet:s3Mounts: {len(settings.s3_mounts)} mounts need IAM policies of {size} characters, "
+                f"over the {ROLE_POLICY_CHARACTERS} IAM allows a role; mount fewer buckets or whole buckets "
+                "instead of many prefixes"
+            ]
+        )

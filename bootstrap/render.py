@@ -39,10 +39,17 @@ USER_DATA_LIMIT = 16 * 1024
 
 # cloud-config top-level keys ipfleet writes. `cloud-init schema` (22.4) does not
 # flag unknown top-level keys, so the tests hold rendered documents to this list.
-KNOWN_TOP_LEVEL_KEYS = frozenset({
-    "bootcmd", "locale", "users", "write_files", "runcmd",
-    "ssh_pwauth", "disable_root",
-})
+KNOWN_TOP_LEVEL_KEYS = frozenset(
+    {
+        "bootcmd",
+        "locale",
+        "users",
+        "write_files",
+        "runcmd",
+        "ssh_pwauth",
+        "disable_root",
+    }
+)
 
 # Fixed paths on every node (bootstrap/paths.py); templates and the agent share them.
 VENV, AGENT, STATE_DIR, IPYTHON_DIR = paths.VENV, paths.AGENT, paths.STATE_DIR, paths.IPYTHON_DIR
@@ -145,15 +152,22 @@ def node_program(path: Path, role: str | None = None) -> str:
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     if role is not None:
         others = {name for owner, names in role_only(tree).items() if owner != role for name in names}
         # The table itself is for this renderer only.
-        tree.body = [node for node in tree.body
-                     if not (isinstance(node, ast.FunctionDef) and node.name in others) and not _is_role_only(node)]
+        tree.body = [
+            node
+            for node in tree.body
+            if not (isinstance(node, ast.FunctionDef) and node.name in others) and not _is_role_only(node)
+        ]
     return f"#!/usr/bin/env python3\n# {path.name} from ipfleet's source (bootstrap/node/).\n{ast.unparse(tree)}\n"
 
 
@@ -203,8 +217,7 @@ def encode_user_data(text: str) -> str:
         raw = gzip.compress(raw, compresslevel=9, mtime=0)
         if len(raw) > USER_DATA_LIMIT:
             raise UserDataTooLarge(
-                f"user data is {len(raw)} bytes even compressed, over EC2's "
-                f"{USER_DATA_LIMIT}-byte limit"
+                f"user data is {len(raw)} bytes even compressed, over EC2's {USER_DATA_LIMIT}-byte limit"
             )
     return base64.b64encode(raw).decode()
 

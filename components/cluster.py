@@ -47,8 +47,9 @@ class Cluster(pulumi.ComponentResource):
             key_name = KeyPair(f"{name}-key", KeyPairArgs(public_key=s.ssh_public_key), child).key_name
 
         session_manager = s.access == "ssm"
-        controller_role = NodeRole(f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager),
-                                   child)
+        controller_role = NodeRole(
+            f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager), child
+        )
         engine_role = NodeRole(f"{name}-engine-iam", NodeRoleArgs(s.stack, "engine", session_manager), child)
         roles = [controller_role.role_name, engine_role.role_name]
         # What each role's nodes need before they boot: a node whose first AWS call is
@@ -91,9 +92,7 @@ class Cluster(pulumi.ComponentResource):
             engine_needs += self.shared_storage.mount_targets
 
         def user_data(role: str) -> pulumi.Output[str]:
-            return efs_dns_name.apply(
-                lambda dns: encode_user_data(render_user_data(node_spec(s, role, dns)))
-            )
+            return efs_dns_name.apply(lambda dns: encode_user_data(render_user_data(node_spec(s, role, dns))))
 
         self.controller = Controller(
             f"{name}-controller",

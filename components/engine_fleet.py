@@ -22,9 +22,8 @@ without one, running nodes would keep the old version for good.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import json
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
@@ -107,24 +106,29 @@ class EngineFleet(pulumi.ComponentResource):
             # Engines configure themselves; `pulumi up` need not wait for spot capacity.
             wait_for_capacity_timeout="0",
             # A new launch template version replaces running nodes, half at a time.
-            instance_refresh={"strategy": "Rolling",
-                              "preferences": {"min_healthy_percentage": 50, "skip_matching": True}},
-            initial_lifecycle_hooks=[{
-                "name": DRAIN_HOOK,
-                "lifecycle_transition": "autoscaling:EC2_INSTANCE_TERMINATING",
-                "heartbeat_timeout": DRAIN_TIMEOUT,
-                "default_result": "CONTINUE",
-            }],
+            instance_refresh={
+                "strategy": "Rolling",
+                "preferences": {"min_healthy_percentage": 50, "skip_matching": True},
+            },
+            initial_lifecycle_hooks=[
+                {
+                    "name": DRAIN_HOOK,
+                    "lifecycle_transition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                    "heartbeat_timeout": DRAIN_TIMEOUT,
+                    "default_result": "CONTINUE",
+                }
+            ],
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in node_tags.items()],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on,
-                                        ignore_changes=["desiredCapacity"]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, ignore_changes=["desiredCapacity"]),
         )
         self.group_name = self.group.name
         # Least privilege on this one group: describing cannot be scoped (AWS
         # evaluates Describe* on "*"), changing it can.
         self.policies = [
             aws.iam.RolePolicy(
-                f"{name}-{role}-scaling", name=policy_name, role=role_name,
+                f"{name}-{role}-scaling",
+                name=policy_name,
+                role=role_name,
                 policy=self.group.arn.apply(lambda arn, actions=actions: group_policy(arn, actions)),
                 opts=child,
             )
@@ -144,10 +148,12 @@ DESCRIBE_ACTIONS = ("autoscaling:DescribeAutoScalingGroups", "autoscaling:Descri
 
 
 def group_policy(group_arn: str, actions: tuple[str, ...]) -> str:
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Action": list(DESCRIBE_ACTIONS), "Resource": "*"},
-            {"Effect": "Allow", "Action": list(actions), "Resource": group_arn},
-        ],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {"Effect": "Allow", "Action": list(DESCRIBE_ACTIONS), "Resource": "*"},
+                {"Effect": "Allow", "Action": list(actions), "Resource": group_arn},
+            ],
+        }
+    )

@@ -15,12 +15,17 @@ ROOT_VOLUME_GB = 20
 
 def encrypted_root() -> dict:
     """An Instance's root_block_device."""
-    return {"encrypted": True, "volume_type": "gp3", "volume_size": ROOT_VOLUME_GB,
-            "delete_on_termination": True}
+    return {"encrypted": True, "volume_type": "gp3", "volume_size": ROOT_VOLUME_GB, "delete_on_termination": True}
 
 
 def encrypted_root_mapping(device_name: str) -> dict:
     """A LaunchTemplate's block device mapping for the image's root device."""
-    return {"device_name": device_name,
-            "ebs": {"encrypted": "true", "volume_type": "gp3", "volume_size": ROOT_VOLUME_GB,
-                    "delete_on_termination": "true"}}
+    return {
+        "device_name": device_name,
+        "ebs": {
+            "encrypted": "true",
+            "volume_type": "gp3",
+            "volume_size": ROOT_VOLUME_GB,
+            "delete_on_termination": "true",
+        },
+    }

@@ -53,8 +53,7 @@ def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -
     """The stack's VPC and subnets, or the region's default VPC and its default subnets."""
     if settings.vpc_id is None:
         vpc_id = aws.ec2.get_vpc(default=True, opts=opts).id
-        filters = [{"name": "vpc-id", "values": [vpc_id]},
-                   {"name": "default-for-az", "values": ["true"]}]
+        filters = [{"name": "vpc-id", "values": [vpc_id]}, {"name": "default-for-az", "values": ["true"]}]
     else:
         vpc_id = settings.vpc_id
         filters = [{"name": "vpc-id", "values": [vpc_id]}]
@@ -65,8 +64,9 @@ def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -
     for subnet_id in subnet_ids:
         subnet = aws.ec2.get_subnet(id=subnet_id, opts=opts)
         if subnet.vpc_id != vpc_id:
-            raise SettingsError([f"ipfleet:subnetIds: {subnet_id} is in {subnet.vpc_id}, not in {vpc_id} "
-                                 f"(got {subnet_id!r})"])
+            raise SettingsError(
+                [f"ipfleet:subnetIds: {subnet_id} is in {subnet.vpc_id}, not in {vpc_id} (got {subnet_id!r})"]
+            )
         subnets.append((subnet_id, subnet.availability_zone))
     return Network(vpc_id=vpc_id, subnets=subnets)
 
@@ -92,26 +92,38 @@ def place(settings: Settings, network: Network, opts: pulumi.InvokeOptions | Non
     type: us-east-1e has no t3, for one). A type no zone offers is a settings error."""
     types = sorted({settings.controller_instance_type, *settings.engine_instance_types})
     offerings = aws.ec2.get_instance_type_offerings(
-        filters=[{"name": "instance-type", "values": types}], location_type="availability-zone", opts=opts)
+        filters=[{"name": "instance-type", "values": types}], location_type="availability-zone", opts=opts
+    )
     offered: dict[str, set[str]] = {}
-    for instance_type, zone in zip(offerings.instance_types, offerings.locations):
+    for instance_type, zone in zip(offerings.instance_types, offerings.locations, strict=True):
         offered.setdefault(zone, set()).add(instance_type)
     zones = sorted({zone for _, zone in network.subnets})
     problems = []
-    controller = [subnet for subnet, zone in network.subnets
-                  if settings.controller_instance_type in offered.get(zone, set())]
+    controller = [
+        subnet for subnet, zone in network.subnets if settings.controller_instance_type in offered.get(zone, set())
+    ]
     if not controller:
-        problems.append(f"ipfleet:controllerInstanceType: no zone of the cluster's subnets ({', '.join(zones)}) "
-                        f"offers it (got {settings.controller_instance_type!r}); pick another type or set "
-                        "ipfleet:subnetIds")
+        problems.append(
+            f"ipfleet:controllerInstanceType: no zone of the cluster's subnets ({', '.join(zones)}) "
+            f"offers it (got {settings.controller_instance_type!r}); pick another type or set "
+            "ipfleet:subnetIds"
+        )
     for instance_type in settings.engine_instance_types:
         if not any(instance_type in offered.get(zone, set()) for zone in zones):
-            problems.append(f"ipfleet:engineInstanceTypes: no zone of the cluster's subnets ({', '.join(zones)}) "
-                            f"offers {instance_type!r}; drop it or set ipfleet:subnetIds")
+            problems.append(
+                f"ipfleet:engineInstanceTypes: no zone of the cluster's subnets ({', '.join(zones)}) "
+                f"offers {instance_type!r}; drop it or set ipfleet:subnetIds"
+            )
     if problems:
         raise SettingsError(problems)
-    engines = [(subnet, zone) for subnet, zone in network.subnets
-               if offered.get(zone, set()) & set(settings.engine_instance_types)]
+    engines = [
+        (subnet, zone)
+        for subnet, zone in network.subnets
+        if offered.get(zone, set()) & set(settings.engine_instance_types)
+    ]
     used = {controller[0], *(subnet for subnet, _ in engines)}
-    return Placement(controller_subnet=controller[0], engine_subnets=engines,
-                     node_subnets=[(subnet, zone) for subnet, zone in network.subnets if subnet in used])
+    return Placement(
+        controller_subnet=controller[0],
+        engine_subnets=engines,
+        node_subnets=[(subnet, zone) for subnet, zone in network.subnets if subnet in used],
+    )

@@ -16,25 +16,34 @@ from components.naming import iam_name_prefix
 
 TYPE = "ipfleet:cluster:NodeRole"
 
-ASSUME_BY_EC2 = json.dumps({
-    "Version": "2012-10-17",
-    "Statement": [{
-        "Effect": "Allow",
-        "Principal": {"Service": "ec2.amazonaws.com"},
-        "Action": "sts:AssumeRole",
-    }],
-})
+ASSUME_BY_EC2 = json.dumps(
+    {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+)
 
 # What the SSM agent needs for Session Manager (access: ssm): report the
 # instance to Systems Manager (scoped to EC2 instances), and open the session
 # channels, actions for which AWS offers no resource type, hence "*".
 SESSION_MANAGER_STATEMENTS = [
-    {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"],
-     "Resource": "arn:aws:ec2:*:*:instance/*"},
-    {"Effect": "Allow",
-     "Action": ["ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
-                "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel"],
-     "Resource": "*"},
+    {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "arn:aws:ec2:*:*:instance/*"},
+    {
+        "Effect": "Allow",
+        "Action": [
+            "ssmmessages:CreateControlChannel",
+            "ssmmessages:CreateDataChannel",
+            "ssmmessages:OpenControlChannel",
+            "ssmmessages:OpenDataChannel",
+        ],
+        "Resource": "*",
+    },
 ]
 
 
@@ -59,19 +68,23 @@ class NodeRole(pulumi.ComponentResource):
         # Everything granted to this role: nodes start only once these exist.
         self.policies: list[aws.iam.RolePolicy] = []
         if args.session_manager:
-            self.policies.append(aws.iam.RolePolicy(
-                f"{name}-session-manager",
-                name="ipfleet-session-manager",
-                role=self.role.name,
-                policy=json.dumps({
-                    "Version": "2012-10-17",
-                    "Statement": SESSION_MANAGER_STATEMENTS,
-                }),
-                opts=child,
-            ))
+            self.policies.append(
+                aws.iam.RolePolicy(
+                    f"{name}-session-manager",
+                    name="ipfleet-session-manager",
+                    role=self.role.name,
+                    policy=json.dumps(
+                        {
+                            "Version": "2012-10-17",
+                            "Statement": SESSION_MANAGER_STATEMENTS,
+                        }
+                    ),
+                    opts=child,
+                )
+            )
         self.profile = aws.iam.InstanceProfile(
-            f"{name}-profile", name_prefix=iam_name_prefix(args.stack, args.role), role=self.role.name,
-            opts=child)
+            f"{name}-profile", name_prefix=iam_name_prefix(args.stack, args.role), role=self.role.name, opts=child
+        )
         self.role_name = self.role.name
         self.profile_name = self.profile.name
         self.profile_arn = self.profile.arn

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-TYPE = "ipfleet:cluster:Rendezvous"
 from bootstrap.node.ipfleet_node import PENDING  # placeholder until the controller publishes
+
+TYPE = "ipfleet:cluster:Rendezvous"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Rendezvous(pulumi.ComponentResource):
     def __init__(self, name: str, args: RendezvousArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+
         def placeholder(suffix: str, parameter_name: str, description: str) -> aws.ssm.Parameter:
             return aws.ssm.Parameter(
                 f"{name}-{suffix}",
@@ -54,9 +56,11 @@ class Rendezvous(pulumi.ComponentResource):
             )
 
         self.parameter = placeholder(
-            "parameter", args.parameter_name, "ipfleet connection info, published by the controller at boot")
+            "parameter", args.parameter_name, "ipfleet connection info, published by the controller at boot"
+        )
         self.keys = placeholder(
-            "keys", args.keys_parameter_name, "ipfleet cluster keys, made by the controller at first boot")
+            "keys", args.keys_parameter_name, "ipfleet cluster keys, made by the controller at first boot"
+        )
         publish = aws.iam.RolePolicy(
             f"{name}-publish",
             name="ipfleet-rendezvous-publish",
@@ -66,15 +70,21 @@ class Rendezvous(pulumi.ComponentResource):
         )
         readers = [
             aws.iam.RolePolicy(
-                f"{name}-read-{index}", name="ipfleet-rendezvous-read", role=role,
-                policy=_policy([self.parameter.arn], ["ssm:GetParameter"]), opts=child,
+                f"{name}-read-{index}",
+                name="ipfleet-rendezvous-read",
+                role=role,
+                policy=_policy([self.parameter.arn], ["ssm:GetParameter"]),
+                opts=child,
             )
             for index, role in enumerate(args.reader_roles)
         ]
         reporters = [
             aws.iam.RolePolicy(
-                f"{name}-report-{index}", name="ipfleet-node-records", role=role,
-                policy=_policy([args.node_records_arn], NODE_RECORD_ACTIONS), opts=child,
+                f"{name}-report-{index}",
+                name="ipfleet-node-records",
+                role=role,
+                policy=_policy([args.node_records_arn], NODE_RECORD_ACTIONS),
+                opts=child,
             )
             for index, role in enumerate([args.publisher_role, *args.reader_roles])
         ]
@@ -99,8 +109,7 @@ PUBLISH_ACTIONS = ("ssm:PutParameter", "ssm:GetParameter")
 
 def policy_document(resources: list, actions: Sequence[str]) -> dict:
     """One Allow statement; resources may be Outputs (the stack) or strings (preflight)."""
-    return {"Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": resources}]}
+    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": list(actions), "Resource": resources}]}
 
 
 def _policy(arns: list, actions: Sequence[str]) -> pulumi.Output[str]:

@@ -29,7 +29,10 @@ class S3Mounts(pulumi.ComponentResource):
         # One per role, in the order of args.roles.
         self.policies = [
             aws.iam.RolePolicy(
-                f"{name}-access-{index}", name="ipfleet-s3-mounts", role=role, policy=policy,
+                f"{name}-access-{index}",
+                name="ipfleet-s3-mounts",
+                role=role,
+                policy=policy,
                 opts=pulumi.ResourceOptions(parent=self),
             )
             for index, role in enumerate(args.roles)
@@ -43,11 +46,16 @@ def policy_document(mounts: list[S3Mount]) -> dict:
     for index, m in enumerate(mounts):
         bucket_arn = f"arn:aws:s3:::{m.bucket}"
         objects = f"{bucket_arn}/{m.prefix}/*" if m.prefix else f"{bucket_arn}/*"
-        listing = {"Sid": f"List{index}", "Effect": "Allow", "Action": ["s3:ListBucket"],
-                   "Resource": bucket_arn}
+        listing = {"Sid": f"List{index}", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn}
         if m.prefix:
             listing["Condition"] = {"StringLike": {"s3:prefix": [m.prefix, f"{m.prefix}/*"]}}
         statements.append(listing)
-        statements.append({"Sid": f"Objects{index}", "Effect": "Allow",
-                           "Action": READ if m.read_only else READ + WRITE, "Resource": objects})
+        statements.append(
+            {
+                "Sid": f"Objects{index}",
+                "Effect": "Allow",
+                "Action": READ if m.read_only else READ + WRITE,
+                "Resource": objects,
+            }
+        )
     return {"Version": "2012-10-17", "Statement": statements}

@@ -39,24 +39,46 @@ class SecurityGroup(pulumi.ComponentResource):
 
         def ingress(rule: str, description: str, first: int, last: int, **source) -> None:
             aws.vpc.SecurityGroupIngressRule(
-                f"{name}-in-{rule}", security_group_id=group_id, ip_protocol="tcp",
-                from_port=first, to_port=last, description=description, opts=child, **source,
+                f"{name}-in-{rule}",
+                security_group_id=group_id,
+                ip_protocol="tcp",
+                from_port=first,
+                to_port=last,
+                description=description,
+                opts=child,
+                **source,
             )
 
-        def egress(rule: str, description: str, protocol: str, first: int | None = None,
-                   last: int | None = None, **target) -> None:
+        def egress(
+            rule: str, description: str, protocol: str, first: int | None = None, last: int | None = None, **target
+        ) -> None:
             aws.vpc.SecurityGroupEgressRule(
-                f"{name}-out-{rule}", security_group_id=group_id, ip_protocol=protocol,
-                from_port=first, to_port=last, description=description, opts=child, **target,
+                f"{name}-out-{rule}",
+                security_group_id=group_id,
+                ip_protocol=protocol,
+                from_port=first,
+                to_port=last,
+                description=description,
+                opts=child,
+                **target,
             )
 
         # Inside the cluster: engines and in-cluster clients reach the controller,
         # nodes reach the EFS mount targets (which carry this same group).
-        ingress("ipyparallel", "ipyparallel controller, from cluster nodes",
-                ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last,
-                referenced_security_group_id=group_id)
-        ingress("nfs", "EFS (NFS), from cluster nodes", ports.NFS_PORT, ports.NFS_PORT,
-                referenced_security_group_id=group_id)
+        ingress(
+            "ipyparallel",
+            "ipyparallel controller, from cluster nodes",
+            ports.CONTROLLER_PORTS.first,
+            ports.CONTROLLER_PORTS.last,
+            referenced_security_group_id=group_id,
+        )
+        ingress(
+            "nfs",
+            "EFS (NFS), from cluster nodes",
+            ports.NFS_PORT,
+            ports.NFS_PORT,
+            referenced_security_group_id=group_id,
+        )
 
         # From outside: only what the access mode needs, only from admin CIDRs.
         for index, cidr in enumerate(args.admin_cidrs):
@@ -64,16 +86,19 @@ class SecurityGroup(pulumi.ComponentResource):
             if args.access == "ssh":
                 ingress(f"ssh-{index}", f"SSH from admin {cidr}", ports.SSH_PORT, ports.SSH_PORT, **source)
             elif args.access == "direct":
-                ingress(f"client-{index}", f"ipyparallel clients from admin {cidr}",
-                        ports.CLIENT_FACING_PORTS.first, ports.CLIENT_FACING_PORTS.last, **source)
+                ingress(
+                    f"client-{index}",
+                    f"ipyparallel clients from admin {cidr}",
+                    ports.CLIENT_FACING_PORTS.first,
+                    ports.CLIENT_FACING_PORTS.last,
+                    **source,
+                )
 
         # Egress is declared, not defaulted: the cluster itself, and HTTPS/HTTP for
         # AWS APIs and package mirrors (apt verifies signatures over plain HTTP).
         egress("cluster", "anything to cluster nodes", "-1", referenced_security_group_id=group_id)
-        egress("https", "AWS APIs, package indexes", "tcp", ports.HTTPS_PORT, ports.HTTPS_PORT,
-               cidr_ipv4="0.0.0.0/0")
-        egress("http", "Debian/Ubuntu package mirrors", "tcp", ports.HTTP_PORT, ports.HTTP_PORT,
-               cidr_ipv4="0.0.0.0/0")
+        egress("https", "AWS APIs, package indexes", "tcp", ports.HTTPS_PORT, ports.HTTPS_PORT, cidr_ipv4="0.0.0.0/0")
+        egress("http", "Debian/Ubuntu package mirrors", "tcp", ports.HTTP_PORT, ports.HTTP_PORT, cidr_ipv4="0.0.0.0/0")
 
         self.id = group_id
         self.register_outputs({"id": group_id})

@@ -43,13 +43,15 @@ class SharedStorage(pulumi.ComponentResource):
             if zone in seen_zones:
                 continue
             seen_zones.add(zone)
-            self.mount_targets.append(aws.efs.MountTarget(
-                f"{name}-mount-{zone}",
-                file_system_id=self.file_system.id,
-                subnet_id=subnet_id,
-                security_groups=[args.security_group_id],
-                opts=pulumi.ResourceOptions(parent=self),
-            ))
+            self.mount_targets.append(
+                aws.efs.MountTarget(
+                    f"{name}-mount-{zone}",
+                    file_system_id=self.file_system.id,
+                    subnet_id=subnet_id,
+                    security_groups=[args.security_group_id],
+                    opts=pulumi.ResourceOptions(parent=self),
+                )
+            )
         self.file_system_id = self.file_system.id
         self.dns_name = self.file_system.dns_name
         self.register_outputs({"file_system_id": self.file_system_id, "dns_name": self.dns_name})

@@ -10,8 +10,8 @@ __version__ = "0.1.0"
 def client(stack: str, **kwargs):
     """A ready `ipyparallel.Client` for a deployed stack (see `ipfleet connect --help`).
 
-        import ipfleet
-        rc = ipfleet.client("mystack")
+    import ipfleet
+    rc = ipfleet.client("mystack")
     """
     from ipfleet.connect import client as _client
 

@@ -23,17 +23,25 @@ VOLUME = "aws:ebs/volume:Volume"
 FILE_SYSTEM = "aws:efs/fileSystem:FileSystem"
 BUCKETS = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
 PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
-POLICY_TYPES = ("aws:iam/rolePolicy:RolePolicy", "aws:iam/policy:Policy",
-                "aws:iam/userPolicy:UserPolicy", "aws:iam/groupPolicy:GroupPolicy")
+POLICY_TYPES = (
+    "aws:iam/rolePolicy:RolePolicy",
+    "aws:iam/policy:Policy",
+    "aws:iam/userPolicy:UserPolicy",
+    "aws:iam/groupPolicy:GroupPolicy",
+)
 WORLD = ("0.0.0.0/0", "::/0")
 # Verbs that only read. Anything else on "*" counts as a write.
 READ_VERBS = ("Get", "List", "Describe", "Head", "View")
 # Actions AWS offers no resource type for, so "*" is the only way to grant them:
 # Session Manager's session channels (access: ssm). They move no stored data.
-STAR_ONLY_ACTIONS = frozenset({
-    "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
-    "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
-})
+STAR_ONLY_ACTIONS = frozenset(
+    {
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+    }
+)
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
 
@@ -71,8 +79,13 @@ def no_ingress_from_the_internet(plan: Plan, settings: Settings) -> list[Finding
             sources += [(r, c) for c in rule.get("cidrBlocks", []) + rule.get("ipv6CidrBlocks", [])]
     for resource, cidr in sources:
         if cidr in WORLD and cidr not in allowed:
-            found.append(_finding(no_ingress_from_the_internet, resource,
-                                  f"allows inbound traffic from {cidr}, which ipfleet:adminCidrs does not list"))
+            found.append(
+                _finding(
+                    no_ingress_from_the_internet,
+                    resource,
+                    f"allows inbound traffic from {cidr}, which ipfleet:adminCidrs does not list",
+                )
+            )
     return found
 
 
@@ -82,8 +95,14 @@ def imdsv2_everywhere(plan: Plan, settings: Settings) -> list[Finding]:
     for r in plan.of_type(INSTANCE) + plan.of_type(LAUNCH_TEMPLATE):
         tokens = (r.inputs.get("metadataOptions") or {}).get("httpTokens")
         if tokens != "required":
-            found.append(_finding(imdsv2_everywhere, r, f"metadataOptions.httpTokens is {tokens!r}, "
-                                  "not 'required' (IMDSv1 lets any SSRF read the node's credentials)"))
+            found.append(
+                _finding(
+                    imdsv2_everywhere,
+                    r,
+                    f"metadataOptions.httpTokens is {tokens!r}, "
+                    "not 'required' (IMDSv1 lets any SSRF read the node's credentials)",
+                )
+            )
     return found
 
 
@@ -102,8 +121,9 @@ def storage_encrypted(plan: Plan, settings: Settings) -> list[Finding]:
     for r in plan.of_type(LAUNCH_TEMPLATE):
         mappings = r.inputs.get("blockDeviceMappings") or []
         if not mappings:
-            found.append(_finding(storage_encrypted, r, "declares no block device, so the image's "
-                                  "unencrypted default applies"))
+            found.append(
+                _finding(storage_encrypted, r, "declares no block device, so the image's unencrypted default applies")
+            )
         for mapping in mappings:
             check(r, f"volume {mapping.get('deviceName')}", (mapping.get("ebs") or {}).get("encrypted"))
     for r in plan.of_type(VOLUME) + plan.of_type(FILE_SYSTEM):
@@ -122,8 +142,9 @@ def buckets_block_public_access(plan: Plan, settings: Settings) -> list[Finding]
         for r in plan.of_type(bucket_type):
             # The block names its bucket by the bucket's id: <name.id> before deploy.
             if not ({f"<{r.name}.id>", r.inputs.get("bucket"), r.name} & blocked):
-                found.append(_finding(buckets_block_public_access, r,
-                                      "has no BucketPublicAccessBlock with all four blocks on"))
+                found.append(
+                    _finding(buckets_block_public_access, r, "has no BucketPublicAccessBlock with all four blocks on")
+                )
     return found
 
 
@@ -134,11 +155,11 @@ def no_write_on_everything(plan: Plan, settings: Settings) -> list[Finding]:
         for statement in _statements(r.inputs.get("policy")):
             if statement.get("Effect") != "Allow" or "*" not in _as_list(statement.get("Resource")):
                 continue
-            writes = [a for a in _as_list(statement.get("Action"))
-                      if a not in STAR_ONLY_ACTIONS and not _is_read(a)]
+            writes = [a for a in _as_list(statement.get("Action")) if a not in STAR_ONLY_ACTIONS and not _is_read(a)]
             if writes:
-                found.append(_finding(no_write_on_everything, r,
-                                      f"allows {', '.join(writes)} on \"*\"; name the resources"))
+                found.append(
+                    _finding(no_write_on_everything, r, f'allows {", ".join(writes)} on "*"; name the resources')
+                )
     return found
 
 

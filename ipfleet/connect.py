@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ipfleet.fetch import FetchError, Fetched, write_private, client_file_path, fetch
+from ipfleet.fetch import Fetched, FetchError, client_file_path, fetch, write_private
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
 SIDECAR = "ipfleet-connection.json"
@@ -40,8 +40,10 @@ def ssh_alias(stack: str) -> str:
 
 def ssm_proxy_command(region: str) -> str:
     """ssh's ProxyCommand for Session Manager (needs the AWS CLI and its session-manager-plugin)."""
-    return (f"aws ssm start-session --target %h --document-name AWS-StartSSHSession "
-            f"--parameters portNumber=%p --region {region}")
+    return (
+        f"aws ssm start-session --target %h --document-name AWS-StartSSHSession "
+        f"--parameters portNumber=%p --region {region}"
+    )
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,19 @@ class Tunnel:
 
     def ssh_command(self) -> list[str]:
         """The same login without the config entry (for `--no-ssh-config`)."""
-        command = ["ssh", "-i", str(self.identity), "-o", "IdentitiesOnly=yes",
-                   "-o", f"HostKeyAlias={self.alias}", "-o", f"UserKnownHostsFile={self.known_hosts}",
-                   "-o", "StrictHostKeyChecking=yes"]
+        command = [
+            "ssh",
+            "-i",
+            str(self.identity),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"HostKeyAlias={self.alias}",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+        ]
         if self.proxy_command:
             command += ["-o", f"ProxyCommand={self.proxy_command}"]
         return command + [f"{self.user}@{self.host_name}"]
@@ -132,8 +144,10 @@ def find_identity(authorized_key: str | None, given: Path | None, directory: Pat
             raise FetchError(f"--identity {given}: no such file")
         return given
     if not authorized_key:
-        raise FetchError("the stack has no ipfleet:sshPublicKey, so the controller accepts no login: "
-                         "add your public key to the stack file, `pulumi up`, then connect again")
+        raise FetchError(
+            "the stack has no ipfleet:sshPublicKey, so the controller accepts no login: "
+            "add your public key to the stack file, `pulumi up`, then connect again"
+        )
     wanted = authorized_key.split()[:2]
     candidates = [directory / name for name in DEFAULT_IDENTITIES]
     candidates += sorted(p.with_suffix("") for p in directory.glob("*.pub"))
@@ -141,8 +155,9 @@ def find_identity(authorized_key: str | None, given: Path | None, directory: Pat
         public = private.with_name(private.name + ".pub")
         if private.exists() and public.exists() and public.read_text().split()[:2] == wanted:
             return private
-    raise FetchError(f"no key in {directory} matches the stack's sshPublicKey "
-                     f"({' '.join(wanted)[:40]}...); pass --identity PATH")
+    raise FetchError(
+        f"no key in {directory} matches the stack's sshPublicKey ({' '.join(wanted)[:40]}...); pass --identity PATH"
+    )
 
 
 def include_line(directory: Path) -> str:
@@ -172,8 +187,9 @@ def ensure_include(directory: Path) -> bool:
     return True
 
 
-def tunnel_for(stack: str, region: str, controller: dict, identity: Path, directory: Path,
-               proxy_command: str | None = None) -> Tunnel:
+def tunnel_for(
+    stack: str, region: str, controller: dict, identity: Path, directory: Path, proxy_command: str | None = None
+) -> Tunnel:
     access = controller.get("access")
     if access == "ssm":
         host = controller.get("instance_id")
@@ -184,8 +200,12 @@ def tunnel_for(stack: str, region: str, controller: dict, identity: Path, direct
         host = controller.get("public_address") or controller["address"]
         proxy = proxy_command
     return Tunnel(
-        alias=ssh_alias(stack), host_name=host, user=controller["ssh"]["user"], identity=identity,
-        known_hosts=directory / "ipfleet" / f"{stack}.known_hosts", proxy_command=proxy,
+        alias=ssh_alias(stack),
+        host_name=host,
+        user=controller["ssh"]["user"],
+        identity=identity,
+        known_hosts=directory / "ipfleet" / f"{stack}.known_hosts",
+        proxy_command=proxy,
         # Unix sockets allow ~100 characters: keep the name short.
         control_path=str(directory / "ipfleet" / f"{stack}.sock"),
     )
@@ -198,8 +218,9 @@ def write_known_hosts(tunnel: Tunnel, host_keys: list[str]) -> Path:
     return tunnel.known_hosts
 
 
-def write_ssh_files(stack: str, tunnel: Tunnel, host_keys: list[str], directory: Path,
-                    include: bool = True) -> list[Path]:
+def write_ssh_files(
+    stack: str, tunnel: Tunnel, host_keys: list[str], directory: Path, include: bool = True
+) -> list[Path]:
     """The stack's entry and pinned host keys; returns the files written."""
     entry = write_known_hosts(tunnel, host_keys).with_name(f"{stack}.conf")
     entry.write_text(tunnel.config_entry(stack))
@@ -260,10 +281,14 @@ def connect(
         else:
             written.append(write_known_hosts(tunnel, host_keys))
     connection = Connection(
-        stack=stack, region=region, access=access, client_file=str(fetched.path),
+        stack=stack,
+        region=region,
+        access=access,
+        client_file=str(fetched.path),
         ssh_host=tunnel.alias if tunnel and write_ssh_config else None,
         identity=str(tunnel.identity) if tunnel else None,
-        versions=controller.get("versions", {}), notebook=fetched.notebook,
+        versions=controller.get("versions", {}),
+        notebook=fetched.notebook,
     )
     connection.save()
     return Connected(connection, fetched, tunnel, written)
@@ -292,15 +317,27 @@ def open_control_master(alias: str, timeout: float = 60.0) -> None:
 
     if subprocess.run(["ssh", "-O", "check", alias], capture_output=True).returncode == 0:
         return
-    result = subprocess.run(["ssh", "-o", "ControlMaster=yes", "-o", "BatchMode=yes", alias, "true"],
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout,
-                            start_new_session=True)
+    result = subprocess.run(
+        ["ssh", "-o", "ControlMaster=yes", "-o", "BatchMode=yes", alias, "true"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
     if result.returncode != 0:
         raise FetchError(f"ssh to the controller ({alias}) failed: {result.stderr.strip()[-500:]}")
 
 
-def client(stack: str, *, region: str | None = None, timeout: float = 60.0,
-           task_retries: int | None = None, recover_lost_tasks: bool = True, **kwargs):
+def client(
+    stack: str,
+    *,
+    region: str | None = None,
+    timeout: float = 60.0,
+    task_retries: int | None = None,
+    recover_lost_tasks: bool = True,
+    **kwargs,
+):
     """A ready client for STACK: the right file, tunnel and key (an `ipyparallel.Client`).
 
     Uses what `ipfleet connect STACK` saved; connects first (AWS credentials
@@ -322,13 +359,18 @@ def client(stack: str, *, region: str | None = None, timeout: float = 60.0,
         connection = connect(stack, region, timeout=timeout).connection
     for problem in connection.warnings:
         warnings.warn(problem, VersionMismatchWarning, stacklevel=2)
-    options = dict(kwargs, timeout=timeout, recover_lost_tasks=recover_lost_tasks,
-                   task_retries=DEFAULT_TASK_RETRIES if task_retries is None else task_retries)
+    options = dict(
+        kwargs,
+        timeout=timeout,
+        recover_lost_tasks=recover_lost_tasks,
+        task_retries=DEFAULT_TASK_RETRIES if task_retries is None else task_retries,
+    )
     if connection.access in ("ssm", "ssh"):
         if not connection.ssh_host:
-            raise FetchError(f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "
-                             "tunnels need the ssh config entry; connect again without it")
+            raise FetchError(
+                f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "
+                "tunnels need the ssh config entry; connect again without it"
+            )
         open_control_master(connection.ssh_host, timeout)
-        return FleetClient(connection.client_file, sshserver=connection.ssh_host,
-                           sshkey=connection.identity, **options)
+        return FleetClient(connection.client_file, sshserver=connection.ssh_host, sshkey=connection.identity, **options)
     return FleetClient(connection.client_file, **options)

@@ -37,9 +37,14 @@ class Fetched:
     notebook: dict | None = None
 
     def as_json(self) -> dict:
-        return {"stack": self.stack, "region": self.region, "path": str(self.path),
-                "profile": self.profile, "published_at": self.published_at,
-                "controller": self.controller}
+        return {
+            "stack": self.stack,
+            "region": self.region,
+            "path": str(self.path),
+            "profile": self.profile,
+            "published_at": self.published_at,
+            "controller": self.controller,
+        }
 
 
 def profile_name(stack: str) -> str:
@@ -112,8 +117,12 @@ def fetch(
     path = client_file_path(stack, ipython_base)
     write_private(path, document["client"])
     return Fetched(
-        stack=stack, region=region, path=path, profile=profile_name(stack),
-        published_at=document.get("published_at", ""), controller=document.get("controller", {}),
+        stack=stack,
+        region=region,
+        path=path,
+        profile=profile_name(stack),
+        published_at=document.get("published_at", ""),
+        controller=document.get("controller", {}),
         notebook=document.get("notebook"),
     )
 

@@ -18,7 +18,7 @@ import logging
 import re
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import ipyparallel as ipp
 
@@ -34,8 +34,14 @@ class ControllerUnreachable(RuntimeError):
 class FleetClient(ipp.Client):
     """`ipyparallel.Client` plus retries by default and recovery of tasks a controller lost."""
 
-    def __init__(self, *args, task_retries: int = DEFAULT_TASK_RETRIES, recover_lost_tasks: bool = True,
-                 stall_seconds: float = 5.0, **kwargs):
+    def __init__(
+        self,
+        *args,
+        task_retries: int = DEFAULT_TASK_RETRIES,
+        recover_lost_tasks: bool = True,
+        stall_seconds: float = 5.0,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.task_retries = task_retries
         self.stall_seconds = stall_seconds
@@ -100,11 +106,18 @@ class FleetClient(ipp.Client):
 
     def _send_and_keep(self, stream, msg_or_type, *args, **kwargs):
         sent = self._send_raw(stream, msg_or_type, *args, **kwargs)
-        if (isinstance(msg_or_type, dict) and stream is getattr(self, "_task_stream", None)
-                and msg_or_type["header"]["msg_type"] == "apply_request"):
+        if (
+            isinstance(msg_or_type, dict)
+            and stream is getattr(self, "_task_stream", None)
+            and msg_or_type["header"]["msg_type"] == "apply_request"
+        ):
             with self._waiting_lock:
                 self._waiting[msg_or_type["header"]["msg_id"]] = (
-                    time.monotonic(), msg_or_type, list(kwargs.get("buffers") or []), kwargs.get("ident"))
+                    time.monotonic(),
+                    msg_or_type,
+                    list(kwargs.get("buffers") or []),
+                    kwargs.get("ident"),
+                )
         return sent
 
     def _handle_apply_reply(self, msg):
@@ -153,7 +166,7 @@ class FleetClient(ipp.Client):
         """Send a kept request again through this client's task socket, and keep waiting
         for it. A new date gives it a new signature: an engine that saw the first send
         (it was running the task when the controller went) refuses a replay."""
-        msg = {**msg, "header": {**msg["header"], "date": datetime.now(timezone.utc)}}
+        msg = {**msg, "header": {**msg["header"], "date": datetime.now(UTC)}}
         with self._waiting_lock:
             self._waiting[msg_id] = (time.monotonic(), msg, buffers, ident)
         self._io_loop.add_callback(self._send_raw, self._task_stream, msg, buffers=buffers, ident=ident)

@@ -27,8 +27,9 @@ IMAGES = {
     for image in (
         OfficialImage("debian-13", "136693071363", "debian-13-{arch}-*", "trixie", True),
         OfficialImage("debian-12", "136693071363", "debian-12-{arch}-*", "bookworm", False),
-        OfficialImage("ubuntu-24.04", "099720109477",
-                      "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", None, True),
+        OfficialImage(
+            "ubuntu-24.04", "099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*", None, True
+        ),
     )
 }
 DEFAULT_IMAGE = "debian-13"

@@ -37,10 +37,20 @@ class NodeRecord:
             return None
         if not isinstance(raw, dict) or raw.get("format") != 1:
             return None
-        return cls(role=raw.get("role", "?"), instance_id=raw.get("instanceId", "?"), phase=raw.get("phase", "?"),
-                   instance_type=raw.get("instanceType"), lifecycle=raw.get("lifecycle"), zone=raw.get("zone"),
-                   address=raw.get("address"), engines=raw.get("engines") or {}, error=raw.get("error"),
-                   reason=raw.get("reason"), updated=raw.get("updated", ""), scaling=raw.get("scaling"))
+        return cls(
+            role=raw.get("role", "?"),
+            instance_id=raw.get("instanceId", "?"),
+            phase=raw.get("phase", "?"),
+            instance_type=raw.get("instanceType"),
+            lifecycle=raw.get("lifecycle"),
+            zone=raw.get("zone"),
+            address=raw.get("address"),
+            engines=raw.get("engines") or {},
+            error=raw.get("error"),
+            reason=raw.get("reason"),
+            updated=raw.get("updated", ""),
+            scaling=raw.get("scaling"),
+        )
 
     @property
     def engines_text(self) -> str:
@@ -58,10 +68,20 @@ class NodeRecord:
         return f"{self.error.get('step')}" + (f" (exit {code})" if code is not None else "")
 
     def as_json(self) -> dict:
-        return {"role": self.role, "instanceId": self.instance_id, "instanceType": self.instance_type,
-                "lifecycle": self.lifecycle, "zone": self.zone, "address": self.address, "phase": self.phase,
-                "engines": self.engines, "error": self.error, "reason": self.reason, "updated": self.updated,
-                **({"scaling": self.scaling} if self.role == "controller" else {})}
+        return {
+            "role": self.role,
+            "instanceId": self.instance_id,
+            "instanceType": self.instance_type,
+            "lifecycle": self.lifecycle,
+            "zone": self.zone,
+            "address": self.address,
+            "phase": self.phase,
+            "engines": self.engines,
+            "error": self.error,
+            "reason": self.reason,
+            "updated": self.updated,
+            **({"scaling": self.scaling} if self.role == "controller" else {}),
+        }
 
 
 def read_records(ssm, stack: str) -> list[NodeRecord]:
@@ -83,20 +103,25 @@ def describe_failure(record: NodeRecord, lines: int = 15) -> str:
     """The failure as a user reads it: which node, which step, the log's last lines."""
     log = (record.error or {}).get("log") or []
     tail = "\n".join(f"    {line}" for line in log[-lines:])
-    return (f"the {record.role} {record.instance_id} failed its bootstrap at {record.error_text}"
-            + (f"; its log ends:\n{tail}" if tail else ""))
+    return f"the {record.role} {record.instance_id} failed its bootstrap at {record.error_text}" + (
+        f"; its log ends:\n{tail}" if tail else ""
+    )
 
 
 def describe_scaling(scaling: dict | None) -> str:
     """The controller keeper's view of the engine group, in a sentence or two."""
     if not scaling:
         return "The controller's keeper has not reported on the engine group yet."
-    line = (f"Engine group {scaling['group']}: {scaling['desired']} nodes wanted "
-            f"(min {scaling['min']}, max {scaling['max']}), {scaling['inService']} in service.")
+    line = (
+        f"Engine group {scaling['group']}: {scaling['desired']} nodes wanted "
+        f"(min {scaling['min']}, max {scaling['max']}), {scaling['inService']} in service."
+    )
     minutes = scaling.get("idleMinutes") or 0
     if scaling.get("idledAt"):
-        line += (f" Idle since {scaling.get('idleSince') or '?'}: the idle guard took it to "
-                 f"{scaling['desired']} at {scaling['idledAt']}; a client, a task or `ipfleet scale` brings it back.")
+        line += (
+            f" Idle since {scaling.get('idleSince') or '?'}: the idle guard took it to "
+            f"{scaling['desired']} at {scaling['idledAt']}; a client, a task or `ipfleet scale` brings it back."
+        )
     elif minutes:
         since = scaling.get("idleSince")
         line += f" Idle guard: {minutes:g} min" + (f" (idle since {since})." if since else " (busy now).")

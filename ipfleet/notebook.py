@@ -34,22 +34,36 @@ class NotebookUrl:
 
 def tunnel_command(connection: Connection, local_port: int) -> list[str]:
     if not connection.notebook:
-        raise NotebookError(f"stack {connection.stack!r} runs no notebook: set ipfleet:notebook: true "
-                            "in its stack file and `pulumi up`")
+        raise NotebookError(
+            f"stack {connection.stack!r} runs no notebook: set ipfleet:notebook: true in its stack file and `pulumi up`"
+        )
     if not connection.ssh_host:
-        raise NotebookError(f"the notebook needs the ssh tunnel: run `ipfleet connect {connection.stack}` "
-                            "(without --no-ssh-config)")
+        raise NotebookError(
+            f"the notebook needs the ssh tunnel: run `ipfleet connect {connection.stack}` (without --no-ssh-config)"
+        )
     remote = connection.notebook["port"]
     # Its own connection (not the control master), so Ctrl-C here closes exactly this forward.
-    return ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=no", "-o", "ControlPath=none",
-            "-L", f"127.0.0.1:{local_port}:127.0.0.1:{remote}", connection.ssh_host]
+    return [
+        "ssh",
+        "-N",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "ControlMaster=no",
+        "-o",
+        "ControlPath=none",
+        "-L",
+        f"127.0.0.1:{local_port}:127.0.0.1:{remote}",
+        connection.ssh_host,
+    ]
 
 
 @contextmanager
 def forward(connection: Connection, local_port: int, timeout: float = READY_TIMEOUT) -> Iterator[NotebookUrl]:
     """Forward the notebook to 127.0.0.1:local_port while the block runs; yields its URL."""
-    process = subprocess.Popen(tunnel_command(connection, local_port), stdin=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        tunnel_command(connection, local_port), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + timeout
         while not _accepts(local_port):

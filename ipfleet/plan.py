@@ -48,8 +48,13 @@ class PlannedResource:
     depends_on: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
-        out = {"type": self.type, "name": self.name, "parent": self.parent, "inputs": self.inputs,
-               "dependsOn": self.depends_on}
+        out = {
+            "type": self.type,
+            "name": self.name,
+            "parent": self.parent,
+            "inputs": self.inputs,
+            "dependsOn": self.depends_on,
+        }
         if self.options:
             out["options"] = self.options
         return out
@@ -91,27 +96,33 @@ class _Answers(pulumi_mocks.Mocks):
         token, a = args.token, args.args
         region = self.settings.region
         if token == "aws:ec2/getAmi:getAmi":
-            arch = next((f["values"][0] for f in a.get("filters", []) if f["name"] == "architecture"),
-                        "x86_64")
+            arch = next((f["values"][0] for f in a.get("filters", []) if f["name"] == "architecture"), "x86_64")
             label = f"<{self.settings.image} {arch} image>"
-            return {"id": label, "imageId": label, "architecture": arch,
-                    "rootDeviceName": "/dev/xvda", "name": label}
+            return {"id": label, "imageId": label, "architecture": arch, "rootDeviceName": "/dev/xvda", "name": label}
         if token == "aws:ec2/getVpc:getVpc":
             return {"id": "<default VPC>", "default": True}
         if token == "aws:ec2/getSubnets:getSubnets":
             return {"ids": [f"<default subnet {zone}>" for zone in "abc"]}
         if token == "aws:ec2/getSubnet:getSubnet":
             subnet_id = a["id"]
-            zone = subnet_id[-2] if subnet_id.startswith("<default subnet") else \
-                "abc"[self.settings.subnet_ids.index(subnet_id) % 3]
+            zone = (
+                subnet_id[-2]
+                if subnet_id.startswith("<default subnet")
+                else "abc"[self.settings.subnet_ids.index(subnet_id) % 3]
+            )
             vpc = self.settings.vpc_id or "<default VPC>"
             return {"id": subnet_id, "vpcId": vpc, "availabilityZone": f"{region}{zone}"}
         if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
             types = next(f["values"] for f in a.get("filters", []) if f["name"] == "instance-type")
-            pairs = [(t, f"{region}{zone}") for zone in "abc" for t in types
-                     if (t, f"{region}{zone}") not in self.unoffered]
-            return {"id": region, "instanceTypes": [t for t, _ in pairs], "locations": [z for _, z in pairs],
-                    "locationTypes": ["availability-zone"] * len(pairs)}
+            pairs = [
+                (t, f"{region}{zone}") for zone in "abc" for t in types if (t, f"{region}{zone}") not in self.unoffered
+            ]
+            return {
+                "id": region,
+                "instanceTypes": [t for t, _ in pairs],
+                "locations": [z for _, z in pairs],
+                "locationTypes": ["availability-zone"] * len(pairs),
+            }
         raise NotImplementedError(f"ipfleet plan has no offline answer for {token}")
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
@@ -140,8 +151,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
                 options["retainOnDelete"] = True
             if request.ignoreChanges:
                 options["ignoreChanges"] = list(request.ignoreChanges)
-            resource = PlannedResource(request.type, request.name, None, inputs,
-                                       bool(request.custom), options)
+            resource = PlannedResource(request.type, request.name, None, inputs, bool(request.custom), options)
             self.recorded.append((response.urn, resource, request.parent))
             self.dependencies[response.urn] = list(request.dependencies)
         return response

@@ -55,8 +55,7 @@ def stacks_dir(root: Path) -> Path:
 
 
 def list_stacks(root: Path) -> list[str]:
-    return sorted(p.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
-                  for p in stacks_dir(root).glob("Pulumi.*.yaml"))
+    return sorted(p.name.removeprefix("Pulumi.").rsplit(".", 1)[0] for p in stacks_dir(root).glob("Pulumi.*.yaml"))
 
 
 def _is_ipfleet_project(folder: Path) -> bool:

@@ -86,9 +86,13 @@ def _shape(annotation: Any, namespace: dict) -> _Shape:
         annotation = target
     origin = typing.get_origin(annotation)
     if origin is typing.Union:
-        members = [m for m in typing.get_args(annotation)
-                   if m is not type(None) and typing.get_origin(m) is not collections.abc.Awaitable
-                   and not (isinstance(m, typing.ForwardRef) and m.__forward_arg__.startswith("Output"))]
+        members = [
+            m
+            for m in typing.get_args(annotation)
+            if m is not type(None)
+            and typing.get_origin(m) is not collections.abc.Awaitable
+            and not (isinstance(m, typing.ForwardRef) and m.__forward_arg__.startswith("Output"))
+        ]
         # Input classes come with a TypedDict twin (XArgsDict), which reads as "any": the
         # class says the same more precisely, so the twin is dropped.
         shapes = [s for s in (_shape(m, namespace) for m in members) if s.kind != "any"] or [ANY]
@@ -174,6 +178,7 @@ def check_plan(plan: Plan) -> list[SchemaProblem]:
         if args_class is None:
             problems.append(SchemaProblem(resource.name, resource.type, "no such resource type in pulumi-aws"))
             continue
-        problems += [SchemaProblem(resource.name, path, message)
-                     for path, message in check_inputs(args_class, resource.inputs)]
+        problems += [
+            SchemaProblem(resource.name, path, message) for path, message in check_inputs(args_class, resource.inputs)
+        ]
     return problems

@@ -29,12 +29,19 @@ def restart_engines(stack: str, timeout: float, on_progress: Callable[[float], N
             if len(new) >= len(before) and not now & before:
                 break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(new)} of {len(before)} engines of {stack!r} registered again "
-                                   f"in {timeout:.0f} s; `ipfleet status {stack}` shows the nodes")
+                raise TimeoutError(
+                    f"only {len(new)} of {len(before)} engines of {stack!r} registered again "
+                    f"in {timeout:.0f} s; `ipfleet status {stack}` shows the nodes"
+                )
             on_progress(time.monotonic() - started)
             time.sleep(1.0)
-        return {"stack": stack, "engines_before": len(before), "engines_after": len(new),
-                "old_ids": sorted(before), "new_ids": sorted(new),
-                "seconds": round(time.monotonic() - started, 1)}
+        return {
+            "stack": stack,
+            "engines_before": len(before),
+            "engines_after": len(new),
+            "old_ids": sorted(before),
+            "new_ids": sorted(new),
+            "seconds": round(time.monotonic() - started, 1),
+        }
     finally:
         rc.close()

@@ -32,18 +32,28 @@ class EngineGroup:
 
     @classmethod
     def parse(cls, raw: dict) -> EngineGroup:
-        return cls(raw["AutoScalingGroupName"], raw["DesiredCapacity"], raw["MinSize"], raw["MaxSize"],
-                   {i["InstanceId"]: i["LifecycleState"] for i in raw.get("Instances", [])})
+        return cls(
+            raw["AutoScalingGroupName"],
+            raw["DesiredCapacity"],
+            raw["MinSize"],
+            raw["MaxSize"],
+            {i["InstanceId"]: i["LifecycleState"] for i in raw.get("Instances", [])},
+        )
 
     def as_json(self) -> dict:
-        return {"name": self.name, "desired": self.desired, "min": self.minimum, "max": self.maximum,
-                "instances": self.instances}
+        return {
+            "name": self.name,
+            "desired": self.desired,
+            "min": self.minimum,
+            "max": self.maximum,
+            "instances": self.instances,
+        }
 
 
 def find_group(autoscaling, stack: str) -> EngineGroup:
     found = autoscaling.describe_auto_scaling_groups(
-        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]},
-                 {"Name": "tag:ipfleet:role", "Values": ["engine"]}])["AutoScalingGroups"]
+        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]}, {"Name": "tag:ipfleet:role", "Values": ["engine"]}]
+    )["AutoScalingGroups"]
     if not found:
         raise ScaleError(f"stack {stack!r} has no engine group in this region (not deployed, or another region?)")
     if len(found) > 1:
@@ -67,19 +77,23 @@ class Progress:
     def of(cls, records: list[NodeRecord]) -> Progress:
         engines = [r for r in records if r.role == "engine"]
         controller = next((r for r in records if r.role == "controller"), None)
-        running = [r for r in engines if r.phase == "running"
-                   and r.engines.get("running", 0) >= r.engines.get("expected", 1)]
-        return cls(running=len(running),
-                   booting=sum(1 for r in engines if r.phase == "booting" or (r.phase == "running" and r not in running)),
-                   leaving=sum(1 for r in engines if r.phase in ("draining", "drained")),
-                   failed=sum(1 for r in engines if r.phase == "failed"),
-                   engines_running=sum(r.engines.get("running", 0) for r in running),
-                   registered=controller.engines.get("registered") if controller else None)
+        running = [
+            r for r in engines if r.phase == "running" and r.engines.get("running", 0) >= r.engines.get("expected", 1)
+        ]
+        return cls(
+            running=len(running),
+            booting=sum(1 for r in engines if r.phase == "booting" or (r.phase == "running" and r not in running)),
+            leaving=sum(1 for r in engines if r.phase in ("draining", "drained")),
+            failed=sum(1 for r in engines if r.phase == "failed"),
+            engines_running=sum(r.engines.get("running", 0) for r in running),
+            registered=controller.engines.get("registered") if controller else None,
+        )
 
     def done(self, wanted: int) -> bool:
         """WANTED nodes run their engines, every one registered, and no other node is left."""
-        return (self.running == wanted and not self.booting and not self.leaving
-                and self.registered == self.engines_running)
+        return (
+            self.running == wanted and not self.booting and not self.leaving and self.registered == self.engines_running
+        )
 
     def text(self, wanted: int) -> str:
         parts = [f"{self.running}/{wanted} engine nodes running"]
@@ -91,19 +105,35 @@ class Progress:
         return ", ".join(parts)
 
 
-def scale(autoscaling, ssm, stack: str, nodes: int, wait: bool, timeout: float,
-          report: Callable[[str], None] = lambda _: None, poll: float = 2.0) -> dict:
+def scale(
+    autoscaling,
+    ssm,
+    stack: str,
+    nodes: int,
+    wait: bool,
+    timeout: float,
+    report: Callable[[str], None] = lambda _: None,
+    poll: float = 2.0,
+) -> dict:
     """Set STACK's engine group to NODES; with WAIT, until the nodes are there (or gone)."""
     group = find_group(autoscaling, stack)
     if not group.minimum <= nodes <= group.maximum:
         raise ScaleError(
             f"{nodes} engine nodes is outside the group's bounds, {group.minimum} to {group.maximum} "
             f"(ipfleet:minEngineNodes and ipfleet:maxEngineNodes in the stack file; change them there "
-            "and run `pulumi up` to allow it)")
+            "and run `pulumi up` to allow it)"
+        )
     started = time.monotonic()
     autoscaling.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=nodes, HonorCooldown=False)
-    result = {"stack": stack, "group": group.name, "from": group.desired, "to": nodes,
-              "min": group.minimum, "max": group.maximum, "waited": wait}
+    result = {
+        "stack": stack,
+        "group": group.name,
+        "from": group.desired,
+        "to": nodes,
+        "min": group.minimum,
+        "max": group.maximum,
+        "waited": wait,
+    }
     report(f"{group.name}: engine nodes {group.desired} -> {nodes}")
     if not wait:
         return result
@@ -116,13 +146,17 @@ def scale(autoscaling, ssm, stack: str, nodes: int, wait: bool, timeout: float,
             report(f"{time.monotonic() - started:5.0f} s  {line}")
             last = line
         if progress.failed:
-            raise ScaleError(f"{progress.failed} engine node(s) failed their bootstrap; "
-                             f"`ipfleet status {stack}` says where and why")
+            raise ScaleError(
+                f"{progress.failed} engine node(s) failed their bootstrap; `ipfleet status {stack}` says where and why"
+            )
         if progress.done(nodes):
             break
         if time.monotonic() > deadline:
             raise ScaleError(f"not there after {timeout:.0f} s: {line}")
         time.sleep(poll)
-    result.update(seconds=round(time.monotonic() - started, 1), engines=progress.registered,
-                  nodes=find_group(autoscaling, stack).as_json()["instances"])
+    result.update(
+        seconds=round(time.monotonic() - started, 1),
+        engines=progress.registered,
+        nodes=find_group(autoscaling, stack).as_json()["instances"],
+    )
     return result

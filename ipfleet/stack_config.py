@@ -39,8 +39,13 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({e})") from None
     if duplicates:
-        raise SettingsError([f"{key}: set twice in {path.name} ({where}); the Pulumi CLI refuses a "
-                             "stack file with a key twice, so keep one" for key, where in duplicates])
+        raise SettingsError(
+            [
+                f"{key}: set twice in {path.name} ({where}); the Pulumi CLI refuses a "
+                "stack file with a key twice, so keep one"
+                for key, where in duplicates
+            ]
+        )
     document = yaml.safe_load(text) or {}
     if not isinstance(document, dict):
         raise ValueError(f"{path}: not a Pulumi stack file (expected a mapping)")

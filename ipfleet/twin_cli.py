@@ -49,9 +49,14 @@ def _running(stack: str | None):
         _fail(str(e), 2)
 
 
-BakedOption = Annotated[bool, typer.Option(
-    "--baked", help="Boot an image that already holds the nodes' Python environment, as a baked AMI "
-    "would (built once, cached); by default nodes install it from the package index at boot.")]
+BakedOption = Annotated[
+    bool,
+    typer.Option(
+        "--baked",
+        help="Boot an image that already holds the nodes' Python environment, as a baked AMI "
+        "would (built once, cached); by default nodes install it from the package index at boot.",
+    ),
+]
 
 
 def _boot(stack: str, engine_nodes: int | None = None, baked: bool = False):
@@ -70,9 +75,11 @@ def _boot(stack: str, engine_nodes: int | None = None, baked: bool = False):
 
 
 @twin_app.command()
-def up(stack: StackArg,
-       timeout: Annotated[float, typer.Option(help="Seconds to wait for the controller to publish.")] = 600,
-       baked: BakedOption = False) -> None:
+def up(
+    stack: StackArg,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the controller to publish.")] = 600,
+    baked: BakedOption = False,
+) -> None:
     """Boot STACK's twin and wait until its controller has published connection info."""
     from ipfleet.twin import cluster
 
@@ -83,18 +90,21 @@ def up(stack: StackArg,
     except (cluster.TwinError, KeyboardInterrupt) as e:
         cluster.down(state, log=_say)
         _fail(str(e) or "interrupted")
-    typer.echo(f"Twin of {state.stack!r} is up: {len(state.nodes)} nodes on {cluster.ENDPOINT}'s network.\n"
-               f"  ipfleet twin status {state.stack}     units and cloud-init on every node\n"
-               f"  ipfleet twin down {state.stack}       remove everything\n"
-               f"A client runs in namespace {state.client_namespace}, e.g.:\n"
-               f"  ip netns exec {state.client_namespace} env AWS_ENDPOINT_URL={cluster.ENDPOINT} "
-               f"AWS_ACCESS_KEY_ID=twin AWS_SECRET_ACCESS_KEY=twin ipfleet fetch {state.stack} "
-               f"--region {state.region}")
+    typer.echo(
+        f"Twin of {state.stack!r} is up: {len(state.nodes)} nodes on {cluster.ENDPOINT}'s network.\n"
+        f"  ipfleet twin status {state.stack}     units and cloud-init on every node\n"
+        f"  ipfleet twin down {state.stack}       remove everything\n"
+        f"A client runs in namespace {state.client_namespace}, e.g.:\n"
+        f"  ip netns exec {state.client_namespace} env AWS_ENDPOINT_URL={cluster.ENDPOINT} "
+        f"AWS_ACCESS_KEY_ID=twin AWS_SECRET_ACCESS_KEY=twin ipfleet fetch {state.stack} "
+        f"--region {state.region}"
+    )
 
 
 @twin_app.command()
-def status(stack: MaybeStack = None,
-           as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+def status(
+    stack: MaybeStack = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
     """Show each node of a running twin: cloud-init's verdict and the ipfleet units."""
     from ipfleet.twin import cluster
 
@@ -159,10 +169,11 @@ def exec(  # noqa: A001 (the command's name)
 
 
 def _print_fault(result: dict) -> None:
-    typer.echo(f"\n{result['fault']} ({result['victim']}): {result['results_correct']}/{result['tasks']} results "
-               f"exact, {result['lost']} lost")
-    for key in ("retried", "sent_again", "engines_before", "engines_after", "engine_ids_kept", "recovery_s",
-                "map_s"):
+    typer.echo(
+        f"\n{result['fault']} ({result['victim']}): {result['results_correct']}/{result['tasks']} results "
+        f"exact, {result['lost']} lost"
+    )
+    for key in ("retried", "sent_again", "engines_before", "engines_after", "engine_ids_kept", "recovery_s", "map_s"):
         typer.echo(f"  {key:<16} {result[key]}")
 
 
@@ -171,13 +182,17 @@ def demo(
     stack: StackArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print the results and timings as JSON.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds allowed for each stage.")] = 600,
-    engine_nodes: Annotated[int | None, typer.Option(
-        help="Override the stack's engineNodes for this run.")] = None,
+    engine_nodes: Annotated[int | None, typer.Option(help="Override the stack's engineNodes for this run.")] = None,
     keep: Annotated[bool, typer.Option(help="Leave the twin up afterwards.")] = False,
     baked: BakedOption = False,
-    fault: Annotated[str | None, typer.Option(
-        metavar="KIND", help="Then hit a map of 200 tasks with a fault: controller-restart, controller-replace, "
-        "engine-loss or spot-interruption; report what was lost and how long recovery took.")] = None,
+    fault: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KIND",
+            help="Then hit a map of 200 tasks with a fault: controller-restart, controller-replace, "
+            "engine-loss or spot-interruption; report what was lost and how long recovery took.",
+        ),
+    ] = None,
 ) -> None:
     """Up, then StarCluster's demo from a client namespace, then down.
 
@@ -212,8 +227,9 @@ def demo(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return
-    typer.echo(f"\n{result['engines']} engines on {len(result['hostnames'])} engine nodes "
-               f"({', '.join(result['hostnames'])}).")
+    typer.echo(
+        f"\n{result['engines']} engines on {len(result['hostnames'])} engine nodes ({', '.join(result['hostnames'])})."
+    )
     typer.echo("view.map_async(lambda x: x**30, range(8)).get():")
     for x, value in enumerate(result["results"]):
         typer.echo(f"  {x}**30 = {value}")

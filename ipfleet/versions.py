@@ -42,11 +42,13 @@ def mismatches(cluster: dict[str, str], here: dict[str, str] | None = None) -> l
         problems.append(
             f"Python {_minor(ours)} here but {_minor(theirs)} on the engines: functions pickled "
             f"here may fail to load there. Use Python {_minor(theirs)} on this machine "
-            f"(e.g. `uv venv --python {_minor(theirs)}`).")
+            f"(e.g. `uv venv --python {_minor(theirs)}`)."
+        )
     for name in PACKAGES:
         theirs, ours = cluster.get(name), here.get(name)
         if theirs and theirs != ours:
             problems.append(
                 f"{name} {ours or 'is not installed'} here but {theirs} on the engines: "
-                f"`pip install {name}=={theirs}` here.")
+                f"`pip install {name}=={theirs}` here."
+            )
     return problems

@@ -75,7 +75,9 @@ def moto_url() -> Iterator[str]:
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -120,12 +122,25 @@ def imds(tmp_path):
     """The twin's IMDSv2 service on loopback, serving one node (127.0.0.1); yields
     (base URL, the JSON file it re-reads: change it to change what the node sees)."""
     nodes = tmp_path / "metadata.json"
-    nodes.write_text(json.dumps({"127.0.0.1": {"instance-id": "i-0123456789abcdef0", "local-ipv4": "127.0.0.1",
-                                               "public-ipv4": None, "iam-role": "demo-engine"}}))
+    nodes.write_text(
+        json.dumps(
+            {
+                "127.0.0.1": {
+                    "instance-id": "i-0123456789abcdef0",
+                    "local-ipv4": "127.0.0.1",
+                    "public-ipv4": None,
+                    "iam-role": "demo-engine",
+                }
+            }
+        )
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "ipfleet.twin.metadata", str(nodes), "--address",
-                               "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ipfleet.twin.metadata", str(nodes), "--address", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}/latest"
     try:
         deadline = time.monotonic() + 10
@@ -168,5 +183,20 @@ def running_twin(folder: Path, stack: str, config: dict) -> Iterator:
 
 def twin_exec(stack: str, *command: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`ipfleet twin exec STACK -- COMMAND...`, as a user types it."""
-    return subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "exec", stack, "--", *command],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", "twin", "exec", stack, "--", *command],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# Fixtures that start a real server on loopback: a test that uses one (directly or
+# through another fixture) belongs to the loopback tier.
+LOOPBACK_FIXTURES = {"moto_url"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("twin"):
+            item.add_marker(pytest.mark.loopback)

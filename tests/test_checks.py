@@ -22,12 +22,15 @@ def rules_failing(plan, settings=None) -> set[str]:
     return {f.rule for f in checks.run_checks(settings or settings_of("example"), plan)}
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    {"access": "ssh", "adminCidrs": ["203.0.113.0/24", "2001:db8::/32"], "sshPublicKey": PUBLIC_KEY},
-    {"access": "direct", "adminCidrs": ["198.51.100.7/32"]},
-    {"s3Mounts": [{"bucket": "results-bucket", "mountPoint": "/data", "readOnly": False}]},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"access": "ssh", "adminCidrs": ["203.0.113.0/24", "2001:db8::/32"], "sshPublicKey": PUBLIC_KEY},
+        {"access": "direct", "adminCidrs": ["198.51.100.7/32"]},
+        {"s3Mounts": [{"bucket": "results-bucket", "mountPoint": "/data", "readOnly": False}]},
+    ],
+)
 def test_every_shape_of_stack_passes_every_rule(overrides):
     assert checks.run_checks(settings_of(**overrides), plan_of(**overrides)) == []
 
@@ -64,19 +67,39 @@ def test_bucket_without_public_access_block_fails(example):
     plan = copy.deepcopy(example)
     plan.resources.append(PlannedResource("aws:s3/bucket:Bucket", "scratch", None, {}, True))
     assert rules_failing(plan) == {"buckets_block_public_access"}
-    plan.resources.append(PlannedResource(checks.PUBLIC_ACCESS_BLOCK, "scratch-block", None, {
-        "bucket": "<scratch.id>", **{flag: True for flag in checks.PUBLIC_ACCESS_FLAGS}}, True))
+    plan.resources.append(
+        PlannedResource(
+            checks.PUBLIC_ACCESS_BLOCK,
+            "scratch-block",
+            None,
+            {"bucket": "<scratch.id>", **{flag: True for flag in checks.PUBLIC_ACCESS_FLAGS}},
+            True,
+        )
+    )
     assert rules_failing(plan) == set()
 
 
-@pytest.mark.parametrize("action,fails", [
-    ("s3:PutObject", True), ("ssm:*", True), ("*", True),
-    ("ec2:DescribeInstances", False), ("ssmmessages:OpenDataChannel", False),
-])
+@pytest.mark.parametrize(
+    "action,fails",
+    [
+        ("s3:PutObject", True),
+        ("ssm:*", True),
+        ("*", True),
+        ("ec2:DescribeInstances", False),
+        ("ssmmessages:OpenDataChannel", False),
+    ],
+)
 def test_write_on_star_fails(example, action, fails):
     plan = copy.deepcopy(example)
-    plan.resources.append(PlannedResource("aws:iam/rolePolicy:RolePolicy", "extra", None, {"policy": json.dumps(
-        {"Statement": [{"Effect": "Allow", "Action": [action], "Resource": "*"}]})}, True))
+    plan.resources.append(
+        PlannedResource(
+            "aws:iam/rolePolicy:RolePolicy",
+            "extra",
+            None,
+            {"policy": json.dumps({"Statement": [{"Effect": "Allow", "Action": [action], "Resource": "*"}]})},
+            True,
+        )
+    )
     assert (rules_failing(plan) == {"no_write_on_everything"}) is fails
 
 
@@ -97,4 +120,5 @@ def test_check_command_lists_failures_and_exits_1(monkeypatch):
     assert "[always] Instance x: is made to fail" in failed.output
     as_json = runner.invoke(app, ["check", "example", "--json"])
     assert json.loads(as_json.output)["findings"] == [
-        {"rule": "always", "resource": "Instance x", "message": "is made to fail"}]
+        {"rule": "always", "resource": "Instance x", "message": "is made to fail"}
+    ]

@@ -13,8 +13,14 @@ from tests.conftest import ROOT, write_stack
 
 
 def ipfleet(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env={**os.environ, "NO_COLOR": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1"},
+    )
 
 
 def test_help_teaches_the_workflow_and_imports_nothing_heavy():
@@ -23,10 +29,16 @@ def test_help_teaches_the_workflow_and_imports_nothing_heavy():
     for word in ("plan", "render", "fetch", "pulumi up -s NAME"):
         assert word in result.stdout
     probe = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, ipfleet.cli; heavy = [m for m in ('pulumi', 'boto3', 'ipyparallel', 'jinja2', 'pydantic') "
-         "if m in sys.modules]; print(heavy)"],
-        capture_output=True, text=True, check=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, ipfleet.cli; heavy = [m for m in ('pulumi', 'boto3', 'ipyparallel', 'jinja2', 'pydantic') "
+            "if m in sys.modules]; print(heavy)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert probe.stdout.strip() == "[]"
 
 
@@ -58,8 +70,9 @@ def test_plan_takes_a_path_to_a_stack_file(tmp_path):
 
 
 def test_bad_settings_exit_2_with_the_setting_named_and_no_traceback(tmp_path):
-    path = write_stack(tmp_path, "broken", {"aws:region": "us-east-1", "ipfleet:engineNodes": -2,
-                                            "ipfleet:acess": "ssh"})
+    path = write_stack(
+        tmp_path, "broken", {"aws:region": "us-east-1", "ipfleet:engineNodes": -2, "ipfleet:acess": "ssh"}
+    )
     result = ipfleet("plan", str(path))
     assert result.returncode == 2
     assert "ipfleet:engineNodes: must be greater than or equal to 0 (got -2)" in result.stderr

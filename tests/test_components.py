@@ -24,7 +24,9 @@ def test_security_group_ssm_mode_has_only_self_referencing_ingress():
     plan = declare(settings_of(), lambda: SecurityGroup("net", SecurityGroupArgs("vpc-1", "ssm", [])))
     ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
     assert {(r["fromPort"], r["toPort"]) for r in ingress} == {
-        (ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last), (2049, 2049)}
+        (ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last),
+        (2049, 2049),
+    }
     assert all(r["referencedSecurityGroupId"] == "<net-sg.id>" for r in ingress)
     assert {r.parent for r in plan.resources if r.custom} == {"net"}
 
@@ -55,31 +57,49 @@ def test_node_role_trusts_only_ec2_and_starts_empty():
 
 def test_rendezvous_grants_publish_and_read_separately():
     records = "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes/*"
-    plan = declare(settings_of(), lambda: Rendezvous(
-        "rv", RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"],
-                             records)))
+    plan = declare(
+        settings_of(),
+        lambda: Rendezvous(
+            "rv",
+            RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"], records),
+        ),
+    )
     policies: dict[tuple[str, str], dict] = {
         (r.inputs["role"], r.inputs["name"]): json.loads(r.inputs["policy"])
-        for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
+        for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
+    }
     publish = policies["controller-role", "ipfleet-rendezvous-publish"]["Statement"]
     assert publish[0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
     assert policies["engine-role", "ipfleet-rendezvous-read"]["Statement"][0]["Action"] == ["ssm:GetParameter"]
     # Each node writes its own record for `ipfleet status`, under the stack's nodes path only.
     for role in ("controller-role", "engine-role"):
         statement = policies[role, "ipfleet-node-records"]["Statement"]
-        assert statement == [{"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
-                              "Resource": [records]}]
+        assert statement == [
+            {"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"], "Resource": [records]}
+        ]
 
 
 def test_engine_fleet_template_and_group():
     def build():
-        EngineFleet("fleet", EngineFleetArgs(
-            image_id="ami-1", root_device_name="/dev/sda1", instance_types=["c6i.large", "c5.large"],
-            subnet_ids=["subnet-1", "subnet-2"], security_group_id="sg-1",
-            instance_profile_arn="arn:profile", user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
-            desired=3, minimum=1, maximum=6, on_demand_base=1, tags={"team": "science"},
-            controller_role="controller-role", engine_role="engine-role",
-        ))
+        EngineFleet(
+            "fleet",
+            EngineFleetArgs(
+                image_id="ami-1",
+                root_device_name="/dev/sda1",
+                instance_types=["c6i.large", "c5.large"],
+                subnet_ids=["subnet-1", "subnet-2"],
+                security_group_id="sg-1",
+                instance_profile_arn="arn:profile",
+                user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
+                desired=3,
+                minimum=1,
+                maximum=6,
+                on_demand_base=1,
+                tags={"team": "science"},
+                controller_role="controller-role",
+                engine_role="engine-role",
+            ),
+        )
         pulumi.export("done", True)
 
     plan = declare(settings_of(), build)
@@ -98,20 +118,43 @@ def test_engine_fleet_template_and_group():
 def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drain():
     """`pulumi up` keeps a scaled (or idle) group's size; the stack file owns the bounds;
     scale-in waits for the node's drain; each role may act on this group only."""
-    plan = declare(settings_of(), lambda: EngineFleet("fleet", EngineFleetArgs(
-        image_id="ami-1", root_device_name="/dev/xvda", instance_types=["c6i.large"], subnet_ids=["subnet-1"],
-        security_group_id="sg-1", instance_profile_arn="arn:profile", user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
-        desired=2, maximum=4, controller_role="controller-role", engine_role="engine-role")))
+    plan = declare(
+        settings_of(),
+        lambda: EngineFleet(
+            "fleet",
+            EngineFleetArgs(
+                image_id="ami-1",
+                root_device_name="/dev/xvda",
+                instance_types=["c6i.large"],
+                subnet_ids=["subnet-1"],
+                security_group_id="sg-1",
+                instance_profile_arn="arn:profile",
+                user_data_base64="I2Nsb3VkLWNvbmZpZwo=",
+                desired=2,
+                maximum=4,
+                controller_role="controller-role",
+                engine_role="engine-role",
+            ),
+        ),
+    )
     group = plan.one("aws:autoscaling/group:Group")
     assert group.options["ignoreChanges"] == ["desiredCapacity"]
     [hook] = group.inputs["initialLifecycleHooks"]
-    assert hook == {"name": DRAIN_HOOK, "lifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
-                    "heartbeatTimeout": DRAIN_TIMEOUT, "defaultResult": "CONTINUE"}
+    assert hook == {
+        "name": DRAIN_HOOK,
+        "lifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
+        "heartbeatTimeout": DRAIN_TIMEOUT,
+        "defaultResult": "CONTINUE",
+    }
     policies = {p.inputs["role"]: json.loads(p.inputs["policy"]) for p in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
     assert set(policies) == {"controller-role", "engine-role"}
-    for role, action in (("controller-role", "autoscaling:SetDesiredCapacity"),
-                         ("engine-role", "autoscaling:CompleteLifecycleAction")):
+    for role, action in (
+        ("controller-role", "autoscaling:SetDesiredCapacity"),
+        ("engine-role", "autoscaling:CompleteLifecycleAction"),
+    ):
         describe, change = policies[role]["Statement"]
-        assert describe["Action"] == ["autoscaling:DescribeAutoScalingGroups",
-                                      "autoscaling:DescribeAutoScalingInstances"]
+        assert describe["Action"] == [
+            "autoscaling:DescribeAutoScalingGroups",
+            "autoscaling:DescribeAutoScalingInstances",
+        ]
         assert change == {"Effect": "Allow", "Action": [action], "Resource": "<fleet-group.arn>"}

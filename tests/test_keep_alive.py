@@ -58,8 +58,10 @@ class Cluster:
         return start([str(BIN / "ipcontroller"), f"--profile-dir={self.profile}"], log)
 
     def _start_engine(self, i: int) -> subprocess.Popen:
-        return start([str(BIN / "ipengine"), f"--file={self.engine_file}", f"--profile-dir={self.tmp}",
-                      "--log-level=INFO"], self.tmp / f"engine-{i}.log")
+        return start(
+            [str(BIN / "ipengine"), f"--file={self.engine_file}", f"--profile-dir={self.tmp}", "--log-level=INFO"],
+            self.tmp / f"engine-{i}.log",
+        )
 
     def restart_controller(self) -> None:
         """What systemd does on `systemctl restart ipcontroller`: stop the group, start again."""

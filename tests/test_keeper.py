@@ -27,13 +27,17 @@ def keeper():
 
 
 def policy(keeper, idle=10.0, autoscale=False, minimum=0, per_engine=2, cooldown=60):
-    return keeper.Policy(idle_minutes=idle, min_engine_nodes=minimum, autoscale=autoscale,
-                         tasks_per_engine=per_engine, cooldown_seconds=cooldown)
+    return keeper.Policy(
+        idle_minutes=idle,
+        min_engine_nodes=minimum,
+        autoscale=autoscale,
+        tasks_per_engine=per_engine,
+        cooldown_seconds=cooldown,
+    )
 
 
 def seen(keeper, outstanding=0, completed=0, clients=0, engines=4, desired=2, minimum=0, maximum=4):
-    return keeper.Observation(outstanding, completed, clients, engines, desired, minimum, maximum,
-                              in_service=desired)
+    return keeper.Observation(outstanding, completed, clients, engines, desired, minimum, maximum, in_service=desired)
 
 
 def test_idle_guard_takes_the_group_to_its_floor_then_a_client_brings_it_back(keeper):
@@ -54,8 +58,7 @@ def test_idle_guard_takes_the_group_to_its_floor_then_a_client_brings_it_back(ke
 def test_idle_guard_keeps_the_floor_and_can_be_turned_off(keeper):
     memory = keeper.Memory(last_activity=0.0)
     assert keeper.decide(policy(keeper, idle=1, minimum=1), 61, seen(keeper), memory)[0] == 1
-    assert keeper.decide(policy(keeper, idle=0), 10**6, seen(keeper), keeper.Memory(last_activity=0.0)) \
-        == (None, "ok")
+    assert keeper.decide(policy(keeper, idle=0), 10**6, seen(keeper), keeper.Memory(last_activity=0.0)) == (None, "ok")
 
 
 def test_engines_leaving_an_idle_group_do_not_wake_it(keeper):
@@ -72,9 +75,13 @@ def test_engines_leaving_an_idle_group_do_not_wake_it(keeper):
 def test_hub_counts_outstanding_on_registered_engines_and_completed_on_all(keeper):
     # The hub's answers as ipyparallel 9 gives them: engine 2 departed holding 5 tasks.
     answers = {
-        "queue_request": {"unassigned": 1, "0": {"queue": 0, "tasks": 2, "completed": 40},
-                          "1": {"queue": 1, "tasks": 0, "completed": 35},
-                          "2": {"queue": 0, "tasks": 5, "completed": 25}, "status": "ok"},
+        "queue_request": {
+            "unassigned": 1,
+            "0": {"queue": 0, "tasks": 2, "completed": 40},
+            "1": {"queue": 1, "tasks": 0, "completed": 35},
+            "2": {"queue": 0, "tasks": 5, "completed": 25},
+            "status": "ok",
+        },
         "connection_request": {"engines": {"0": "uuid-0", "1": "uuid-1"}, "status": "ok"},
     }
     hub = keeper.Hub.__new__(keeper.Hub)

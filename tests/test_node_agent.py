@@ -23,13 +23,17 @@ def facts(tmp_path, monkeypatch):
         path.write_text(json.dumps(values))
         monkeypatch.setattr(agent, "FACTS_FILE", path)
         return values
+
     return write
 
 
 def test_mount_waits_for_the_file_systems_name_then_retries_the_mount(facts, monkeypatch):
     """An EFS name resolves only once its mount target exists; the mount may fail once more after."""
-    facts(mounts=[{"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4",
-                   "unit": "shared.mount"}])
+    facts(
+        mounts=[
+            {"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4", "unit": "shared.mount"}
+        ]
+    )
     lookups, starts, sleeps = [], [], []
 
     def resolve(host, *args, **kwargs):
@@ -52,15 +56,20 @@ def test_mount_waits_for_the_file_systems_name_then_retries_the_mount(facts, mon
 
 
 def test_mount_gives_up_at_its_bound_and_says_why(facts, monkeypatch):
-    facts(mounts=[{"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4",
-                   "unit": "shared.mount"}])
+    facts(
+        mounts=[
+            {"what": "fs-1.efs.us-east-1.amazonaws.com:/", "where": "/shared", "type": "nfs4", "unit": "shared.mount"}
+        ]
+    )
     clock = iter(range(0, 10_000, 7))
     monkeypatch.setattr(agent.time, "monotonic", lambda: next(clock))
     monkeypatch.setattr(agent.time, "sleep", lambda s: None)
-    monkeypatch.setattr(socket, "getaddrinfo",
-                        lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "Name or service not known")))
-    with pytest.raises(SystemExit, match="/shared not mounted after 60 s: fs-1.efs.us-east-1.amazonaws.com "
-                                         "does not resolve yet"):
+    monkeypatch.setattr(
+        socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "Name or service not known"))
+    )
+    with pytest.raises(
+        SystemExit, match="/shared not mounted after 60 s: fs-1.efs.us-east-1.amazonaws.com does not resolve yet"
+    ):
         agent.mount("shared.mount", timeout=60)
 
 
@@ -77,12 +86,21 @@ def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys
     """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
     name = "/ipfleet/mv/connection"
     ssm = boto3.client("ssm", region_name="us-east-1")
-    values = facts(region="us-east-1", rendezvous_parameter=name, profile_dir=str(tmp_path / "profile"),
-                   aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    values = facts(
+        region="us-east-1",
+        rendezvous_parameter=name,
+        profile_dir=str(tmp_path / "profile"),
+        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+    )
 
     def publish(address: str) -> None:
-        document = {"format": agent.FORMAT, "stack": "mv", "published_at": "2026-11-23T10:00:00+00:00",
-                    "controller": {"address": address}, "engine": {"location": address, "key": "k"}}
+        document = {
+            "format": agent.FORMAT,
+            "stack": "mv",
+            "published_at": "2026-11-23T10:00:00+00:00",
+            "controller": {"address": address},
+            "engine": {"location": address, "key": "k"},
+        }
         ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
 
     engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
@@ -103,12 +121,21 @@ def test_an_engine_file_just_read_is_used_without_asking_again(facts, aws_env, t
     """Engines started right after the boot's read skip theirs; one restarted later reads again."""
     name = "/ipfleet/fresh/connection"
     ssm = boto3.client("ssm", region_name="us-east-1")
-    facts(region="us-east-1", rendezvous_parameter=name, profile_dir=str(tmp_path / "profile"),
-          aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    facts(
+        region="us-east-1",
+        rendezvous_parameter=name,
+        profile_dir=str(tmp_path / "profile"),
+        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+    )
 
     def publish(address: str) -> None:
-        document = {"format": agent.FORMAT, "stack": "fresh", "published_at": "2026-11-23T10:00:00+00:00",
-                    "controller": {"address": address}, "engine": {"location": address, "key": "k"}}
+        document = {
+            "format": agent.FORMAT,
+            "stack": "fresh",
+            "published_at": "2026-11-23T10:00:00+00:00",
+            "controller": {"address": address},
+            "engine": {"location": address, "key": "k"},
+        }
         ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
 
     engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
@@ -139,9 +166,15 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
     monkeypatch.setattr(agent, "BOOT_LOG", boot_log)
     ssm = boto3.client("ssm", region_name="us-east-1")
     ssm.put_parameter(Name="/ipfleet/bad/connection", Value="pending", Type="SecureString")
-    facts(role="controller", stack="bad", region="us-east-1", node_records_path="/ipfleet/bad/nodes",
-          profile_dir=str(tmp_path / "profile"), state_dir=str(tmp_path / "state"),
-          aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    facts(
+        role="controller",
+        stack="bad",
+        region="us-east-1",
+        node_records_path="/ipfleet/bad/nodes",
+        profile_dir=str(tmp_path / "profile"),
+        state_dir=str(tmp_path / "state"),
+        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+    )
 
     agent.report("failed", step="python venv", exit_code=1)
 

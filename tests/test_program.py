@@ -68,7 +68,8 @@ def test_direct_access_opens_client_ports_only():
     plan = plan_of(access="direct", adminCidrs=["203.0.113.0/24"])
     external = [r.inputs for r in plan.of_type(SG_INGRESS) if "referencedSecurityGroupId" not in r.inputs]
     assert [(r["fromPort"], r["toPort"]) for r in external] == [
-        (ports.CLIENT_FACING_PORTS.first, ports.CLIENT_FACING_PORTS.last)]
+        (ports.CLIENT_FACING_PORTS.first, ports.CLIENT_FACING_PORTS.last)
+    ]
 
 
 def test_imdsv2_and_encrypted_volumes_everywhere(example):
@@ -115,29 +116,40 @@ def test_iam_grants_the_rendezvous_to_exactly_the_parameters(example):
     policies = {r.name: json.loads(r.inputs["policy"]) for r in example.of_type(ROLE_POLICY)}
     publish = policies["example-rendezvous-publish"]["Statement"]
     read = policies["example-rendezvous-read-0"]["Statement"]
-    assert publish == [{"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:GetParameter"],
-                        "Resource": ["<example-rendezvous-parameter.arn>", "<example-rendezvous-keys.arn>"]}]
+    assert publish == [
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:PutParameter", "ssm:GetParameter"],
+            "Resource": ["<example-rendezvous-parameter.arn>", "<example-rendezvous-keys.arn>"],
+        }
+    ]
     # Engines read the connection info, never the keys parameter.
-    assert read == [{"Effect": "Allow", "Action": ["ssm:GetParameter"],
-                     "Resource": ["<example-rendezvous-parameter.arn>"]}]
+    assert read == [
+        {"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": ["<example-rendezvous-parameter.arn>"]}
+    ]
 
 
 def test_s3_mounts_grant_exactly_the_named_buckets_and_prefixes():
-    plan = plan_of(s3Mounts=[
-        {"bucket": "inputs-bucket", "prefix": "run-1", "mountPoint": "/data/in"},
-        {"bucket": "results-bucket", "mountPoint": "/data/out", "readOnly": False},
-    ])
+    plan = plan_of(
+        s3Mounts=[
+            {"bucket": "inputs-bucket", "prefix": "run-1", "mountPoint": "/data/in"},
+            {"bucket": "results-bucket", "mountPoint": "/data/out", "readOnly": False},
+        ]
+    )
     policies = [json.loads(r.inputs["policy"]) for r in plan.of_type(ROLE_POLICY) if "-s3-" in r.name]
     assert len(policies) == 2  # controller and engines
     statements = policies[0]["Statement"]
     resources = sorted(s["Resource"] for s in statements)
-    assert resources == ["arn:aws:s3:::inputs-bucket", "arn:aws:s3:::inputs-bucket/run-1/*",
-                         "arn:aws:s3:::results-bucket", "arn:aws:s3:::results-bucket/*"]
+    assert resources == [
+        "arn:aws:s3:::inputs-bucket",
+        "arn:aws:s3:::inputs-bucket/run-1/*",
+        "arn:aws:s3:::results-bucket",
+        "arn:aws:s3:::results-bucket/*",
+    ]
     by_resource = {s["Resource"]: s for s in statements}
     assert by_resource["arn:aws:s3:::inputs-bucket/run-1/*"]["Action"] == ["s3:GetObject"]
     assert "s3:PutObject" in by_resource["arn:aws:s3:::results-bucket/*"]["Action"]
-    assert by_resource["arn:aws:s3:::inputs-bucket"]["Condition"] == {
-        "StringLike": {"s3:prefix": ["run-1", "run-1/*"]}}
+    assert by_resource["arn:aws:s3:::inputs-bucket"]["Condition"] == {"StringLike": {"s3:prefix": ["run-1", "run-1/*"]}}
     for statement in statements:
         assert statement["Resource"] != "*"
 
@@ -148,8 +160,10 @@ def test_no_statement_grants_write_on_everything(example):
             if statement["Resource"] == "*":
                 # Only Session Manager's channel actions and Auto Scaling's reads,
                 # which AWS evaluates on "*".
-                assert all(a.startswith(("ssmmessages:", "ssm:UpdateInstanceInformation", "autoscaling:Describe"))
-                           for a in statement["Action"]), statement
+                assert all(
+                    a.startswith(("ssmmessages:", "ssm:UpdateInstanceInformation", "autoscaling:Describe"))
+                    for a in statement["Action"]
+                ), statement
 
 
 def test_ssh_mode_has_no_session_manager_grant():
@@ -230,17 +244,28 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
     targets = {r.name for r in example.of_type("aws:efs/mountTarget:MountTarget")}
     controller = example.one(INSTANCE)
     assert targets <= set(controller.depends_on)
-    assert {"example-controller-iam-profile", "example-controller-iam-session-manager",
-            "example-rendezvous-publish", "example-rendezvous-report-0"} <= set(controller.depends_on)
+    assert {
+        "example-controller-iam-profile",
+        "example-controller-iam-session-manager",
+        "example-rendezvous-publish",
+        "example-rendezvous-report-0",
+    } <= set(controller.depends_on)
     group = example.one(GROUP)
     assert targets <= set(group.depends_on)
-    assert {"example-engine-iam-profile", "example-engine-iam-session-manager", "example-rendezvous-read-0",
-            "example-rendezvous-report-1", "example-controller-node"} <= set(group.depends_on)
+    assert {
+        "example-engine-iam-profile",
+        "example-engine-iam-session-manager",
+        "example-rendezvous-read-0",
+        "example-rendezvous-report-1",
+        "example-controller-node",
+    } <= set(group.depends_on)
     # The engines' grants are theirs, not the controller's.
     assert "example-rendezvous-publish" not in group.depends_on
-    assert all(by_name[d].type != "aws:iam/rolePolicy:RolePolicy" or d in {
-        "example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-1"}
-        for d in group.depends_on)
+    assert all(
+        by_name[d].type != "aws:iam/rolePolicy:RolePolicy"
+        or d in {"example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-1"}
+        for d in group.depends_on
+    )
 
 
 def test_s3_grants_come_before_the_nodes_that_mount():
@@ -255,8 +280,14 @@ def test_plan_json_shows_depends_on():
 
     from tests.conftest import ROOT
 
-    result = subprocess.run([sys.executable, "-m", "ipfleet.cli", "plan", "example", "--json"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", "plan", "example", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        check=True,
+    )
     resources = {r["name"]: r for r in json.loads(result.stdout)["resources"]}
     assert "example-shared-mount-us-east-1a" in resources["example-controller-node"]["dependsOn"]
 
@@ -274,8 +305,10 @@ def test_controller_revision_is_a_new_controller():
 
 def test_engine_group_rolls_onto_a_new_launch_template_version(example):
     group = example.one(GROUP).inputs
-    assert group["instanceRefresh"] == {"strategy": "Rolling",
-                                        "preferences": {"minHealthyPercentage": 50, "skipMatching": True}}
+    assert group["instanceRefresh"] == {
+        "strategy": "Rolling",
+        "preferences": {"minHealthyPercentage": 50, "skipMatching": True},
+    }
     version = group["mixedInstancesPolicy"]["launchTemplate"]["launchTemplateSpecification"]["version"]
     assert version == "<example-engines-template.latestVersion>"
     assert example.one(LAUNCH_TEMPLATE).inputs["updateDefaultVersion"] is True
@@ -309,17 +342,23 @@ def test_a_type_no_zone_offers_is_a_clear_error(monkeypatch):
     gaps = {("t3.medium", f"us-east-1{zone}") for zone in "abc"}
     with pytest.raises(pulumi.RunError) as caught:
         _plan_with_gaps(monkeypatch, gaps)
-    assert "ipfleet:controllerInstanceType: no zone of the cluster's subnets " \
-           "(us-east-1a, us-east-1b, us-east-1c) offers it (got 't3.medium')" in str(caught.value)
+    assert (
+        "ipfleet:controllerInstanceType: no zone of the cluster's subnets "
+        "(us-east-1a, us-east-1b, us-east-1c) offers it (got 't3.medium')" in str(caught.value)
+    )
 
 
 # How long AWS lets each kind of name be, and how Pulumi names it when the program does not:
 # the logical name, "-" and 7 random characters; a namePrefix gets AWS's 26-character suffix.
 NAME_LIMITS = {
-    "aws:iam/role:Role": 64, "aws:iam/instanceProfile:InstanceProfile": 128,
-    "aws:iam/rolePolicy:RolePolicy": 128, "aws:ec2/launchTemplate:LaunchTemplate": 128,
-    "aws:ec2/keyPair:KeyPair": 255, "aws:ec2/securityGroup:SecurityGroup": 255,
-    "aws:autoscaling/group:Group": 255, "aws:ssm/parameter:Parameter": 1011,
+    "aws:iam/role:Role": 64,
+    "aws:iam/instanceProfile:InstanceProfile": 128,
+    "aws:iam/rolePolicy:RolePolicy": 128,
+    "aws:ec2/launchTemplate:LaunchTemplate": 128,
+    "aws:ec2/keyPair:KeyPair": 255,
+    "aws:ec2/securityGroup:SecurityGroup": 255,
+    "aws:autoscaling/group:Group": 255,
+    "aws:ssm/parameter:Parameter": 1011,
 }
 
 

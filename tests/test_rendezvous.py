@@ -43,9 +43,15 @@ def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict, access: 
 
     settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
     values = facts(node_spec(settings, role, "fs-x"))
-    values.update(stack=STACK, rendezvous_parameter=PARAMETER, keys_parameter=KEYS_PARAMETER,
-                  profile_dir=str(profile_dir), engines_per_node=1, aws_endpoint_url=env["AWS_ENDPOINT_URL"],
-                  keys_file=str(tmp_path / "keys.json"))
+    values.update(
+        stack=STACK,
+        rendezvous_parameter=PARAMETER,
+        keys_parameter=KEYS_PARAMETER,
+        profile_dir=str(profile_dir),
+        engines_per_node=1,
+        aws_endpoint_url=env["AWS_ENDPOINT_URL"],
+        keys_file=str(tmp_path / "keys.json"),
+    )
     path = tmp_path / f"{role}-node.json"
     path.write_text(json.dumps(values))
     return path
@@ -58,17 +64,22 @@ NO_METADATA = "http://127.0.0.1:9/latest"
 
 def agent(facts: Path, *args: str, timeout: float = 60, metadata: str = NO_METADATA) -> subprocess.CompletedProcess:
     env = {**os.environ, "IPFLEET_NODE_FACTS": str(facts), "IPFLEET_METADATA_URL": metadata}
-    return subprocess.run([sys.executable, str(AGENT), *args], env=env, capture_output=True,
-                           text=True, timeout=timeout)
+    return subprocess.run([sys.executable, str(AGENT), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def ipfleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ipfleet.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
-def controller_config_from_user_data(profile_dir: Path, keys_file: Path, access: str = "ssm",
-                                     state_dir: Path | None = None) -> None:
+def controller_config_from_user_data(
+    profile_dir: Path, keys_file: Path, access: str = "ssm", state_dir: Path | None = None
+) -> None:
     """The controller's ipcontroller_config.py exactly as user data writes it, with the
     node paths pointed at this checkout and the bind address kept on loopback."""
     settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
@@ -110,34 +121,35 @@ def test_controller_publishes_engine_registers_laptop_runs_work(aws_env, tmp_pat
         keys = agent(facts_file(tmp_path, "controller", controller_profile, aws_env), "keys")
         assert keys.returncode == 0, keys.stdout + keys.stderr
         assert stat.S_IMODE((tmp_path / "keys.json").stat().st_mode) == 0o600
-        processes.append(start([str(venv_bin / "ipcontroller"), f"--profile-dir={controller_profile}"],
-                               tmp_path / "controller.log"))
-        published = agent(facts_file(tmp_path, "controller", controller_profile, aws_env), "publish",
-                          "--timeout", "60")
-        assert published.returncode == 0, published.stdout + published.stderr + \
-            (tmp_path / "controller.log").read_text()
-        document = json.loads(ssm(aws_env).get_parameter(Name=PARAMETER, WithDecryption=True)
-                              ["Parameter"]["Value"])
+        processes.append(
+            start([str(venv_bin / "ipcontroller"), f"--profile-dir={controller_profile}"], tmp_path / "controller.log")
+        )
+        published = agent(facts_file(tmp_path, "controller", controller_profile, aws_env), "publish", "--timeout", "60")
+        assert published.returncode == 0, (
+            published.stdout + published.stderr + (tmp_path / "controller.log").read_text()
+        )
+        document = json.loads(ssm(aws_env).get_parameter(Name=PARAMETER, WithDecryption=True)["Parameter"]["Value"])
         assert document["controller"]["versions"]["ipyparallel"]
         # The controller signs with the key it made at first boot and stored.
-        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)
-                            ["Parameter"]["Value"])
+        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)["Parameter"]["Value"])
         assert document["client"]["key"] == stored["hmac_key"]
         assert "curve_serverkey" not in document["client"] or not document["client"]["curve_serverkey"]
 
-        waited = agent(facts_file(tmp_path, "engine", engine_profile, aws_env), "wait-connection",
-                       "--timeout", "30")
+        waited = agent(facts_file(tmp_path, "engine", engine_profile, aws_env), "wait-connection", "--timeout", "30")
         assert waited.returncode == 0, waited.stdout + waited.stderr
         engine_file = engine_profile / "security" / "ipcontroller-engine.json"
         assert stat.S_IMODE(engine_file.stat().st_mode) == 0o600
-        processes.append(start([str(venv_bin / "ipengine"), f"--profile-dir={engine_profile}"],
-                               tmp_path / "engine.log"))
+        processes.append(
+            start([str(venv_bin / "ipengine"), f"--profile-dir={engine_profile}"], tmp_path / "engine.log")
+        )
 
         fetched = ipfleet("fetch", STACK, "--region", "us-east-1", "--json", "--timeout", "30")
         assert fetched.returncode == 0, fetched.stderr
         result = json.loads(fetched.stdout)
         client_file = Path(result["path"])
-        assert client_file == Path(aws_env["IPYTHONDIR"]) / "profile_ipfleet-rv" / "security" / "ipcontroller-client.json"
+        assert (
+            client_file == Path(aws_env["IPYTHONDIR"]) / "profile_ipfleet-rv" / "security" / "ipcontroller-client.json"
+        )
         assert stat.S_IMODE(client_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(client_file.parent.stat().st_mode) == 0o700
 
@@ -194,11 +206,14 @@ def test_fetch_waits_then_explains_a_controller_that_never_publishes(aws_env):
     assert "has not published connection info" in result.stderr
 
 
-@pytest.mark.parametrize("value,message", [
-    ("garbage", "does not hold ipfleet connection info (not JSON)"),
-    ('{"format": 99}', "does not hold ipfleet connection info (format 1 expected)"),
-    ('{"format": 1, "client": {"key": "k"}}', "incomplete connection info (missing signature_scheme"),
-])
+@pytest.mark.parametrize(
+    "value,message",
+    [
+        ("garbage", "does not hold ipfleet connection info (not JSON)"),
+        ('{"format": 99}', "does not hold ipfleet connection info (format 1 expected)"),
+        ('{"format": 1, "client": {"key": "k"}}', "incomplete connection info (missing signature_scheme"),
+    ],
+)
 def test_fetch_rejects_malformed_content(aws_env, value, message):
     ssm(aws_env).put_parameter(Name=PARAMETER, Value=value, Type="SecureString")
     result = ipfleet("fetch", STACK, "--region", "us-east-1", "--timeout", "2")
@@ -222,8 +237,9 @@ def boot_controller(tmp_path: Path, aws_env: dict, access: str = "ssm") -> tuple
     facts = facts_file(tmp_path, "controller", profile, aws_env, access)
     keys = agent(facts, "keys")
     assert keys.returncode == 0, keys.stdout + keys.stderr
-    process = start([str(Path(sys.executable).parent / "ipcontroller"), f"--profile-dir={profile}"],
-                    tmp_path / "controller.log")
+    process = start(
+        [str(Path(sys.executable).parent / "ipcontroller"), f"--profile-dir={profile}"], tmp_path / "controller.log"
+    )
     published = agent(facts, "publish", "--timeout", "60")
     assert published.returncode == 0, published.stderr + (tmp_path / "controller.log").read_text()
     value = ssm(aws_env).get_parameter(Name=PARAMETER, WithDecryption=True)["Parameter"]["Value"]
@@ -255,8 +271,7 @@ def test_direct_mode_requires_the_curve_server_key(aws_env, tmp_path):
     create_pending_parameter(aws_env)
     process, document = boot_controller(tmp_path, aws_env, access="direct")
     try:
-        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)
-                            ["Parameter"]["Value"])
+        stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)["Parameter"]["Value"])
         assert document["client"]["curve_serverkey"] == stored["curve_public_key"]
         assert document["client"]["key"] == stored["hmac_key"]  # signing stays on under Curve
         rc = ipp.Client(document["client"], timeout=10)

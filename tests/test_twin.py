@@ -52,8 +52,13 @@ def test_cloud_init_done_without_errors_on_every_node(twin):
 def test_units_are_active(twin):
     state = twin["state"]
     controller_units = ["ipcontroller.service", "ipfleet-publish.service", "shared.mount", "data.mount"]
-    engine_units = ["ipfleet-connection.service", "ipengine@1.service", "ipengine@2.service",
-                    "shared.mount", "data.mount"]
+    engine_units = [
+        "ipfleet-connection.service",
+        "ipengine@1.service",
+        "ipengine@2.service",
+        "shared.mount",
+        "data.mount",
+    ]
     for node in state.nodes:
         units = controller_units if node.role == "controller" else engine_units
         result = node.run("systemctl", "is-active", *units)
@@ -105,7 +110,9 @@ def test_s3_mount_serves_an_object_put_into_the_bucket(twin):
 
 def test_engines_got_their_connection_file_owner_only(twin):
     engine = twin["state"].engine_nodes[0]
-    mode = engine.run("stat", "-c", "%a %U", "/var/lib/ipfleet/ipython/profile_default/security/ipcontroller-engine.json")
+    mode = engine.run(
+        "stat", "-c", "%a %U", "/var/lib/ipfleet/ipython/profile_default/security/ipcontroller-engine.json"
+    )
     assert mode.stdout.split() == ["600", "ipfleet"]
 
 
@@ -127,8 +134,12 @@ def test_status_reports_every_node_through_the_cli(twin):
     import json
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "ipfleet.cli", "twin", "status", "twintier", "--json"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", "twin", "status", "twintier", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [n["name"] for n in report["nodes"]] == ["twintier-controller", "twintier-engine-1", "twintier-engine-2"]
@@ -216,8 +227,9 @@ def test_down_leaves_nothing_behind(twin):
     mounts = open("/proc/mounts").read()
     assert str(state.work_dir) not in mounts
     for pid in [n.pid for n in state.nodes] + [state.moto_pid, state.metadata_pid]:
-        assert not os.path.exists(f"/proc/{pid}") or \
-            open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        assert (
+            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+        )
     assert not state.work_dir.exists() and not state.state_dir.exists()
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert f"ipft{state.tag}" not in links

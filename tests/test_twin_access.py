@@ -22,9 +22,13 @@ from tests.conftest import write_stack
 
 pytestmark = pytest.mark.twin
 
-BASE = {"aws:region": "us-east-1", "ipfleet:engineNodes": 1, "ipfleet:enginesPerNode": 2,
-        # The adminCidrs the twin replaces with the client's subnet (README, "The twin").
-        "ipfleet:adminCidrs": ["203.0.113.0/24"]}
+BASE = {
+    "aws:region": "us-east-1",
+    "ipfleet:engineNodes": 1,
+    "ipfleet:enginesPerNode": 2,
+    # The adminCidrs the twin replaces with the client's subnet (README, "The twin").
+    "ipfleet:adminCidrs": ["203.0.113.0/24"],
+}
 
 
 def booted(tmp_path_factory, name: str, config: dict):
@@ -73,9 +77,15 @@ def test_ssh_mode_opens_only_ssh_and_the_demo_runs_through_the_tunnel(ssh_twin):
 
 
 def _ssh_as_laptop(state, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cluster.as_client(state, ["ssh", "-o", "BatchMode=yes", *args]),
-                          capture_output=True, text=True, errors="replace", timeout=60, input="",
-                          env=cluster.client_env(state))
+    return subprocess.run(
+        cluster.as_client(state, ["ssh", "-o", "BatchMode=yes", *args]),
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=60,
+        input="",
+        env=cluster.client_env(state),
+    )
 
 
 def test_ssh_login_forwards_only_to_the_controllers_client_ports_and_has_no_sudo(ssh_twin):
@@ -133,8 +143,12 @@ def test_ssh_login_is_keys_only_as_the_admin_user(ssh_twin):
 def test_direct_mode_opens_only_the_client_ports_with_curve(direct_twin):
     state, demo = direct_twin
     reached = cluster.client_reaches(state, PUBLIC_ADDRESS, [ports.SSH_PORT, *ZMQ_PORTS])
-    assert reached == {ports.SSH_PORT: False, ports.CLIENT_PORTS.first: True,
-                       ports.ENGINE_PORTS.first: True, ports.CLIENT_FACING_PORTS.last: True}
+    assert reached == {
+        ports.SSH_PORT: False,
+        ports.CLIENT_PORTS.first: True,
+        ports.ENGINE_PORTS.first: True,
+        ports.CLIENT_FACING_PORTS.last: True,
+    }
     assert demo["access"] == "direct" and demo["results"] == [x**30 for x in range(8)]
 
 
@@ -172,13 +186,17 @@ ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Ov
 
 def test_a_python_mismatch_is_warned_about(direct_twin):
     state, _ = direct_twin
-    node_python = state.controller.run("/opt/ipfleet/venv/bin/python", "-c",
-                                       "import platform; print(platform.python_version())").stdout.strip()
-    published = cluster.client_python(state, ["-c", REPUBLISH_WITH_OLD_PYTHON, state.rendezvous_parameter],
-                                      timeout=60).stdout.strip()
+    node_python = state.controller.run(
+        "/opt/ipfleet/venv/bin/python", "-c", "import platform; print(platform.python_version())"
+    ).stdout.strip()
+    published = cluster.client_python(
+        state, ["-c", REPUBLISH_WITH_OLD_PYTHON, state.rendezvous_parameter], timeout=60
+    ).stdout.strip()
     assert published == node_python  # what the controller published is what the engines run
-    laptop_python = cluster.client_python(state, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                          timeout=60).stdout.strip()
-    result = cluster.client_python(state, ["-m", "ipfleet.cli", "connect", state.stack, "--region",
-                                           state.region], timeout=120)
+    laptop_python = cluster.client_python(
+        state, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=60
+    ).stdout.strip()
+    result = cluster.client_python(
+        state, ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region], timeout=120
+    )
     assert f"warning: Python {laptop_python} here but 3.9 on the engines" in result.stderr

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from bootstrap import node_spec
+from bootstrap.render import render_user_data
 from ipfleet.settings import SettingsError, parse_settings
 from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_config, written_files
+from ipfleet.twin.network import CLIENT_SUBNET
 from ipfleet.twin.rootfs import BASE_PACKAGES, cache_key, packages_for
 from ipfleet.twin.wheelhouse import write_simple_index
-from ipfleet.twin.network import CLIENT_SUBNET
-from bootstrap.render import render_user_data
 from tests.conftest import PUBLIC_KEY, example_config, settings_of
 
 
@@ -18,8 +18,13 @@ def test_twin_changes_only_the_documented_knobs():
     original = example_config()
     twin = twin_config(original, PUBLIC_KEY)
     changed = {k for k in twin if twin.get(k) != original.get(k)}
-    assert changed == {"ipfleet:awsEndpointUrl", "ipfleet:packageIndexUrl", "ipfleet:sharedStorage",
-                       "ipfleet:ssmAgentUrl", "ipfleet:sshPublicKey"}
+    assert changed == {
+        "ipfleet:awsEndpointUrl",
+        "ipfleet:packageIndexUrl",
+        "ipfleet:sharedStorage",
+        "ipfleet:ssmAgentUrl",
+        "ipfleet:sshPublicKey",
+    }
     assert twin["ipfleet:sshPublicKey"] == PUBLIC_KEY
     assert twin["ipfleet:sharedStorage"] == {**original["ipfleet:sharedStorage"], "source": "bind:/srv/efs"}
     assert TWIN_KNOBS["ipfleet:awsEndpointUrl"] == ENDPOINT
@@ -28,8 +33,10 @@ def test_twin_changes_only_the_documented_knobs():
 def test_modes_that_open_a_port_admit_the_client_subnet_only():
     twin = twin_config(example_config(access="direct", adminCidrs=["203.0.113.0/24"]), PUBLIC_KEY)
     assert twin["ipfleet:adminCidrs"] == [CLIENT_SUBNET]
-    assert "ipfleet:adminCidrs" not in twin_config(example_config(), PUBLIC_KEY) or \
-        twin_config(example_config(), PUBLIC_KEY)["ipfleet:adminCidrs"] == []
+    assert (
+        "ipfleet:adminCidrs" not in twin_config(example_config(), PUBLIC_KEY)
+        or twin_config(example_config(), PUBLIC_KEY)["ipfleet:adminCidrs"] == []
+    )
 
 
 def test_twin_keeps_shared_storage_off_when_the_stack_turns_it_off():
@@ -38,8 +45,10 @@ def test_twin_keeps_shared_storage_off_when_the_stack_turns_it_off():
 
 
 def test_endpoint_override_reaches_the_agent_s3fs_and_user_code():
-    settings = parse_settings("t", {**twin_config(example_config(
-        s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}])), "aws:region": "eu-west-1"})
+    settings = parse_settings(
+        "t",
+        {**twin_config(example_config(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}])), "aws:region": "eu-west-1"},
+    )
     spec = node_spec(settings, "engine", None)
     assert spec.aws_endpoint_url == ENDPOINT
     s3 = next(m for m in spec.mounts if m.type == "fuse.s3fs")
@@ -50,10 +59,17 @@ def test_endpoint_override_reaches_the_agent_s3fs_and_user_code():
     assert "nfs-common" not in spec.apt_packages
 
 
-@pytest.mark.parametrize("source,ok", [
-    ("efs", True), ("nfs:files.internal:/export/home", True), ("bind:/mnt/data", True),
-    ("nfs:/no-host", False), ("bind:relative", False), ("s3:bucket", False),
-])
+@pytest.mark.parametrize(
+    "source,ok",
+    [
+        ("efs", True),
+        ("nfs:files.internal:/export/home", True),
+        ("bind:/mnt/data", True),
+        ("nfs:/no-host", False),
+        ("bind:relative", False),
+        ("s3:bucket", False),
+    ],
+)
 def test_shared_storage_source_values(source, ok):
     config = {"aws:region": "us-east-1", "ipfleet:sharedStorage": {"source": source}}
     if ok:
@@ -84,8 +100,9 @@ def test_the_twin_builds_the_stacks_release(image, suite):
     assert twin_suite(image) == suite
 
 
-@pytest.mark.parametrize("image,says", [("ubuntu-24.04", "Debian images only"),
-                                        ("ami-0123456789abcdef0", "cannot know what that AMI holds")])
+@pytest.mark.parametrize(
+    "image,says", [("ubuntu-24.04", "Debian images only"), ("ami-0123456789abcdef0", "cannot know what that AMI holds")]
+)
 def test_the_twin_refuses_images_it_cannot_build(image, says):
     from ipfleet.twin.cluster import TwinError, twin_suite
 
@@ -104,11 +121,17 @@ def test_twin_host_names_fit_any_stack_name():
 def test_apt_packages_are_read_from_user_data_even_compressed():
     import gzip
 
-    spec = node_spec(settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}], sharedStorage={"enabled": False}),
-                     "engine", None)
+    spec = node_spec(
+        settings_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}], sharedStorage={"enabled": False}),
+        "engine",
+        None,
+    )
     text = render_user_data(spec).encode()
-    assert apt_packages_of(written_files(text)) == apt_packages_of(written_files(gzip.compress(text))) \
+    assert (
+        apt_packages_of(written_files(text))
+        == apt_packages_of(written_files(gzip.compress(text)))
         == ["iproute2", "s3fs"]
+    )
 
 
 def test_simple_index_layout(tmp_path):
@@ -119,5 +142,8 @@ def test_simple_index_layout(tmp_path):
     write_simple_index(tmp_path)
     page = (tmp_path / "simple" / "jupyter-client" / "index.html").read_text()
     # With the sha256 PyPI gives, which a node's uv fetch checks (of empty files here).
-    assert 'href="../../files/jupyter_client-8.6.3-py3-none-any.whl#sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"' in page
+    assert (
+        'href="../../files/jupyter_client-8.6.3-py3-none-any.whl#sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"'
+        in page
+    )
     assert 'href="ipyparallel/"' in (tmp_path / "simple" / "index.html").read_text()

@@ -20,8 +20,13 @@ from tests.conftest import running_twin, twin_exec
 pytestmark = pytest.mark.twin
 
 STACK = "elastic"
-CONFIG = {"aws:region": "us-east-1", "ipfleet:engineNodes": 1, "ipfleet:maxEngineNodes": 3,
-          "ipfleet:enginesPerNode": 2, "ipfleet:idleMinutes": 1}
+CONFIG = {
+    "aws:region": "us-east-1",
+    "ipfleet:engineNodes": 1,
+    "ipfleet:maxEngineNodes": 3,
+    "ipfleet:enginesPerNode": 2,
+    "ipfleet:idleMinutes": 1,
+}
 SCRIPT = str(Path(__file__).resolve().parent / "twin_scripts" / "elastic_client.py")
 
 

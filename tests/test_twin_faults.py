@@ -35,8 +35,9 @@ def test_status_lists_every_node_from_its_own_record(twin):
         shown = twin_exec(STACK, "ipfleet", "status", STACK, "--json")
         assert shown.returncode == 0, shown.stderr
         nodes = json.loads(shown.stdout)["nodes"]
-        settled = len(nodes) == 4 and all(n["phase"] == "running" for n in nodes) and \
-            nodes[0]["engines"] == {"registered": 6}
+        settled = (
+            len(nodes) == 4 and all(n["phase"] == "running" for n in nodes) and nodes[0]["engines"] == {"registered": 6}
+        )
         if settled or time.monotonic() > deadline:
             break
         time.sleep(2)
@@ -54,8 +55,12 @@ def test_status_lists_every_node_from_its_own_record(twin):
 
 
 def test_restart_engines_restarts_every_engine_process(twin):
-    pids_before = {n.name: twin.node(n.name).run("systemctl", "show", "-p", "MainPID", "--value",
-                                                  "ipengine@1.service").stdout.strip() for n in twin.engine_nodes}
+    pids_before = {
+        n.name: twin.node(n.name)
+        .run("systemctl", "show", "-p", "MainPID", "--value", "ipengine@1.service")
+        .stdout.strip()
+        for n in twin.engine_nodes
+    }
     done = twin_exec(STACK, "ipfleet", "restart-engines", STACK, "--json")
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -86,8 +91,11 @@ def test_a_failed_bootstrap_is_named_with_its_step_and_log(tmp_path):
     """A typo in pythonPackages: the controller's uv fails, as it would on AWS; the node's
     record says so, `ipfleet status` shows it, and `ipfleet fetch` stops waiting at once."""
     skip_without_twin()
-    config = {"aws:region": "us-east-1", "ipfleet:engineNodes": 0,
-              "ipfleet:pythonPackages": ["ipfleet-no-such-package-xyz"]}
+    config = {
+        "aws:region": "us-east-1",
+        "ipfleet:engineNodes": 0,
+        "ipfleet:pythonPackages": ["ipfleet-no-such-package-xyz"],
+    }
     state = cluster.up(str(write_stack(tmp_path, "broken", config)))
     try:
         deadline = time.monotonic() + 300

@@ -4,20 +4,16 @@ with http_tokens required (a real HTTP server, real requests)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 
-import pytest
-
-
 
 def call(url, method="GET", headers=None):
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers or {}),
-                                    timeout=5) as response:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method=method, headers=headers or {}), timeout=5
+        ) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, ""
@@ -32,17 +28,23 @@ def test_imdsv1_is_refused_and_v2_answers(imds):
     assert call(f"{base}/meta-data/instance-id") == (401, "")
     status, value = token(base)
     assert status == 200 and len(value) > 20
-    assert call(f"{base}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": value}) == \
-        (200, "i-0123456789abcdef0")
+    assert call(f"{base}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": value}) == (
+        200,
+        "i-0123456789abcdef0",
+    )
     assert call(f"{base}/meta-data/instance-id", headers={"X-aws-ec2-metadata-token": "forged"})[0] == 401
 
 
 def test_token_rules(imds):
     base, _ = imds
-    assert call(f"{base}/api/token", "PUT")[0] == 400            # no TTL header
+    assert call(f"{base}/api/token", "PUT")[0] == 400  # no TTL header
     assert token(base, "0")[0] == 400 and token(base, "21601")[0] == 400
-    assert call(f"{base}/api/token", "PUT", {"X-aws-ec2-metadata-token-ttl-seconds": "60",
-                                             "X-Forwarded-For": "10.0.0.9"})[0] == 403
+    assert (
+        call(f"{base}/api/token", "PUT", {"X-aws-ec2-metadata-token-ttl-seconds": "60", "X-Forwarded-For": "10.0.0.9"})[
+            0
+        ]
+        == 403
+    )
 
 
 def test_role_credentials_and_listings_as_sdks_read_them(imds):

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -90,8 +90,12 @@ def _decide(policy: Policy, now: float, seen: Observation, memory: Memory) -> tu
     grown = memory.desired is not None and seen.desired > memory.desired
     # More tasks completed is activity; fewer is not (the controller restarted and
     # counts from zero again).
-    active = grown or seen.outstanding > 0 or seen.clients > 0 or \
-        (memory.completed >= 0 and seen.completed > memory.completed)
+    active = (
+        grown
+        or seen.outstanding > 0
+        or seen.clients > 0
+        or (memory.completed >= 0 and seen.completed > memory.completed)
+    )
     memory.completed = seen.completed
     if active:
         memory.last_activity = now
@@ -123,8 +127,7 @@ def _decide(policy: Policy, now: float, seen: Observation, memory: Memory) -> tu
         else:
             memory.low_since = None
 
-    if policy.idle_minutes > 0 and seen.desired > floor \
-            and now - memory.last_activity >= policy.idle_minutes * 60:
+    if policy.idle_minutes > 0 and seen.desired > floor and now - memory.last_activity >= policy.idle_minutes * 60:
         memory.idled_from, memory.idled_at = seen.desired, now
         return floor, f"idle for {policy.idle_minutes:g} min: no task and no client"
     return None, "ok"
@@ -145,8 +148,12 @@ class Hub:
         from jupyter_client.session import Session
 
         info = json.loads(self.file.read_text())
-        self.session = Session(key=info["key"].encode(), signature_scheme=info["signature_scheme"],
-                               packer=info.get("pack", "json"), unpacker=info.get("unpack", "json"))
+        self.session = Session(
+            key=info["key"].encode(),
+            signature_scheme=info["signature_scheme"],
+            packer=info.get("pack", "json"),
+            unpacker=info.get("unpack", "json"),
+        )
         socket = zmq.Context.instance().socket(zmq.DEALER)
         socket.linger = 0
         if info.get("curve_serverkey"):  # access: direct
@@ -192,20 +199,24 @@ def clients_connected() -> int:
     out = subprocess.run(["ss", "-Htnp", "state", "established"], capture_output=True, text=True).stdout
     connections = [line.split() for line in out.splitlines() if len(line.split()) >= 4]
     own = {fields[2] for fields in connections if '"ipcontroller"' in " ".join(fields[4:])}
-    return sum(1 for fields in connections
-               if fields[2].rsplit(":", 1)[-1].isdigit() and int(fields[2].rsplit(":", 1)[-1]) in CLIENT_PORTS
-               and fields[3] not in own)
+    return sum(
+        1
+        for fields in connections
+        if fields[2].rsplit(":", 1)[-1].isdigit()
+        and int(fields[2].rsplit(":", 1)[-1]) in CLIENT_PORTS
+        and fields[3] not in own
+    )
 
 
 def find_group(autoscaling, stack: str) -> dict | None:
     found = autoscaling.describe_auto_scaling_groups(
-        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]},
-                 {"Name": "tag:ipfleet:role", "Values": ["engine"]}])["AutoScalingGroups"]
+        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]}, {"Name": "tag:ipfleet:role", "Values": ["engine"]}]
+    )["AutoScalingGroups"]
     return found[0] if found else None
 
 
 def _iso(at: float | None) -> str | None:
-    return datetime.fromtimestamp(at, timezone.utc).isoformat(timespec="seconds") if at else None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at else None
 
 
 def keep(interval: float = INTERVAL) -> None:
@@ -232,28 +243,46 @@ def keep(interval: float = INTERVAL) -> None:
         if group is None:
             continue
         in_service = sum(1 for i in group["Instances"] if i["LifecycleState"] == "InService")
-        seen = Observation(outstanding, completed, clients_connected(), engines, group["DesiredCapacity"],
-                           group["MinSize"], group["MaxSize"], in_service)
+        seen = Observation(
+            outstanding,
+            completed,
+            clients_connected(),
+            engines,
+            group["DesiredCapacity"],
+            group["MinSize"],
+            group["MaxSize"],
+            in_service,
+        )
         now = time.time()
         target, why = decide(policy, now, seen, memory)
         if target is not None and target != seen.desired:
             try:
-                autoscaling.set_desired_capacity(AutoScalingGroupName=group["AutoScalingGroupName"],
-                                                 DesiredCapacity=target, HonorCooldown=False)
+                autoscaling.set_desired_capacity(
+                    AutoScalingGroupName=group["AutoScalingGroupName"], DesiredCapacity=target, HonorCooldown=False
+                )
                 memory.last_change = now
-                memory.changes = [*memory.changes, {"at": _iso(now), "from": seen.desired, "to": target,
-                                                    "reason": why}][-3:]
+                memory.changes = [
+                    *memory.changes,
+                    {"at": _iso(now), "from": seen.desired, "to": target, "reason": why},
+                ][-3:]
                 node.log(f"keeper: engine nodes {seen.desired} -> {target} ({why})")
                 seen = Observation(**{**asdict(seen), "desired": target})
             except Exception as e:
                 memory.desired = seen.desired
                 node.log(f"keeper: could not set the desired capacity to {target}: {type(e).__name__}: {e}")
         summary = {
-            "group": group["AutoScalingGroupName"], "desired": seen.desired, "min": seen.minimum,
-            "max": seen.maximum, "inService": in_service, "busy": outstanding > 0,
-            "clients": seen.clients, "autoscale": policy.autoscale, "idleMinutes": policy.idle_minutes,
+            "group": group["AutoScalingGroupName"],
+            "desired": seen.desired,
+            "min": seen.minimum,
+            "max": seen.maximum,
+            "inService": in_service,
+            "busy": outstanding > 0,
+            "clients": seen.clients,
+            "autoscale": policy.autoscale,
+            "idleMinutes": policy.idle_minutes,
             "idleSince": _iso(memory.last_activity) if not (outstanding or seen.clients) else None,
-            "idledAt": _iso(memory.idled_at), "lastChanges": memory.changes,
+            "idledAt": _iso(memory.idled_at),
+            "lastChanges": memory.changes,
             "memory": {"idled_from": memory.idled_from, "idled_at": memory.idled_at},
         }
         # Written when something a reader cares about changed, not every look.

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json"))
@@ -35,8 +35,19 @@ SSH_HOST_KEYS = Path("/etc/ssh")
 # Functions one role never runs: the other role's user data leaves them out
 # (bootstrap/render.py), for EC2 gives user data 16 KB in all.
 ROLE_ONLY = {
-    "controller": ("host_keys", "new_keys", "ensure_keys", "load_keys", "run_notebook", "_versions",
-                   "wait_for_files", "publish", "keeper_file", "keeper_summary", "sshd_forwarding"),
+    "controller": (
+        "host_keys",
+        "new_keys",
+        "ensure_keys",
+        "load_keys",
+        "run_notebook",
+        "_versions",
+        "wait_for_files",
+        "publish",
+        "keeper_file",
+        "keeper_summary",
+        "sshd_forwarding",
+    ),
     "engine": ("read_published", "wait_connection", "interruption", "drain", "complete_drain"),
 }
 
@@ -77,7 +88,9 @@ def private_address() -> str:
     """The node's private IPv4 address: what engines and clients are told to dial."""
     out = subprocess.run(
         ["ip", "-j", "-4", "addr", "show", "scope", "global"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     for link in json.loads(out):
         for addr in link.get("addr_info", []):
@@ -90,12 +103,11 @@ def instance_metadata(path: str) -> str | None:
     """One instance metadata value through IMDSv2 (the only version nodes allow)."""
     try:
         token_request = urllib.request.Request(
-            f"{METADATA}/api/token", method="PUT",
-            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+            f"{METADATA}/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+        )
         with urllib.request.urlopen(token_request, timeout=2) as response:
             token = response.read().decode()
-        request = urllib.request.Request(f"{METADATA}/meta-data/{path}",
-                                         headers={"X-aws-ec2-metadata-token": token})
+        request = urllib.request.Request(f"{METADATA}/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token})
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.read().decode().strip() or None
     except OSError:  # no metadata service, or no such value (no public address)
@@ -168,8 +180,9 @@ def run_notebook() -> None:
     facts = load_facts()
     os.environ["JUPYTER_TOKEN"] = load_keys(facts)["notebook_token"]
     lab = str(Path(sys.executable).with_name("jupyter-lab"))
-    os.execv(lab, [lab, "--no-browser", "--ip=127.0.0.1", f"--port={facts['notebook_port']}",
-                   "--ServerApp.port_retries=0"])
+    os.execv(
+        lab, [lab, "--no-browser", "--ip=127.0.0.1", f"--port={facts['notebook_port']}", "--ServerApp.port_retries=0"]
+    )
 
 
 def engine_count(facts: dict) -> int:
@@ -213,13 +226,12 @@ def publish(timeout: float) -> None:
         "access": facts["access"],
         "versions": _versions(),
         # Who laptops log in as, with which key, and the host keys to pin.
-        "ssh": {"user": facts["login_user"], "authorized_key": facts.get("ssh_public_key"),
-                "host_keys": host_keys()},
+        "ssh": {"user": facts["login_user"], "authorized_key": facts.get("ssh_public_key"), "host_keys": host_keys()},
     }
     document = {
         "format": FORMAT,
         "stack": facts["stack"],
-        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "controller": controller,
         "client": json.loads(client_file.read_text()),
         "engine": json.loads(engine_file.read_text()),
@@ -288,13 +300,13 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
     previous = target.read_text() if target.exists() else None
     if previous == text:
         os.utime(target)  # confirmed now: fresh for --fresh-within
-        log(f"controller at {document['controller']['address']} (published {document['published_at']}) "
-            "unchanged")
+        log(f"controller at {document['controller']['address']} (published {document['published_at']}) unchanged")
         return
     _write_private(target, text)
     moved = "" if previous is None else f" (was {json.loads(previous).get('location')})"
-    log(f"controller at {document['controller']['address']}{moved} published "
-        f"{document['published_at']}; wrote {target}")
+    log(
+        f"controller at {document['controller']['address']}{moved} published {document['published_at']}; wrote {target}"
+    )
 
 
 def mount(unit: str, timeout: float) -> None:
@@ -358,8 +370,9 @@ def node_identity() -> dict:
 def log_tail(unit: str | None = None, lines: int = 15) -> list[str]:
     """The last lines of a unit's journal, or of the boot log (cloud-init's output)."""
     if unit:
-        out = subprocess.run(["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit],
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            ["journalctl", "--no-pager", "-o", "cat", "-n", str(lines), "-u", unit], capture_output=True, text=True
+        ).stdout
         return out.splitlines()[-lines:]
     try:
         return BOOT_LOG.read_text(errors="replace").splitlines()[-lines:]
@@ -375,17 +388,25 @@ def engines_now(facts: dict) -> dict:
             return {"registered": len(json.loads(state.read_text())["engines"])}
         except (OSError, ValueError, KeyError):
             return {"registered": 0}
-    listing = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", "--state=active",
-                              ENGINE_UNITS], capture_output=True, text=True).stdout
-    return {"running": sum(1 for line in listing.splitlines() if line.strip()),
-            "expected": engine_count(facts)}
+    listing = subprocess.run(
+        ["systemctl", "list-units", "--plain", "--no-legend", "--state=active", ENGINE_UNITS],
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {"running": sum(1 for line in listing.splitlines() if line.strip()), "expected": engine_count(facts)}
 
 
-def node_record(facts: dict, identity: dict, phase: str, error: dict | None = None,
-                reason: str | None = None) -> str:
-    record = {"format": RECORD_FORMAT, "role": facts["role"], **identity, "phase": phase,
-              "engines": engines_now(facts), "error": error, "reason": reason,
-              "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+def node_record(facts: dict, identity: dict, phase: str, error: dict | None = None, reason: str | None = None) -> str:
+    record = {
+        "format": RECORD_FORMAT,
+        "role": facts["role"],
+        **identity,
+        "phase": phase,
+        "engines": engines_now(facts),
+        "error": error,
+        "reason": reason,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     if facts["role"] == "controller":
         record["scaling"] = keeper_summary(facts)
     text = json.dumps(record)
@@ -485,8 +506,11 @@ def complete_drain(facts: dict, identity: dict) -> bool:
         if not groups:
             return True  # not (or no longer) in a group
         autoscaling.complete_lifecycle_action(
-            AutoScalingGroupName=groups[0], LifecycleHookName=facts["drain_hook"],
-            InstanceId=identity["instanceId"], LifecycleActionResult="CONTINUE")
+            AutoScalingGroupName=groups[0],
+            LifecycleHookName=facts["drain_hook"],
+            InstanceId=identity["instanceId"],
+            LifecycleActionResult="CONTINUE",
+        )
         log(f"drain hook {facts['drain_hook']} of {groups[0]} completed")
         return True
     except Exception as e:  # the hook times out by itself: the node goes a little later
@@ -517,15 +541,23 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
             phase = "failed"
         else:
             phase = "running" if booted.exists() else "booting"
-        state = (phase, json.dumps(engines_now(facts)),
-                 json.dumps(keeper_summary(facts)) if facts["role"] == "controller" else "")
+        state = (
+            phase,
+            json.dumps(engines_now(facts)),
+            json.dumps(keeper_summary(facts)) if facts["role"] == "controller" else "",
+        )
         if state != last or time.monotonic() - last_sent > heartbeat:
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
                 last, last_sent = state, time.monotonic()
         # Drained and recorded: a node Auto Scaling is taking out goes now. (A spot
         # node's group marks it Terminated too, once EC2 has told it.)
-        if drained_for and not released and last and last[0] == "drained" \
-                and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated":
+        if (
+            drained_for
+            and not released
+            and last
+            and last[0] == "drained"
+            and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated"
+        ):
             released = complete_drain(facts, identity)
         time.sleep(interval)
 
@@ -545,7 +577,8 @@ def sshd_forwarding() -> None:
     destinations += [f"127.0.0.1:{port}" for port in facts.get("loopback_forward_ports", [])]
     SSHD_FORWARDING.write_text(
         "# ipfleet: where the ipfleet-admin login's tunnels may go (written at boot).\n"
-        f"PermitOpen {' '.join(destinations) or 'none'}\n")
+        f"PermitOpen {' '.join(destinations) or 'none'}\n"
+    )
     log(f"sshd: tunnels may reach {len(destinations)} destinations on this node")
 
 

@@ -59,7 +59,7 @@ def read_url(url: str) -> bytes:
         except OSError as e:
             if attempt == 3:
                 raise PythonEnvError(f"cannot read {url}: {e}") from e
-            time.sleep(2 ** attempt)
+            time.sleep(2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -72,8 +72,9 @@ def uv_wheels(index_url: str) -> dict[tuple[int, ...], tuple[str, str]]:
         address, _, fragment = link.partition("#")
         name = urllib.parse.unquote(address.rsplit("/", 1)[-1])
         match = re.fullmatch(r"uv-([0-9.]+)-py3-none-(\S+)\.whl", name)
-        if match and any(tag.startswith("manylinux") and tag.endswith("_" + platform.machine())
-                         for tag in match.group(2).split(".")):
+        if match and any(
+            tag.startswith("manylinux") and tag.endswith("_" + platform.machine()) for tag in match.group(2).split(".")
+        ):
             version = tuple(int(part) for part in match.group(1).split("."))
             found[version] = (urllib.parse.urljoin(page_url, address), fragment.removeprefix("sha256="))
     return found
@@ -127,12 +128,28 @@ def ensure(python: dict, compile_bytecode: bool = False) -> None:
     made = time.monotonic()
     # Exact pins (requirements) and ipfleet's versions of all they pull in (constraints):
     # uv installs what is missing or different and leaves the rest alone.
-    run([uv, "pip", "install", "--python", venv / "bin" / "python", "--index-url", index_url,
-         "-r", REQUIREMENTS, "-c", CONSTRAINTS,
-         *(["--compile-bytecode"] if compile_bytecode else [])], env)
+    run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--python",
+            venv / "bin" / "python",
+            "--index-url",
+            index_url,
+            "-r",
+            REQUIREMENTS,
+            "-c",
+            CONSTRAINTS,
+            *(["--compile-bytecode"] if compile_bytecode else []),
+        ],
+        env,
+    )
     done = time.monotonic()
-    log(f"python environment ready in {done - started:.1f} s: uv {fetched - started:.1f} s "
-        f"({'image' if found else 'fetched'}), venv {made - fetched:.1f} s, packages {done - made:.1f} s")
+    log(
+        f"python environment ready in {done - started:.1f} s: uv {fetched - started:.1f} s "
+        f"({'image' if found else 'fetched'}), venv {made - fetched:.1f} s, packages {done - made:.1f} s"
+    )
 
 
 if __name__ == "__main__":

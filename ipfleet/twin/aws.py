@@ -22,7 +22,7 @@ def wait_ready(endpoint: str, timeout: float = 30) -> None:
             return
         except OSError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"the AWS stand-in at {endpoint} did not answer in {timeout:.0f} s")
+                raise SystemExit(f"the AWS stand-in at {endpoint} did not answer in {timeout:.0f} s") from None
             time.sleep(0.2)
 
 
@@ -34,23 +34,40 @@ def create_engine_group(autoscaling, ec2, group: dict) -> str:
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # one of moto's own
     template = ec2.create_launch_template(
         LaunchTemplateName=f"{group['name']}-template",
-        LaunchTemplateData={"ImageId": image, "InstanceType": group["instance_type"],
-                            "UserData": group["user_data"],
-                            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"}},
+        LaunchTemplateData={
+            "ImageId": image,
+            "InstanceType": group["instance_type"],
+            "UserData": group["user_data"],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        },
     )["LaunchTemplate"]
     autoscaling.create_auto_scaling_group(
-        AutoScalingGroupName=group["name"], MinSize=group["min"], MaxSize=group["max"], DesiredCapacity=0,
+        AutoScalingGroupName=group["name"],
+        MinSize=group["min"],
+        MaxSize=group["max"],
+        DesiredCapacity=0,
         LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
         AvailabilityZones=[group["zone"]],
-        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True, "ResourceId": group["name"],
-               "ResourceType": "auto-scaling-group"} for k, v in group["tags"].items()],
+        Tags=[
+            {
+                "Key": k,
+                "Value": v,
+                "PropagateAtLaunch": True,
+                "ResourceId": group["name"],
+                "ResourceType": "auto-scaling-group",
+            }
+            for k, v in group["tags"].items()
+        ],
     )
     hook = group.get("hook")
     if hook:
         autoscaling.put_lifecycle_hook(
-            AutoScalingGroupName=group["name"], LifecycleHookName=hook["name"],
-            LifecycleTransition=hook["transition"], HeartbeatTimeout=hook["timeout"],
-            DefaultResult=hook["result"])
+            AutoScalingGroupName=group["name"],
+            LifecycleHookName=hook["name"],
+            LifecycleTransition=hook["transition"],
+            HeartbeatTimeout=hook["timeout"],
+            DefaultResult=hook["result"],
+        )
     # Sized once the hook is there, as AWS creates a group with its initial hooks.
     autoscaling.set_desired_capacity(AutoScalingGroupName=group["name"], DesiredCapacity=group["desired"])
     return group["name"]
@@ -77,8 +94,11 @@ def main() -> None:
         s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=o["body"].encode())
     made = {}
     if spec.get("group"):
-        made["group"] = create_engine_group(boto3.client("autoscaling", region_name=spec["region"]),
-                                            boto3.client("ec2", region_name=spec["region"]), spec["group"])
+        made["group"] = create_engine_group(
+            boto3.client("autoscaling", region_name=spec["region"]),
+            boto3.client("ec2", region_name=spec["region"]),
+            spec["group"],
+        )
     print(json.dumps(made))
 
 

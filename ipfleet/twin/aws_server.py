@@ -31,8 +31,14 @@ TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 
 def _terminating_hook(group) -> str | None:
     backend = group.autoscaling_backend
-    return next((hook.name for hook in backend.lifecycle_hooks.values()
-                 if hook.auto_scaling_group_name == group.name and hook.lifecycle_transition == TERMINATING), None)
+    return next(
+        (
+            hook.name
+            for hook in backend.lifecycle_hooks.values()
+            if hook.auto_scaling_group_name == group.name and hook.lifecycle_transition == TERMINATING
+        ),
+        None,
+    )
 
 
 _moto_group_set_desired = models.FakeAutoScalingGroup.set_desired_capacity
@@ -60,11 +66,15 @@ def _backend_set_desired(self, group_name, desired_capacity):
     group = self.autoscaling_groups.get(group_name)
     if group is not None and desired_capacity is not None:
         if desired_capacity > group.max_size:
-            raise ValidationError(f"New SetDesiredCapacity value {desired_capacity} is above max value "
-                                  f"{group.max_size} for the AutoScalingGroup.")
+            raise ValidationError(
+                f"New SetDesiredCapacity value {desired_capacity} is above max value "
+                f"{group.max_size} for the AutoScalingGroup."
+            )
         if desired_capacity < group.min_size:
-            raise ValidationError(f"New SetDesiredCapacity value {desired_capacity} is below min value "
-                                  f"{group.min_size} for the AutoScalingGroup.")
+            raise ValidationError(
+                f"New SetDesiredCapacity value {desired_capacity} is below min value "
+                f"{group.min_size} for the AutoScalingGroup."
+            )
     return _moto_backend_set_desired(self, group_name, desired_capacity)
 
 

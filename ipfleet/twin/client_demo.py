@@ -53,13 +53,17 @@ def main() -> None:
         results = view.map_async(lambda x: x**30, range(8)).get(timeout=timeout)
         # One task per engine through the direct view: every engine host answers.
         hosts = rc[:].apply_async(hostname).get(timeout=timeout)
-        print(json.dumps({
-            "engines": len(rc.ids),
-            "results": results,
-            "hostnames": sorted(set(hosts)),
-            "registered_at": registered_at,
-            "done_at": time.time(),
-        }))
+        print(
+            json.dumps(
+                {
+                    "engines": len(rc.ids),
+                    "results": results,
+                    "hostnames": sorted(set(hosts)),
+                    "registered_at": registered_at,
+                    "done_at": time.time(),
+                }
+            )
+        )
     finally:
         rc.close()
 

@@ -28,8 +28,12 @@ class ClientEnvError(RuntimeError):
 
 def _minor(python: str) -> str | None:
     try:
-        result = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
@@ -60,7 +64,8 @@ def find_python(minor: str, log=print) -> str:
     if found.returncode != 0 or _minor(found.stdout.strip()) != minor:
         raise ClientEnvError(
             f"the twin's nodes run Python {minor} and its laptop must too (pickled functions carry "
-            f"bytecode), but no Python {minor} was found: install python{minor}, or `uv python install {minor}`")
+            f"bytecode), but no Python {minor} was found: install python{minor}, or `uv python install {minor}`"
+        )
     return found.stdout.strip()
 
 
@@ -76,8 +81,7 @@ def ensure_client_python(minor: str, log=print) -> str:
     log(f"building the laptop's Python {minor} environment in {venv}")
     shutil.rmtree(venv, ignore_errors=True)
     uv = _uv()
-    for command in ([uv, "venv", "-q", "-p", interpreter, str(venv)],
-                    [uv, "pip", "install", "-q", "-r", str(LOCK)]):
+    for command in ([uv, "venv", "-q", "-p", interpreter, str(venv)], [uv, "pip", "install", "-q", "-r", str(LOCK)]):
         result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "VIRTUAL_ENV": str(venv)})
         if result.returncode != 0:
             raise ClientEnvError(f"`{' '.join(command[:3])}` failed:\n{result.stderr[-2000:]}")

@@ -29,8 +29,18 @@ STATE_ROOT = Path("/run/ipfleet/twin")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
 ENDPOINT = f"http://{ROUTER_ADDRESS}"
-REQUIRED_TOOLS = ("ip", "systemd-nspawn", "debootstrap", "nsenter", "mount", "unshare", "cloud-init",
-                  "nft", "ssh", "ssh-keygen")
+REQUIRED_TOOLS = (
+    "ip",
+    "systemd-nspawn",
+    "debootstrap",
+    "nsenter",
+    "mount",
+    "unshare",
+    "cloud-init",
+    "nft",
+    "ssh",
+    "ssh-keygen",
+)
 
 # The only differences between what AWS nodes get and what twin nodes get: settings
 # users have reasons to want too (README, "The twin").
@@ -165,8 +175,9 @@ def check_platform() -> None:
         raise TwinError("the twin needs root (network namespaces, mounts, systemd-nspawn)")
     missing = [t for t in REQUIRED_TOOLS if shutil.which(t) is None]
     if missing:
-        raise TwinError(f"missing tools: {', '.join(missing)} (apt-get install iproute2 "
-                        "systemd-container debootstrap cloud-init)")
+        raise TwinError(
+            f"missing tools: {', '.join(missing)} (apt-get install iproute2 systemd-container debootstrap cloud-init)"
+        )
 
 
 def twin_config(config: dict[str, Any], admin_public_key: str | None = None) -> dict[str, Any]:
@@ -202,8 +213,9 @@ def written_files(user_data: bytes) -> dict[str, str]:
 
     if user_data[:2] == b"\x1f\x8b":
         user_data = gzip.decompress(user_data)
-    return {entry["path"]: entry.get("content", "")
-            for entry in yaml.safe_load(user_data.decode()).get("write_files") or []}
+    return {
+        entry["path"]: entry.get("content", "") for entry in yaml.safe_load(user_data.decode()).get("write_files") or []
+    }
 
 
 def written(files: dict[str, str], path: str) -> str:
@@ -235,11 +247,15 @@ def twin_suite(image: str) -> str:
 
     official = IMAGES.get(image)
     if official is None:
-        raise TwinError(f"ipfleet:image {image!r}: the twin cannot know what that AMI holds; "
-                        "run the twin with an official image (debian-13, debian-12)")
+        raise TwinError(
+            f"ipfleet:image {image!r}: the twin cannot know what that AMI holds; "
+            "run the twin with an official image (debian-13, debian-12)"
+        )
     if official.twin_suite is None:
-        raise TwinError(f"ipfleet:image {image!r}: the twin builds Debian images only "
-                        "(only Debian's archive is reachable here); try it with debian-13")
+        raise TwinError(
+            f"ipfleet:image {image!r}: the twin builds Debian images only "
+            "(only Debian's archive is reachable here); try it with debian-13"
+        )
     return official.twin_suite
 
 
@@ -295,21 +311,25 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     wheelhouse = ensure_wheelhouse(requirements | {python_facts["uv"]}, constraints, python_version, log)
     if baked:
         # The environment in the image, as a baked AMI holds it: the nodes only check it.
-        image = ensure_baked_image(image, wheelhouse, requirements, constraints, python_facts,
-                                   written(files["controller"], paths.PYENV), log)
+        image = ensure_baked_image(
+            image, wheelhouse, requirements, constraints, python_facts, written(files["controller"], paths.PYENV), log
+        )
     client_python = ensure_client_python(".".join(python_version.split(".")[:2]), log)
     prepare_seconds = time.monotonic() - started
 
     per_node = (os.cpu_count() or 1) if settings.engines_per_node == "auto" else settings.engines_per_node
     state = TwinState(
-        stack=ref.name, tag=secrets.token_hex(2), region=settings.region,
+        stack=ref.name,
+        tag=secrets.token_hex(2),
+        region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
-        engines_expected=settings.engine_nodes * per_node, engines_per_node=per_node, access=settings.access,
+        engines_expected=settings.engine_nodes * per_node,
+        engines_per_node=per_node,
+        access=settings.access,
         client_python=client_python,
         public_ip=bool(plan.one("aws:ec2/instance:Instance").inputs.get("associatePublicIpAddress")),
         shared_mount_point=settings.shared_storage.mount_point if settings.shared_storage.enabled else None,
-        instance_types={"controller": settings.controller_instance_type,
-                        "engine": settings.engine_instance_types[0]},
+        instance_types={"controller": settings.controller_instance_type, "engine": settings.engine_instance_types[0]},
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
@@ -318,8 +338,17 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     state.namespaces = net.namespaces([controller, client])
     state.client_namespace = client.namespace
     name = host_name(ref.name, "controller")
-    state.nodes = [Node(name=name, role="controller", namespace=controller.namespace, address=controller.address,
-                        work_dir=str(state.work_dir / name), instance_id=new_instance_id(), image=str(image))]
+    state.nodes = [
+        Node(
+            name=name,
+            role="controller",
+            namespace=controller.namespace,
+            address=controller.address,
+            work_dir=str(state.work_dir / name),
+            instance_id=new_instance_id(),
+            image=str(image),
+        )
+    ]
     state.save()  # from here on, `down` can clean up whatever exists
     try:
         net.create_router()
@@ -349,9 +378,14 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
 
 def _start_reconciler(state: TwinState) -> None:
     log_file = state.work_dir / "reconciler.log"
-    process = subprocess.Popen([sys.executable, "-m", "ipfleet.twin.reconciler", state.stack],
-                               stdout=log_file.open("ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                               start_new_session=True, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipfleet.twin.reconciler", state.stack],
+        stdout=log_file.open("ab"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
     with state.locked():
         state.reconciler_pid = process.pid
 
@@ -363,8 +397,10 @@ def _wait_for_engine_nodes(state: TwinState, count: int, timeout: float = 120) -
         if state.reconciler_pid is None or not process_alive(state.reconciler_pid):
             raise TwinError(f"the twin's reconciler stopped; see {state.work_dir / 'reconciler.log'}")
         if time.monotonic() > deadline:
-            raise TwinError(f"the reconciler booted {len(state.engine_nodes)} of {count} engine nodes "
-                            f"in {timeout:.0f} s; see {state.work_dir / 'reconciler.log'}")
+            raise TwinError(
+                f"the reconciler booted {len(state.engine_nodes)} of {count} engine nodes "
+                f"in {timeout:.0f} s; see {state.work_dir / 'reconciler.log'}"
+            )
         time.sleep(0.2)
 
 
@@ -374,8 +410,9 @@ def _client_key(home: Path) -> str:
     ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
     private = ssh / "id_ed25519"
     if not private.exists():
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "twin-admin", "-f", str(private)],
-                       check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "twin-admin", "-f", str(private)], check=True
+        )
     return (ssh / "id_ed25519.pub").read_text().strip()
 
 
@@ -401,9 +438,13 @@ def write_metadata(state: TwinState, extra: dict[str, dict] | None = None) -> No
     for node in state.nodes:
         public = PUBLIC_ADDRESS if node.role == "controller" and state.public_ip else None
         values[node.address] = {
-            "instance-id": node.instance_id, "local-ipv4": node.address, "public-ipv4": public,
-            "placement/availability-zone": zone, "placement/region": state.region,
-            "hostname": node.name, "iam-role": f"{state.stack}-{node.role}",
+            "instance-id": node.instance_id,
+            "local-ipv4": node.address,
+            "public-ipv4": public,
+            "placement/availability-zone": zone,
+            "placement/region": state.region,
+            "hostname": node.name,
+            "iam-role": f"{state.stack}-{node.role}",
             "instance-type": state.instance_types.get(node.role),
             # The engines run on spot (the fleet's default); the controller on demand.
             "instance-life-cycle": "spot" if node.role == "engine" else "on-demand",
@@ -422,7 +463,10 @@ def _start_in_router(state: TwinState, command: list[str], log_name: str) -> int
     log_file.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         in_namespace(state.namespaces[0], command),
-        stdout=log_file.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        stdout=log_file.open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     return process.pid
 
@@ -432,17 +476,26 @@ def _start_aws(state: TwinState, plan, settings) -> None:
     namespace, readied as `pulumi up` would leave AWS. moto answers on the API address
     only: its own metadata endpoint would also answer IMDSv1, which EC2 refuses here."""
     state.moto_pid = _start_in_router(
-        state, [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log")
+        state, [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log"
+    )
     state.save()
     state.metadata_pid = _start_in_router(
-        state, [sys.executable, "-m", "ipfleet.twin.metadata", str(state.metadata_file),
-                "--address", METADATA_ADDRESS], "metadata.log")
+        state,
+        [sys.executable, "-m", "ipfleet.twin.metadata", str(state.metadata_file), "--address", METADATA_ADDRESS],
+        "metadata.log",
+    )
     state.save()
-    parameters = [{"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
-                  for p in plan.of_type("aws:ssm/parameter:Parameter")]
-    spec = {"region": settings.region, "parameters": parameters,
-            "buckets": sorted({m.bucket for m in settings.s3_mounts}), "objects": [],
-            "group": _engine_group_spec(state, plan)}
+    parameters = [
+        {"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
+        for p in plan.of_type("aws:ssm/parameter:Parameter")
+    ]
+    spec = {
+        "region": settings.region,
+        "parameters": parameters,
+        "buckets": sorted({m.bucket for m in settings.s3_mounts}),
+        "objects": [],
+        "group": _engine_group_spec(state, plan),
+    }
     made = client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
     state.group_name = json.loads(made.stdout)["group"]
     state.save()
@@ -454,12 +507,22 @@ def _engine_group_spec(state: TwinState, plan) -> dict:
 
     group = plan.one("aws:autoscaling/group:Group").inputs
     [hook] = group["initialLifecycleHooks"]
-    return {"name": f"{state.stack}-engines-{state.tag}", "min": group["minSize"], "max": group["maxSize"],
-            "desired": group["desiredCapacity"], "user_data": encoded_user_data(plan, "engine"),
-            "instance_type": state.instance_types["engine"], "zone": f"{state.region}a",
-            "tags": {t["key"]: t["value"] for t in group["tags"]},
-            "hook": {"name": hook["name"], "transition": hook["lifecycleTransition"],
-                     "timeout": hook["heartbeatTimeout"], "result": hook["defaultResult"]}}
+    return {
+        "name": f"{state.stack}-engines-{state.tag}",
+        "min": group["minSize"],
+        "max": group["maxSize"],
+        "desired": group["desiredCapacity"],
+        "user_data": encoded_user_data(plan, "engine"),
+        "instance_type": state.instance_types["engine"],
+        "zone": f"{state.region}a",
+        "tags": {t["key"]: t["value"] for t in group["tags"]},
+        "hook": {
+            "name": hook["name"],
+            "transition": hook["lifecycleTransition"],
+            "timeout": hook["heartbeatTimeout"],
+            "result": hook["defaultResult"],
+        },
+    }
 
 
 def put_object(state: TwinState, bucket: str, key: str, body: str) -> None:
@@ -470,13 +533,20 @@ def put_object(state: TwinState, bucket: str, key: str, body: str) -> None:
 def client_env(state: TwinState) -> dict[str, str]:
     """The laptop's environment: throwaway credentials, the twin's endpoint, its own IPython dir."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update({
-        "AWS_ENDPOINT_URL": ENDPOINT, "AWS_ACCESS_KEY_ID": "twin", "AWS_SECRET_ACCESS_KEY": "twin",
-        "AWS_DEFAULT_REGION": state.region, "AWS_EC2_METADATA_DISABLED": "true",
-        "IPYTHONDIR": str(state.client_ipython_dir), "NO_COLOR": "1", "HOME": str(state.client_home),
-        # The laptop's Python has the project's dependencies; ipfleet itself is this checkout.
-        "PYTHONPATH": str(PROJECT_ROOT),
-    })
+    env.update(
+        {
+            "AWS_ENDPOINT_URL": ENDPOINT,
+            "AWS_ACCESS_KEY_ID": "twin",
+            "AWS_SECRET_ACCESS_KEY": "twin",
+            "AWS_DEFAULT_REGION": state.region,
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "IPYTHONDIR": str(state.client_ipython_dir),
+            "NO_COLOR": "1",
+            "HOME": str(state.client_home),
+            # The laptop's Python has the project's dependencies; ipfleet itself is this checkout.
+            "PYTHONPATH": str(PROJECT_ROOT),
+        }
+    )
     return env
 
 
@@ -496,20 +566,34 @@ def as_client(state: TwinState, command: list[str]) -> list[str]:
                 fields[5] = str(state.client_home)
             lines.append(":".join(fields))
         passwd.write_text("\n".join(lines) + "\n")
-    return in_namespace(state.client_namespace, [
-        "unshare", "--mount", "--propagation", "private", "sh", "-c",
-        'mount --bind "$0" /etc/passwd && exec "$@"', str(passwd), *command])
+    return in_namespace(
+        state.client_namespace,
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$0" /etc/passwd && exec "$@"',
+            str(passwd),
+            *command,
+        ],
+    )
 
 
-def client_python(state: TwinState, args: list[str], timeout: float, check: bool = True
-                  ) -> subprocess.CompletedProcess:
-    result = subprocess.run(as_client(state, [state.client_python or sys.executable, *args]),
-                            capture_output=True, text=True, timeout=timeout, env=client_env(state))
+def client_python(state: TwinState, args: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        as_client(state, [state.client_python or sys.executable, *args]),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=client_env(state),
+    )
     if not check:
         return result
     if result.returncode != 0:
-        raise TwinError(f"`{' '.join(args[:3])}` in the client namespace failed:\n"
-                        f"{result.stderr.strip()[-3000:]}")
+        raise TwinError(f"`{' '.join(args[:3])}` in the client namespace failed:\n{result.stderr.strip()[-3000:]}")
     return result
 
 
@@ -517,8 +601,7 @@ def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
     """Watch the controller come up and publish (node-side facts, read through nsenter)."""
     deadline = time.monotonic() + timeout
     controller = state.controller
-    milestones = [("boot_to_controller_up", "ipcontroller.service"),
-                  ("boot_to_published", "ipfleet-publish.service")]
+    milestones = [("boot_to_controller_up", "ipcontroller.service"), ("boot_to_published", "ipfleet-publish.service")]
     for label, unit in milestones:
         while True:
             if not controller.running():
@@ -529,8 +612,9 @@ def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
                 log(f"{label.replace('_', ' ')}: {state.timings[label]} s")
                 break
             if time.monotonic() > deadline:
-                raise TwinError(f"{unit} on {controller.name} not active after {timeout:.0f} s:\n"
-                                + describe_node(controller))
+                raise TwinError(
+                    f"{unit} on {controller.name} not active after {timeout:.0f} s:\n" + describe_node(controller)
+                )
             time.sleep(0.5)
 
 
@@ -544,10 +628,26 @@ def _unit_active(node: Node, unit: str) -> bool:
 def describe_node(node: Node) -> str:
     """What a user debugging a node wants first: cloud-init's verdict and the units."""
     lines = []
-    for command in (["cloud-init", "status", "--long"],
-                    ["systemctl", "--no-pager", "--failed"],
-                    ["journalctl", "--no-pager", "-n", "40", "-u", "cloud-final", "-u", "ipcontroller",
-                     "-u", "ipfleet-publish", "-u", "ipfleet-connection", "-u", "ipengine@*"]):
+    for command in (
+        ["cloud-init", "status", "--long"],
+        ["systemctl", "--no-pager", "--failed"],
+        [
+            "journalctl",
+            "--no-pager",
+            "-n",
+            "40",
+            "-u",
+            "cloud-final",
+            "-u",
+            "ipcontroller",
+            "-u",
+            "ipfleet-publish",
+            "-u",
+            "ipfleet-connection",
+            "-u",
+            "ipengine@*",
+        ],
+    ):
         try:
             result = node.run(*command, timeout=30)
             lines.append(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}")
@@ -582,8 +682,7 @@ def session_proxy_command(state: TwinState) -> str:
 
 def connect(state: TwinState, timeout: float = 300) -> dict:
     """As a laptop: `ipfleet connect STACK --json` (Session Manager's relay stands in for ssm)."""
-    args = ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region, "--json",
-            "--timeout", str(timeout)]
+    args = ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region, "--json", "--timeout", str(timeout)]
     if state.access == "ssm":
         args += ["--proxy-command", session_proxy_command(state)]
     return json.loads(client_python(state, args, timeout=timeout + 30).stdout)
@@ -591,8 +690,17 @@ def connect(state: TwinState, timeout: float = 300) -> dict:
 
 def engines_registered_at(state: TwinState) -> float:
     """When the controller had registered every expected engine (wall clock, from its journal)."""
-    out = state.controller.run("journalctl", "-u", "ipcontroller", "-o", "short-unix", "--no-pager",
-                               "--grep", "engine::Engine Connected", timeout=60).stdout
+    out = state.controller.run(
+        "journalctl",
+        "-u",
+        "ipcontroller",
+        "-o",
+        "short-unix",
+        "--no-pager",
+        "--grep",
+        "engine::Engine Connected",
+        timeout=60,
+    ).stdout
     seen: dict[str, float] = {}
     for line in out.splitlines():
         stamp, _, rest = line.partition(" ")
@@ -605,10 +713,15 @@ def engines_registered_at(state: TwinState) -> float:
 def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
     """As a laptop: `ipfleet connect`, then StarCluster's demo through `ipfleet.client()`."""
     connected = connect(state, timeout)
-    log(f"connected ({state.access}: {connected['ssh_command'] or 'direct, CurveZMQ'}); "
-        f"waiting for {state.engines_expected} engines")
-    demo = client_python(state, ["-m", "ipfleet.twin.client_demo", state.stack, str(state.engines_expected),
-                                 str(timeout)], timeout=timeout + 30)
+    log(
+        f"connected ({state.access}: {connected['ssh_command'] or 'direct, CurveZMQ'}); "
+        f"waiting for {state.engines_expected} engines"
+    )
+    demo = client_python(
+        state,
+        ["-m", "ipfleet.twin.client_demo", state.stack, str(state.engines_expected), str(timeout)],
+        timeout=timeout + 30,
+    )
     result = json.loads(demo.stdout)
     registered = engines_registered_at(state)
     with state.locked():
@@ -623,20 +736,32 @@ def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
 def status(state: TwinState) -> dict:
     nodes = []
     for node in state.nodes:
-        entry: dict[str, Any] = {"name": node.name, "role": node.role, "address": node.address,
-                                 "running": node.running()}
+        entry: dict[str, Any] = {
+            "name": node.name,
+            "role": node.role,
+            "address": node.address,
+            "running": node.running(),
+        }
         if entry["running"]:
             try:
                 entry["cloud_init"] = node.run("cloud-init", "status", timeout=15).stdout.split(":", 1)[-1].strip()
-                units = ["ipcontroller.service", "ipfleet-publish.service"] if node.role == "controller" else \
-                    ["ipfleet-connection.service", "ipengine@*.service"]
+                units = (
+                    ["ipcontroller.service", "ipfleet-publish.service"]
+                    if node.role == "controller"
+                    else ["ipfleet-connection.service", "ipengine@*.service"]
+                )
                 listing = node.run("systemctl", "list-units", "--no-legend", "--plain", *units, timeout=15).stdout
                 entry["units"] = {line.split()[0]: line.split()[2] for line in listing.splitlines() if line.strip()}
             except Exception as e:
                 entry["error"] = str(e)
         nodes.append(entry)
-    return {"stack": state.stack, "nodes": nodes, "timings": state.timings,
-            "namespaces": state.namespaces, "aws_endpoint": ENDPOINT}
+    return {
+        "stack": state.stack,
+        "nodes": nodes,
+        "timings": state.timings,
+        "namespaces": state.namespaces,
+        "aws_endpoint": ENDPOINT,
+    }
 
 
 def _stop_client_processes(state: TwinState) -> list[str]:
@@ -688,8 +813,15 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
     number = next_host_number(state)
     host = net.host(f"controller{number}", number)
     name = host_name(state.stack, f"controller-{number}")
-    new = Node(name=name, role="controller", namespace=host.namespace, address=host.address,
-               work_dir=str(state.work_dir / name), instance_id=new_instance_id(), image=old.image)
+    new = Node(
+        name=name,
+        role="controller",
+        namespace=host.namespace,
+        address=host.address,
+        work_dir=str(state.work_dir / name),
+        instance_id=new_instance_id(),
+        image=old.image,
+    )
     with state.locked():
         state.namespaces.append(host.namespace)
         state.nodes.append(new)
@@ -743,8 +875,7 @@ def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
 
 def next_host_number(state: TwinState) -> int:
     """A free address for a new node: above every node there is (and ever was, for engines)."""
-    return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes]
-               + [network.FIRST_NODE_HOST + state.launched]) + 1
+    return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes] + [network.FIRST_NODE_HOST + state.launched]) + 1
 
 
 def down(state: TwinState, log=print) -> list[str]:

@@ -52,8 +52,9 @@ def main() -> None:
     reconnected = False
     fault_file = run_dir / "fault.json"
     # Until every task is done and, once the fault hit, the cluster has recovered.
-    while (not all(r.ready() for r in pending) or (fault_file.exists() and recovered_at is None)) \
-            and time.monotonic() < deadline:
+    while (
+        not all(r.ready() for r in pending) or (fault_file.exists() and recovered_at is None)
+    ) and time.monotonic() < deadline:
         done = sum(r.ready() for r in pending)
         write_json(run_dir / "progress.json", {"done": done, "at": time.time()})
         fault = json.loads(fault_file.read_text()) if fault_file.exists() else None
@@ -83,13 +84,23 @@ def main() -> None:
         except Exception:
             lost += 1
     ids_after = rc.engine_ids()
-    print(json.dumps({
-        "tasks": tasks, "results_correct": sum(results), "lost": lost,
-        "sent_again": rc.tasks_sent_again, "engines_before": len(ids_before), "engines_after": len(ids_after),
-        "engine_ids_kept": set(ids_before) <= set(ids_after),
-        "started_at": started, "recovered_at": recovered_at, "done_at": time.time(),
-        "reconnected": reconnected,
-    }))
+    print(
+        json.dumps(
+            {
+                "tasks": tasks,
+                "results_correct": sum(results),
+                "lost": lost,
+                "sent_again": rc.tasks_sent_again,
+                "engines_before": len(ids_before),
+                "engines_after": len(ids_after),
+                "engine_ids_kept": set(ids_before) <= set(ids_after),
+                "started_at": started,
+                "recovered_at": recovered_at,
+                "done_at": time.time(),
+                "reconnected": reconnected,
+            }
+        )
+    )
     rc.close()
 
 

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ipfleet.twin import cluster
 from ipfleet.twin.cluster import TwinError, TwinState
@@ -35,8 +35,9 @@ FAULTS = ("controller-restart", "controller-replace", "engine-loss", "spot-inter
 FAULT_LOG_DIR = ".ipfleet-faults"
 
 
-def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.2, timeout: float = 600,
-              log=print) -> dict:
+def run_fault(
+    state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.2, timeout: float = 600, log=print
+) -> dict:
     if kind not in FAULTS:
         raise TwinError(f"--fault {kind!r}: choose one of {', '.join(FAULTS)}")
     state.refresh()  # the reconciler may have booted or removed engine nodes
@@ -62,17 +63,30 @@ def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.
     per_node = state.engines_per_node
     engines_now = per_node * len(state.engine_nodes)
     engines_after = engines_now - (per_node if kind in ("engine-loss", "spot-interruption") else 0)
-    spec = {"stack": state.stack, "region": state.region, "engines": engines_now, "tasks": tasks,
-            "seconds": seconds, "timeout": timeout, "run_dir": str(run_dir), "shared_log": shared_log,
-            "proxy_command": cluster.session_proxy_command(state) if state.access == "ssm" else None}
+    spec = {
+        "stack": state.stack,
+        "region": state.region,
+        "engines": engines_now,
+        "tasks": tasks,
+        "seconds": seconds,
+        "timeout": timeout,
+        "run_dir": str(run_dir),
+        "shared_log": shared_log,
+        "proxy_command": cluster.session_proxy_command(state) if state.access == "ssm" else None,
+    }
     laptop = subprocess.Popen(
         cluster.as_client(state, [state.client_python, "-m", "ipfleet.twin.fault_client", json.dumps(spec)]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.client_env(state))
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cluster.client_env(state),
+    )
     try:
         _wait_for_progress(laptop, run_dir, tasks // 4, timeout)
         fault_at = time.time()
-        (run_dir / "fault.json").write_text(json.dumps(
-            {"at": fault_at, "engines_after": engines_after, "reconnect": kind == "controller-replace"}))
+        (run_dir / "fault.json").write_text(
+            json.dumps({"at": fault_at, "engines_after": engines_after, "reconnect": kind == "controller-replace"})
+        )
         log(f"{kind}: injecting the fault a quarter of the way through {tasks} tasks")
         victim = _inject(state, kind, old_controller, log)
         out, err = laptop.communicate(timeout=timeout + 60)
@@ -89,10 +103,16 @@ def run_fault(state: TwinState, kind: str, tasks: int = 200, seconds: float = 0.
             starts[line.split()[0]] += 1
     recovered_at = result.pop("recovered_at")
     return {
-        "fault": kind, "victim": victim, "tasks": result["tasks"], "results_correct": result["results_correct"],
-        "lost": result["lost"], "retried": sum(n - 1 for n in starts.values()) if shared_log else None,
-        "sent_again": result["sent_again"], "engines_before": result["engines_before"],
-        "engines_after": result["engines_after"], "engine_ids_kept": result["engine_ids_kept"],
+        "fault": kind,
+        "victim": victim,
+        "tasks": result["tasks"],
+        "results_correct": result["results_correct"],
+        "lost": result["lost"],
+        "retried": sum(n - 1 for n in starts.values()) if shared_log else None,
+        "sent_again": result["sent_again"],
+        "engines_before": result["engines_before"],
+        "engines_after": result["engines_after"],
+        "engine_ids_kept": result["engine_ids_kept"],
         "recovery_s": round(recovered_at - fault_at, 1) if recovered_at else None,
         "map_s": round(result["done_at"] - result["started_at"], 1),
         "reconnected": result["reconnected"],
@@ -127,8 +147,10 @@ def _inject(state: TwinState, kind: str, old_controller, log) -> str:
         victim.kill()
         log(f"lost {victim.name} without warning")
     else:
-        notice = {"action": "terminate",
-                  "time": (datetime.now(timezone.utc) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+        notice = {
+            "action": "terminate",
+            "time": (datetime.now(UTC) + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
         with state.locked():
             cluster.write_metadata(state, extra={victim.address: {"spot/instance-action": json.dumps(notice)}})
         log(f"spot interruption notice served to {victim.name}; waiting for it to drain")

@@ -41,8 +41,13 @@ class TwinGroup:
         def client(service: str):
             import boto3
 
-            return boto3.client(service, region_name=region, endpoint_url=endpoint,
-                                aws_access_key_id="twin", aws_secret_access_key="twin")
+            return boto3.client(
+                service,
+                region_name=region,
+                endpoint_url=endpoint,
+                aws_access_key_id="twin",
+                aws_secret_access_key="twin",
+            )
 
         self._client = self._call(lambda: client("autoscaling"))
         self._ec2 = self._call(lambda: client("ec2"))
@@ -52,30 +57,47 @@ class TwinGroup:
 
     def describe(self) -> EngineGroup:
         """The group: its size, bounds and instances (id -> lifecycle state)."""
-        return EngineGroup.parse(self._call(lambda: self._client.describe_auto_scaling_groups(
-            AutoScalingGroupNames=[self.name])["AutoScalingGroups"][0]))
+        return EngineGroup.parse(
+            self._call(
+                lambda: self._client.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])[
+                    "AutoScalingGroups"
+                ][0]
+            )
+        )
 
     def launch_user_data(self) -> bytes:
         """What the group launches with: its launch template's user data, read as EC2 reads it."""
-        versions = self._call(lambda: self._ec2.describe_launch_template_versions(
-            LaunchTemplateName=f"{self.name}-template", Versions=["$Latest"]))
+        versions = self._call(
+            lambda: self._ec2.describe_launch_template_versions(
+                LaunchTemplateName=f"{self.name}-template", Versions=["$Latest"]
+            )
+        )
         return base64.b64decode(versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"])
 
     def hook(self) -> dict | None:
-        hooks = self._call(lambda: self._client.describe_lifecycle_hooks(
-            AutoScalingGroupName=self.name)["LifecycleHooks"])
+        hooks = self._call(
+            lambda: self._client.describe_lifecycle_hooks(AutoScalingGroupName=self.name)["LifecycleHooks"]
+        )
         return next((h for h in hooks if h["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"), None)
 
     def complete(self, instance_id: str, hook: str) -> None:
         """The hook's timeout, played by the twin: AWS goes on with the default result."""
-        self._call(lambda: self._client.complete_lifecycle_action(
-            AutoScalingGroupName=self.name, LifecycleHookName=hook, InstanceId=instance_id,
-            LifecycleActionResult="CONTINUE"))
+        self._call(
+            lambda: self._client.complete_lifecycle_action(
+                AutoScalingGroupName=self.name,
+                LifecycleHookName=hook,
+                InstanceId=instance_id,
+                LifecycleActionResult="CONTINUE",
+            )
+        )
 
     def detach(self, instance_id: str) -> None:
         """A node lost (or interrupted) leaves the group, and the group its size."""
-        self._call(lambda: self._client.detach_instances(
-            AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=True))
+        self._call(
+            lambda: self._client.detach_instances(
+                AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=True
+            )
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

@@ -19,7 +19,7 @@ import json
 import secrets
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -51,13 +51,18 @@ class Metadata:
 
 def credentials(node: dict) -> str:
     """Role credentials in EC2's format; moto takes any key, so they are fixed strings."""
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    return json.dumps({
-        "Code": "Success", "LastUpdated": now.isoformat().replace("+00:00", "Z"), "Type": "AWS-HMAC",
-        "AccessKeyId": "ASIATWIN" + node["instance-id"][-12:].upper(), "SecretAccessKey": "twin-secret",
-        "Token": "twin-session-token",
-        "Expiration": (now + timedelta(hours=6)).isoformat().replace("+00:00", "Z"),
-    })
+    now = datetime.now(UTC).replace(microsecond=0)
+    return json.dumps(
+        {
+            "Code": "Success",
+            "LastUpdated": now.isoformat().replace("+00:00", "Z"),
+            "Type": "AWS-HMAC",
+            "AccessKeyId": "ASIATWIN" + node["instance-id"][-12:].upper(),
+            "SecretAccessKey": "twin-secret",
+            "Token": "twin-session-token",
+            "Expiration": (now + timedelta(hours=6)).isoformat().replace("+00:00", "Z"),
+        }
+    )
 
 
 def lookup(node: dict, path: str) -> str | None:
@@ -66,13 +71,19 @@ def lookup(node: dict, path: str) -> str | None:
     role = node.get("iam-role")
     if role:
         values[f"{CREDENTIALS_PREFIX}{role}"] = credentials(node)
-        values["meta-data/iam/info"] = json.dumps({"Code": "Success", "InstanceProfileArn":
-                                                   f"arn:aws:iam::123456789012:instance-profile/{role}"})
+        values["meta-data/iam/info"] = json.dumps(
+            {"Code": "Success", "InstanceProfileArn": f"arn:aws:iam::123456789012:instance-profile/{role}"}
+        )
     if path in values:
         return values[path]
     folder = path.rstrip("/") + "/"
-    children = sorted({k[len(folder):].split("/", 1)[0] + ("/" if "/" in k[len(folder):] else "")
-                       for k in values if k.startswith(folder)})
+    children = sorted(
+        {
+            k[len(folder) :].split("/", 1)[0] + ("/" if "/" in k[len(folder) :] else "")
+            for k in values
+            if k.startswith(folder)
+        }
+    )
     return "\n".join(children) if children else None
 
 
@@ -116,7 +127,7 @@ def handler_for(metadata: Metadata) -> type[BaseHTTPRequestHandler]:
             node = metadata.node(self.client_address[0])
             if node is None or not self.path.startswith("/latest/"):
                 return self._answer(404)
-            value = lookup(node, self.path[len("/latest/"):])
+            value = lookup(node, self.path[len("/latest/") :])
             if value is None:
                 return self._answer(404)
             self._answer(200, value)

@@ -92,8 +92,20 @@ class TwinNetwork:
         """The client on its own routed subnet (no bridge): its traffic is forwarded, so filtered."""
         ip("netns", "add", host.namespace)
         ip("link", "set", "lo", "up", namespace=host.namespace)
-        ip("link", "add", host.veth, "netns", self.router, "type", "veth",
-           "peer", "name", "eth0", "netns", host.namespace)
+        ip(
+            "link",
+            "add",
+            host.veth,
+            "netns",
+            self.router,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.namespace,
+        )
         ip("addr", "add", f"{CLIENT_GATEWAY}/24", "dev", host.veth, namespace=self.router)
         ip("link", "set", host.veth, "up", namespace=self.router)
         ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
@@ -109,7 +121,9 @@ class TwinNetwork:
         """
         accepts = "\n".join(
             f"    ip saddr {cidr} ip daddr {CLUSTER_SUBNET} tcp dport {first}-{last} accept"
-            for cidr, first, last in ingress if ":" not in cidr)
+            for cidr, first, last in ingress
+            if ":" not in cidr
+        )
         # Declared, deleted and declared again: applying it twice (a replaced controller) starts afresh.
         ruleset = f"""table ip ipfleet_twin
 delete table ip ipfleet_twin
@@ -130,12 +144,14 @@ table ip ipfleet_twin {{
   }}
 }}
 """
-        result = subprocess.run(in_namespace(self.router, ["nft", "-f", "-"]), input=ruleset,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            in_namespace(self.router, ["nft", "-f", "-"]), input=ruleset, capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise NetworkError(f"nft refused the security group: {result.stderr.strip()}\n{ruleset}")
-        forwarding = subprocess.run(in_namespace(self.router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]),
-                                    capture_output=True, text=True)
+        forwarding = subprocess.run(
+            in_namespace(self.router, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]), capture_output=True, text=True
+        )
         if forwarding.returncode != 0:
             raise NetworkError(f"cannot turn on forwarding: {forwarding.stderr.strip()}")
         return ruleset
@@ -144,8 +160,20 @@ table ip ipfleet_twin {{
         ip("netns", "add", host.namespace)
         ip("link", "set", "lo", "up", namespace=host.namespace)
         # Both ends are born inside their namespaces: the root namespace never holds either.
-        ip("link", "add", host.veth, "netns", self.router, "type", "veth",
-           "peer", "name", "eth0", "netns", host.namespace)
+        ip(
+            "link",
+            "add",
+            host.veth,
+            "netns",
+            self.router,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            host.namespace,
+        )
         ip("link", "set", host.veth, "master", "br0", "up", namespace=self.router)
         ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
         ip("link", "set", "eth0", "up", namespace=host.namespace)

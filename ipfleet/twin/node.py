@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 # Where the twin's stand-ins appear inside every node.
-SHARED_SOURCE = "/srv/efs"                 # a host folder standing in for the EFS export
-WHEELHOUSE_MOUNT = "/srv/ipfleet-wheels"   # the package index, read-only
+SHARED_SOURCE = "/srv/efs"  # a host folder standing in for the EFS export
+WHEELHOUSE_MOUNT = "/srv/ipfleet-wheels"  # the package index, read-only
 
 
 class NodeError(RuntimeError):
@@ -22,15 +22,15 @@ class NodeError(RuntimeError):
 
 @dataclass
 class Node:
-    name: str           # hostname, e.g. demo-engine-1
-    role: str           # controller or engine
+    name: str  # hostname, e.g. demo-engine-1
+    role: str  # controller or engine
     namespace: str
     address: str
-    work_dir: str       # holds upper/, work/, root/ (the overlay) and the console log
+    work_dir: str  # holds upper/, work/, root/ (the overlay) and the console log
     pid: int | None = None  # systemd-nspawn's
-    instance_id: str = ""   # what its instance metadata calls it, as EC2 would
-    image: str = ""         # the root file system it overlays (the AMI)
-    wheelhouse: str = ""    # the package index it was booted with
+    instance_id: str = ""  # what its instance metadata calls it, as EC2 would
+    image: str = ""  # the root file system it overlays (the AMI)
+    wheelhouse: str = ""  # the package index it was booted with
 
     @property
     def root(self) -> Path:
@@ -51,8 +51,17 @@ class Node:
         work = Path(self.work_dir)
         for sub in ("upper", "work", "root"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-        _run(["mount", "-t", "overlay", "overlay", "-o",
-              f"lowerdir={image},upperdir={work / 'upper'},workdir={work / 'work'}", str(self.root)])
+        _run(
+            [
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={image},upperdir={work / 'upper'},workdir={work / 'work'}",
+                str(self.root),
+            ]
+        )
         seed = self.root / "var/lib/cloud/seed/nocloud"
         seed.mkdir(parents=True, exist_ok=True)
         (seed / "user-data").write_bytes(user_data)
@@ -61,8 +70,13 @@ class Node:
     def boot(self, shared_dir: Path, wheelhouse: Path) -> None:
         self.wheelhouse = str(wheelhouse)
         command = [
-            "systemd-nspawn", "--quiet", "--boot", "--register=no", "--keep-unit",
-            f"--directory={self.root}", f"--machine={self.name}",
+            "systemd-nspawn",
+            "--quiet",
+            "--boot",
+            "--register=no",
+            "--keep-unit",
+            f"--directory={self.root}",
+            f"--machine={self.name}",
             f"--network-namespace-path=/run/netns/{self.namespace}",
             f"--bind={shared_dir}:{SHARED_SOURCE}",
             f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
@@ -71,8 +85,9 @@ class Node:
             "--console=pipe",
         ]
         log = self.console_log.open("wb")
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.pid = process.pid
 
     def running(self) -> bool:
@@ -95,7 +110,9 @@ class Node:
         """Run a command inside the node (its mount, PID, UTS, IPC and network namespaces)."""
         return subprocess.run(
             ["nsenter", "-t", str(self.init_pid()), "-m", "-u", "-i", "-n", "-p", "--", *command],
-            capture_output=True, text=True, timeout=timeout,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def kill(self) -> None:

@@ -69,8 +69,15 @@ class Reconciler:
             number = cluster.next_host_number(state)
             host = net.host(f"engine{number}", number)
             name = cluster.host_name(state.stack, f"engine-{state.launched}")
-            node = Node(name=name, role="engine", namespace=host.namespace, address=host.address,
-                        work_dir=str(state.work_dir / name), instance_id=instance_id, image=controller.image)
+            node = Node(
+                name=name,
+                role="engine",
+                namespace=host.namespace,
+                address=host.address,
+                work_dir=str(state.work_dir / name),
+                instance_id=instance_id,
+                image=controller.image,
+            )
             # Recorded before anything exists, so that `down` removes whatever does.
             state.namespaces.append(host.namespace)
             state.nodes.append(node)
@@ -87,8 +94,9 @@ class Reconciler:
         if node.instance_id not in self.waiting_since:
             self.waiting_since[node.instance_id] = time.monotonic()
             with self.state.locked():
-                cluster.write_metadata(self.state, extra={
-                    node.address: {"autoscaling/target-lifecycle-state": TERMINATED}})
+                cluster.write_metadata(
+                    self.state, extra={node.address: {"autoscaling/target-lifecycle-state": TERMINATED}}
+                )
             log(f"{node.instance_id} ({node.name}) is leaving the group: Terminating:Wait")
         timeout = (self.hook or {}).get("HeartbeatTimeout", 0)
         if time.monotonic() - self.waiting_since[node.instance_id] > timeout:
@@ -106,8 +114,10 @@ class Reconciler:
             state.metadata_extra.pop(node.address, None)
             cluster.write_metadata(state)
         waited = self.waiting_since.pop(node.instance_id, None)
-        log(f"terminated {node.instance_id} ({node.name})"
-            + (f" {time.monotonic() - waited:.1f} s after it began to leave" if waited else ""))
+        log(
+            f"terminated {node.instance_id} ({node.name})"
+            + (f" {time.monotonic() - waited:.1f} s after it began to leave" if waited else "")
+        )
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stopping", True))

@@ -23,13 +23,22 @@ CACHE = Path("/var/cache/ipfleet/twin")
 # What the official Debian cloud images provide that the bootstrap relies on...
 BASE_PACKAGES = (
     # (No python3-venv: uv makes the nodes' venv, so the image need not have it.)
-    "systemd", "systemd-sysv", "dbus", "cloud-init", "python3",
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "cloud-init",
+    "python3",
     # debootstrap cannot configure python3-cryptography (a cloud-init dependency) without it.
     "python3-cffi-backend",
-    "iproute2", "netbase", "ca-certificates", "sudo", "openssh-server",
+    "iproute2",
+    "netbase",
+    "ca-certificates",
+    "sudo",
+    "openssh-server",
     # ...and every package ipfleet's own bootstrap may ask for, so that one cached
     # image serves every stack; only a stack's aptPackages make another.
-    "nfs-common", "s3fs",
+    "nfs-common",
+    "s3fs",
 )
 
 # Image settings, as an image builder bakes them: the NoCloud seed stands in for
@@ -85,9 +94,17 @@ def ensure_rootfs(suite: str, apt_packages: Iterable[str], log=print) -> Path:
     debs.mkdir(parents=True, exist_ok=True)
     log(f"building the node image (Debian {suite}, {len(packages)} packages) in {target}")
     result = subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--cache-dir={debs}",
-         f"--include={','.join(packages)}", suite, str(building), mirror()],
-        capture_output=True, text=True,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--cache-dir={debs}",
+            f"--include={','.join(packages)}",
+            suite,
+            str(building),
+            mirror(),
+        ],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
@@ -118,8 +135,15 @@ def image_python_version(image: Path) -> str:
     raise RuntimeError(f"no python3.X package in {image}")
 
 
-def ensure_baked_image(image: Path, wheelhouse: Path, requirements: Iterable[str], constraints: Iterable[str],
-                       python_facts: dict, pyenv_program: str, log=print) -> Path:
+def ensure_baked_image(
+    image: Path,
+    wheelhouse: Path,
+    requirements: Iterable[str],
+    constraints: Iterable[str],
+    python_facts: dict,
+    pyenv_program: str,
+    log=print,
+) -> Path:
     """IMAGE with the nodes' Python environment already in it, as a baked AMI holds it.
 
     Made by running the nodes' own bootstrap/node/ipfleet_pyenv.py in a copy of the
@@ -130,8 +154,19 @@ def ensure_baked_image(image: Path, wheelhouse: Path, requirements: Iterable[str
     from ipfleet.twin.node import WHEELHOUSE_MOUNT
 
     requirements, constraints = sorted(requirements), sorted(constraints)
-    key = hashlib.sha256("\n".join([image.name, wheelhouse.name, *requirements, "--", *constraints,
-                                     json.dumps(python_facts, sort_keys=True), pyenv_program]).encode())
+    key = hashlib.sha256(
+        "\n".join(
+            [
+                image.name,
+                wheelhouse.name,
+                *requirements,
+                "--",
+                *constraints,
+                json.dumps(python_facts, sort_keys=True),
+                pyenv_program,
+            ]
+        ).encode()
+    )
     target = image.with_name(f"{image.name}-baked-{key.hexdigest()[:12]}")
     if (target / ".ipfleet-complete").exists():
         return target
@@ -143,16 +178,31 @@ def ensure_baked_image(image: Path, wheelhouse: Path, requirements: Iterable[str
         raise RootfsError(f"copying the image failed: {result.stderr.strip()}")
     (building / ".ipfleet-complete").unlink(missing_ok=True)
     facts = {"python": python_facts}
-    placed = {paths.FACTS_FILE: json.dumps(facts), paths.PYTHON_REQUIREMENTS: "\n".join(requirements) + "\n",
-              paths.PYTHON_CONSTRAINTS: "\n".join(constraints) + "\n", paths.PYENV: pyenv_program}
+    placed = {
+        paths.FACTS_FILE: json.dumps(facts),
+        paths.PYTHON_REQUIREMENTS: "\n".join(requirements) + "\n",
+        paths.PYTHON_CONSTRAINTS: "\n".join(constraints) + "\n",
+        paths.PYENV: pyenv_program,
+    }
     for path, text in placed.items():
         (building / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (building / path.lstrip("/")).write_text(text)
     result = subprocess.run(
-        ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--private-network",
-         f"--directory={building}", f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
-         "/usr/bin/python3", paths.PYENV, "--compile-bytecode"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL,
+        [
+            "systemd-nspawn",
+            "--quiet",
+            "--register=no",
+            "--keep-unit",
+            "--private-network",
+            f"--directory={building}",
+            f"--bind-ro={wheelhouse}:{WHEELHOUSE_MOUNT}",
+            "/usr/bin/python3",
+            paths.PYENV,
+            "--compile-bytecode",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-15:])

@@ -48,7 +48,7 @@ def relay(port: int) -> None:
                 data = sock.recv(CHUNK)
                 if data:
                     while data:  # a pipe may take less than offered
-                        data = data[os.write(stdout, data):]
+                        data = data[os.write(stdout, data) :]
                 else:
                     selector.unregister(sock)
                     open_ends -= 1
@@ -63,8 +63,7 @@ def enter(stack: str, instance_id: str, port: str) -> None:
     node = next((n for n in TwinState.load(stack).nodes if n.instance_id == instance_id), None)
     if node is None:
         sys.exit(f"session relay: no instance {instance_id} in the twin of {stack!r} (TargetNotConnected)")
-    os.execvp("ip", ["ip", "netns", "exec", node.namespace, sys.executable, "-m", "ipfleet.twin.session_relay",
-                     port])
+    os.execvp("ip", ["ip", "netns", "exec", node.namespace, sys.executable, "-m", "ipfleet.twin.session_relay", port])
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ class WheelhouseError(RuntimeError):
     pass
 
 
-def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], python_version: str,
-                      log=print) -> Path:
+def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], python_version: str, log=print) -> Path:
     """A folder holding `files/*.whl` and `simple/<project>/index.html`.
 
     Resolved for the nodes' Python (`python_version`, the image's), not this
@@ -47,8 +46,20 @@ def ensure_wheelhouse(requirements: Iterable[str], constraints: Iterable[str], p
     files = building / "files"
     files.mkdir(parents=True)
     log(f"downloading {len(requirements)} node requirements and their dependencies into {target}")
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", "--python-version", python_version, "-d", str(files), *requirements]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--python-version",
+        python_version,
+        "-d",
+        str(files),
+        *requirements,
+    ]
     if lock:
         (building / "constraints.txt").write_text(lock + "\n")
         command[4:4] = ["-c", str(building / "constraints.txt")]
@@ -77,8 +88,10 @@ def write_simple_index(root: Path) -> None:
     for project, wheels in projects.items():
         folder = simple / project
         folder.mkdir(exist_ok=True)
-        links = "\n".join(f'<a href="../../files/{html.escape(w)}#sha256={_sha256(root / "files" / w)}">'
-                          f'{html.escape(w)}</a><br>' for w in wheels)
+        links = "\n".join(
+            f'<a href="../../files/{html.escape(w)}#sha256={_sha256(root / "files" / w)}">{html.escape(w)}</a><br>'
+            for w in wheels
+        )
         folder.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{links}\n</body></html>\n")
     index = "\n".join(f'<a href="{p}/">{p}</a><br>' for p in sorted(projects))
     simple.joinpath("index.html").write_text(f"<!DOCTYPE html>\n<html><body>\n{index}\n</body></html>\n")
@@ -86,5 +99,3 @@ def write_simple_index(root: Path) -> None:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-

@@ -24,8 +24,12 @@ import ipfleet
 
 def scale(stack: str, nodes: int) -> dict:
     started = time.time()
-    out = subprocess.run([sys.executable, "-m", "ipfleet.cli", "scale", stack, str(nodes), "--wait", "--json",
-                          "--timeout", "300"], capture_output=True, text=True, timeout=360)
+    out = subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", "scale", stack, str(nodes), "--wait", "--json", "--timeout", "300"],
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     if out.returncode != 0:
         raise SystemExit(f"ipfleet scale failed: {out.stderr}")
     return {**json.loads(out.stdout), "started_at": started}
@@ -55,9 +59,14 @@ def scale_out(stack: str, nodes: int) -> dict:
     while len(rc.engine_ids()) < scaled["engines"] and time.monotonic() < deadline:
         time.sleep(0.5)
     workers = set(map(tuple, view.map_sync(who, range(20 * scaled["engines"]))))
-    result = {"engines_before": len(before), "engines_after": len(rc.engine_ids()),
-              "hosts_used": len({h for h, _ in workers}), "engines_used": len(workers),
-              "seconds_to_registered": scaled["seconds"], "nodes": scaled["nodes"]}
+    result = {
+        "engines_before": len(before),
+        "engines_after": len(rc.engine_ids()),
+        "hosts_used": len({h for h, _ in workers}),
+        "engines_used": len(workers),
+        "seconds_to_registered": scaled["seconds"],
+        "nodes": scaled["nodes"],
+    }
     rc.close()
     return result
 
@@ -85,9 +94,14 @@ def scale_in(stack: str, nodes: int, tasks: int = 200) -> dict:
     shrinker.start()
     values = result.get(timeout=600)
     shrinker.join(timeout=400)
-    out = {"tasks": tasks, "results_correct": sum(v == i * i for i, v in enumerate(values)),
-           "engines_before": engines_before, "engines_after": len(rc.engine_ids()),
-           "seconds_to_drained": scaled.get("seconds"), "nodes": scaled.get("nodes")}
+    out = {
+        "tasks": tasks,
+        "results_correct": sum(v == i * i for i, v in enumerate(values)),
+        "engines_before": engines_before,
+        "engines_after": len(rc.engine_ids()),
+        "seconds_to_drained": scaled.get("seconds"),
+        "nodes": scaled.get("nodes"),
+    }
     rc.close()
     return out
 
