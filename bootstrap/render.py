@@ -174,7 +174,7 @@ def node_program(path: Path, role: str | None = None) -> str:
 def role_only(tree: ast.Module) -> dict[str, tuple[str, ...]]:
     """The module's ROLE_ONLY table: {role: names of functions only that role runs}."""
     for node in tree.body:
-        if _is_role_only(node):
+        if isinstance(node, ast.Assign) and _is_role_only(node):
             return ast.literal_eval(node.value)
     return {}
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from bootstrap import encode_user_data, node_spec, render_user_data
+from bootstrap import Role, encode_user_data, node_spec, render_user_data
 from components.controller import Controller, ControllerArgs
 from components.engine_fleet import EngineFleet, EngineFleetArgs
 from components.key_pair import KeyPair, KeyPairArgs
@@ -91,7 +91,7 @@ class Cluster(pulumi.ComponentResource):
             controller_needs += self.shared_storage.mount_targets
             engine_needs += self.shared_storage.mount_targets
 
-        def user_data(role: str) -> pulumi.Output[str]:
+        def user_data(role: Role) -> pulumi.Output[str]:
             return efs_dns_name.apply(lambda dns: encode_user_data(render_user_data(node_spec(s, role, dns))))
 
         self.controller = Controller(

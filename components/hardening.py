@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # IMDSv2 only (session tokens), and a hop limit of 1 so that containers on a
 # node cannot borrow its credentials.
-IMDS_V2 = {
+IMDS_V2: dict = {
     "http_endpoint": "enabled",
     "http_tokens": "required",
     "http_put_response_hop_limit": 1,

@@ -4,6 +4,7 @@ the image to boot and the network to boot it in. Plain lookups, no resources."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -53,7 +54,7 @@ def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -
     """The stack's VPC and subnets, or the region's default VPC and its default subnets."""
     if settings.vpc_id is None:
         vpc_id = aws.ec2.get_vpc(default=True, opts=opts).id
-        filters = [{"name": "vpc-id", "values": [vpc_id]}, {"name": "default-for-az", "values": ["true"]}]
+        filters: list[Any] = [{"name": "vpc-id", "values": [vpc_id]}, {"name": "default-for-az", "values": ["true"]}]
     else:
         vpc_id = settings.vpc_id
         filters = [{"name": "vpc-id", "values": [vpc_id]}]

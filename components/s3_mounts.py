@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -19,7 +21,7 @@ WRITE = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 @dataclass(frozen=True)
 class S3MountsArgs:
     mounts: list[S3Mount]
-    roles: list[pulumi.Input[str]]
+    roles: Sequence[pulumi.Input[str]]
 
 
 class S3Mounts(pulumi.ComponentResource):
@@ -46,7 +48,12 @@ def policy_document(mounts: list[S3Mount]) -> dict:
     for index, m in enumerate(mounts):
         bucket_arn = f"arn:aws:s3:::{m.bucket}"
         objects = f"{bucket_arn}/{m.prefix}/*" if m.prefix else f"{bucket_arn}/*"
-        listing = {"Sid": f"List{index}", "Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": bucket_arn}
+        listing: dict[str, Any] = {
+            "Sid": f"List{index}",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": bucket_arn,
+        }
         if m.prefix:
             listing["Condition"] = {"StringLike": {"s3:prefix": [m.prefix, f"{m.prefix}/*"]}}
         statements.append(listing)

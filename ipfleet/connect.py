@@ -191,6 +191,8 @@ def tunnel_for(
     stack: str, region: str, controller: dict, identity: Path, directory: Path, proxy_command: str | None = None
 ) -> Tunnel:
     access = controller.get("access")
+    host: str | None
+    proxy: str | None
     if access == "ssm":
         host = controller.get("instance_id")
         if not host:
@@ -356,6 +358,8 @@ def client(
             from ipfleet.project import default_region
 
             region = default_region(stack)
+        if region is None:
+            raise FetchError(f"no AWS region for stack {stack!r}: pass region=..., or set AWS_REGION")
         connection = connect(stack, region, timeout=timeout).connection
     for problem in connection.warnings:
         warnings.warn(problem, VersionMismatchWarning, stacklevel=2)

@@ -68,10 +68,13 @@ def forward(connection: Connection, local_port: int, timeout: float = READY_TIME
         deadline = time.monotonic() + timeout
         while not _accepts(local_port):
             if process.poll() is not None:
-                raise NotebookError(f"ssh ended (exit {process.returncode}): {process.stderr.read().strip()}")
+                error = process.stderr.read().strip() if process.stderr else ""
+                raise NotebookError(f"ssh ended (exit {process.returncode}): {error}")
             if time.monotonic() > deadline:
                 raise NotebookError(f"the tunnel to the notebook did not open in {timeout:.0f} s")
             time.sleep(0.3)
+        if connection.notebook is None:
+            raise NotebookError("the controller published no notebook (set ipfleet:notebook: true)")
         token = connection.notebook["token"]
         yield NotebookUrl(f"http://127.0.0.1:{local_port}/lab?token={token}", process)
     finally:

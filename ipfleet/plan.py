@@ -146,7 +146,7 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = _masked(rpc.deserialize_properties(request.object))
-            options = {}
+            options: dict[str, Any] = {}
             if request.retainOnDelete:
                 options["retainOnDelete"] = True
             if request.ignoreChanges:
@@ -183,9 +183,11 @@ def record(settings: Settings, config: dict[str, Any], declare: Callable[[], Any
     def run() -> Any:
         declare()
         root = pulumi_settings.get_root_resource()
+        # The root is the program's Stack: its outputs are what pulumi.export declared.
+        exported: dict[str, Any] = getattr(root, "outputs", {})
 
         async def collect():
-            for key, value in root.outputs.items():
+            for key, value in exported.items():
                 outputs[key] = _masked(await _resolve(value))
 
         return collect()

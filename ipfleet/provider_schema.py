@@ -63,7 +63,7 @@ def args_class_for(token: str) -> type | None:
 @cache
 def _properties(args_class: type) -> dict[str, tuple[str, bool]]:
     """camelCase name -> (snake_case parameter, required) for one input class."""
-    parameters = inspect.signature(args_class.__init__).parameters
+    parameters = inspect.signature(args_class).parameters
     out = {}
     for attribute, value in vars(args_class).items():
         wire = getattr(getattr(value, "fget", None), "_pulumi_name", None)
@@ -133,7 +133,7 @@ def check_inputs(args_class: type, inputs: dict, path: str = "") -> list[tuple[s
         if key not in properties:
             problems.append((where, f"{args_class.__name__} has no property {key!r}"))
             continue
-        parameter = inspect.signature(args_class.__init__).parameters[properties[key][0]]
+        parameter = inspect.signature(args_class).parameters[properties[key][0]]
         problems += _check_value(_shape(parameter.annotation, _namespace(args_class)), value, where)
     for key, (_, required) in properties.items():
         if required and key not in inputs:
@@ -163,6 +163,7 @@ def _check_value(shape: _Shape, value: Any, where: str) -> list[tuple[str, str]]
         if not isinstance(value, dict):
             return [(where, f"must be a map, not {type(value).__name__}")]
         return [p for k, v in value.items() for p in _check_value(shape.item or ANY, v, f"{where}.{k}")]
+    assert shape.args_class is not None  # an "object" shape always names its input class
     if not isinstance(value, dict):
         return [(where, f"must be an object ({shape.args_class.__name__}), not {type(value).__name__}")]
     return check_inputs(shape.args_class, value, where)

@@ -217,3 +217,16 @@ def test_no_ssh_config_prints_the_command_and_leaves_ssh_config_alone(aws_env, t
     assert command.endswith("ipfleet-admin@i-0123456789abcdef0")
     assert not (home / ".ssh" / "config").exists()
     assert (home / ".ssh" / "ipfleet" / "lab.known_hosts").exists()
+
+
+def test_client_without_any_region_says_so(tmp_path, monkeypatch):
+    """Nothing saved, no stack file, no AWS configuration: a clear error, not boto3's traceback."""
+    import ipfleet
+
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    with pytest.raises(FetchError, match="no AWS region for stack 'nowhere'"):
+        ipfleet.client("nowhere", timeout=1)

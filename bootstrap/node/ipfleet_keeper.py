@@ -27,6 +27,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ipfleet_node as node  # noqa: E402 (the agent beside this file)
@@ -141,7 +142,7 @@ class Hub:
 
     def __init__(self, facts: dict):
         self.file = node.security_dir(facts) / "ipcontroller-client.json"
-        self.socket = None
+        self.socket: Any = None
 
     def _connect(self) -> None:
         import zmq
@@ -154,7 +155,7 @@ class Hub:
             packer=info.get("pack", "json"),
             unpacker=info.get("unpack", "json"),
         )
-        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket: Any = zmq.Context.instance().socket(zmq.DEALER)
         socket.linger = 0
         if info.get("curve_serverkey"):  # access: direct
             public, secret = zmq.curve_keypair()

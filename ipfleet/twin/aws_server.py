@@ -95,9 +95,10 @@ def complete_lifecycle_action(self) -> EmptyResult:
 
 
 def install() -> None:
-    models.FakeAutoScalingGroup.set_desired_capacity = _group_set_desired
-    models.AutoScalingBackend.set_desired_capacity = _backend_set_desired
-    responses.AutoScalingResponse.complete_lifecycle_action = complete_lifecycle_action
+    # Patched into moto's classes (setattr: replacing methods is the point).
+    setattr(models.FakeAutoScalingGroup, "set_desired_capacity", _group_set_desired)  # noqa: B010
+    setattr(models.AutoScalingBackend, "set_desired_capacity", _backend_set_desired)  # noqa: B010
+    setattr(responses.AutoScalingResponse, "complete_lifecycle_action", complete_lifecycle_action)  # noqa: B010
 
 
 if __name__ == "__main__":

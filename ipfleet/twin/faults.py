@@ -97,7 +97,7 @@ def run_fault(
     if laptop.returncode != 0:
         raise TwinError(f"the laptop's map failed:\n{err.strip()[-3000:]}")
     result = json.loads(out)
-    starts = Counter()
+    starts: Counter[str] = Counter()
     if shared_log:
         for line in (state.shared_dir / FAULT_LOG_DIR / f"{kind}.log").read_text().splitlines():
             starts[line.split()[0]] += 1
@@ -124,7 +124,8 @@ def _wait_for_progress(laptop: subprocess.Popen, run_dir, done: int, timeout: fl
     progress = run_dir / "progress.json"
     while True:
         if laptop.poll() is not None:
-            raise TwinError(f"the laptop's map ended before the fault:\n{laptop.stderr.read()[-3000:]}")
+            error = laptop.stderr.read() if laptop.stderr else ""
+            raise TwinError(f"the laptop's map ended before the fault:\n{error[-3000:]}")
         if progress.exists() and json.loads(progress.read_text())["done"] >= done:
             return
         if time.monotonic() > deadline:

@@ -95,7 +95,7 @@ class Node:
 
     def init_pid(self) -> int:
         """PID of the node's own systemd, for entering its namespaces."""
-        if not self.running():
+        if self.pid is None or not self.running():
             raise NodeError(f"{self.name} is not running")
         queue = [self.pid]
         while queue:
@@ -127,7 +127,7 @@ class Node:
 
     def stop(self, timeout: float = 30) -> None:
         """Power off cleanly (SIGTERM to nspawn), then force; then drop the overlay."""
-        if self.running():
+        if self.pid is not None and self.running():
             os.killpg(self.pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
             while process_alive(self.pid) and time.monotonic() < deadline:

@@ -98,10 +98,11 @@ class Reconciler:
                     self.state, extra={node.address: {"autoscaling/target-lifecycle-state": TERMINATED}}
                 )
             log(f"{node.instance_id} ({node.name}) is leaving the group: Terminating:Wait")
-        timeout = (self.hook or {}).get("HeartbeatTimeout", 0)
+        hook = self.hook or {}
+        timeout = hook.get("HeartbeatTimeout", 0)
         if time.monotonic() - self.waiting_since[node.instance_id] > timeout:
             log(f"{node.instance_id}: the drain hook timed out after {timeout} s; going on")
-            self.group.complete(node.instance_id, self.hook["LifecycleHookName"])
+            self.group.complete(node.instance_id, hook["LifecycleHookName"])
 
     def terminate(self, node: Node) -> None:
         node.stop()
