@@ -14,11 +14,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from ipfleet.console import fail as _fail
+from ipfleet.errors import IpfleetError, UsageError
 from ipfleet.project import default_region
 
+
+class _Commands(TyperGroup):
+    """Every command's errors end here: ipfleet's own become one red line and their exit
+    code (ipfleet/errors.py); anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IpfleetError as e:
+            _fail(e.message(), e.exit_code)
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="ipfleet",
     help=(
         "IPython-parallel clusters on AWS, declared as code.\n\n"
@@ -56,25 +71,21 @@ def _plan(stack: str):
 
 
 def _plan_with_settings(stack: str):
-    from ipfleet.project import StackNotFound, resolve_stack
+    from bootstrap.preflight import preflight
+    from ipfleet.project import resolve_stack
     from ipfleet.settings import SettingsError, parse_settings
     from ipfleet.stack_config import read_stack_file
 
-    name = stack
+    ref = resolve_stack(stack)
     try:
-        ref = resolve_stack(stack)
-        name = ref.name
         config = read_stack_file(ref.path)
         settings = parse_settings(ref.name, config)
-        from bootstrap.preflight import preflight
-
         preflight(settings)
-    except StackNotFound as e:
-        _fail(str(e), 2)
     except SettingsError as e:
-        _fail(e.report(name), 2)
-    except (ValueError, OSError) as e:
-        _fail(str(e), 2)
+        e.stack = e.stack or ref.name
+        raise
+    except (ValueError, OSError) as e:  # an unreadable stack file
+        raise UsageError(str(e)) from e
     from ipfleet.plan import run_plan
 
     return settings, run_plan(ref.project_dir, ref.name, config, settings)
@@ -124,10 +135,7 @@ def _plan_diff(stack: str, ref: str, as_json: bool) -> None:
         path, name = candidate, candidate.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
     else:
         path, name = stacks_dir(project_dir()) / STACK_FILE.format(name=stack), stack
-    try:
-        old = plan_diff.plan_at(ref, path)
-    except plan_diff.PlanDiffError as e:
-        _fail(str(e), 2)
+    old = plan_diff.plan_at(ref, path)
     # A stack the change deletes has no plan in the working tree.
     new = json.loads(json.dumps(_plan(str(path)).as_json())) if path.exists() else None
     if old is None and new is None:
@@ -162,10 +170,7 @@ def stacks(
     root = project_dir()
     names = list_stacks(root)
     if changed_since is not None:
-        try:
-            names = plan_diff.changed_stacks(changed_since, root, names, stacks_dir(root))
-        except plan_diff.PlanDiffError as e:
-            _fail(str(e), 2)
+        names = plan_diff.changed_stacks(changed_since, root, names, stacks_dir(root))
     typer.echo(json.dumps(names) if as_json else "\n".join(names))
 
 
@@ -205,16 +210,12 @@ def fetch(
     ~/.ipython/profile_ipfleet-STACK/security/ipcontroller-client.json.
     Needs AWS credentials allowed to read /ipfleet/STACK/connection; not Pulumi.
     """
-    from ipfleet.fetch import FetchError
     from ipfleet.fetch import fetch as do_fetch
     from ipfleet.progress import waiting
 
     region = _region(stack, region)
-    try:
-        with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
-            result = do_fetch(stack, region, timeout, on_wait=tick)
-    except FetchError as e:
-        _fail(str(e))
+    with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
+        result = do_fetch(stack, region, timeout, on_wait=tick)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -331,7 +332,6 @@ def scale(
     import boto3
     import botocore.exceptions as boto_errors
 
-    from ipfleet.scaling import ScaleError
     from ipfleet.scaling import scale as do_scale
 
     region = _region(stack, region)
@@ -346,8 +346,6 @@ def scale(
             timeout,
             report,
         )
-    except ScaleError as e:
-        _fail(str(e))
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
         _fail(f"cannot scale {stack!r} in {region}: {e}")
     if as_json:
@@ -374,15 +372,14 @@ def restart_engines(
     starts it again at once, and it registers afresh (with a new id). Uses the
     connection `ipfleet connect STACK` saved.
     """
-    from ipfleet.fetch import FetchError
     from ipfleet.progress import waiting
     from ipfleet.restart import restart_engines as do_restart
 
     try:
         with waiting(f"restarting the engines of {stack!r}", quiet=as_json) as tick:
             result = do_restart(stack, timeout, on_progress=tick)
-    except (FetchError, TimeoutError) as e:
-        _fail(str(e))
+    except TimeoutError as e:  # ipyparallel's own
+        raise IpfleetError(str(e)) from e
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -436,23 +433,19 @@ def connect(
         rc = ipfleet.client("STACK")
     """
     from ipfleet.connect import connect as do_connect
-    from ipfleet.fetch import FetchError
     from ipfleet.progress import waiting
 
     region = _region(stack, region)
-    try:
-        with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
-            result = do_connect(
-                stack,
-                region,
-                timeout,
-                identity=identity,
-                write_ssh_config=ssh_config,
-                proxy_command=proxy_command,
-                on_wait=tick,
-            )
-    except FetchError as e:
-        _fail(str(e))
+    with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
+        result = do_connect(
+            stack,
+            region,
+            timeout,
+            identity=identity,
+            write_ssh_config=ssh_config,
+            proxy_command=proxy_command,
+            on_wait=tick,
+        )
     for problem in result.connection.warnings:
         typer.secho(f"ipfleet: warning: {problem}", err=True, fg=typer.colors.YELLOW)
     if as_json:
@@ -489,7 +482,7 @@ def notebook(
     import subprocess
 
     from ipfleet.connect import Connection
-    from ipfleet.notebook import NotebookError, forward
+    from ipfleet.notebook import forward
 
     connection = Connection.load(stack)
     if connection is None:
@@ -501,8 +494,6 @@ def notebook(
                 url.process.wait()
             except KeyboardInterrupt:
                 pass
-    except NotebookError as e:
-        _fail(str(e))
     except subprocess.SubprocessError as e:
         _fail(f"the tunnel failed: {e}")
 

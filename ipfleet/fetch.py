@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bootstrap.node.ipfleet_node import FORMAT, PENDING
+from ipfleet.errors import IpfleetError
 from ipfleet.settings import rendezvous_parameter
 
 CLIENT_FILE = "ipcontroller-client.json"
@@ -21,7 +22,7 @@ CLIENT_FILE = "ipcontroller-client.json"
 CLIENT_KEYS = ("key", "signature_scheme", "location", "registration", "interface")
 
 
-class FetchError(RuntimeError):
+class FetchError(IpfleetError, RuntimeError):
     """Something the user can act on; the message says what."""
 
 

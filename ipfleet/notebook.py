@@ -15,11 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ipfleet.connect import Connection
+from ipfleet.errors import IpfleetError
 
 READY_TIMEOUT = 60.0
 
 
-class NotebookError(RuntimeError):
+class NotebookError(IpfleetError, RuntimeError):
     pass
 
 

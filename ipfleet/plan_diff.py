@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bootstrap.render import decode_user_data
+from ipfleet.errors import UsageError
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -53,7 +54,7 @@ CHANGE_NOTES = {
 }
 
 
-class PlanDiffError(RuntimeError):
+class PlanDiffError(UsageError, RuntimeError):
     pass
 
 

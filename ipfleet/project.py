@@ -8,10 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from ipfleet.errors import UsageError
+
 STACK_FILE = "Pulumi.{name}.yaml"
 
 
-class StackNotFound(LookupError):
+class StackNotFound(UsageError, LookupError):
     pass
 
 

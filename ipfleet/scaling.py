@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ipfleet.errors import IpfleetError
 from ipfleet.node_status import NodeRecord, read_records
 
 
-class ScaleError(RuntimeError):
+class ScaleError(IpfleetError, RuntimeError):
     pass
 
 

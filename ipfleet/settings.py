@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
 
 NAMESPACE = "ipfleet"
@@ -89,16 +90,20 @@ TAG_PUNCTUATION = set("_.:/=+-@")
 Scheme = Literal["leastload", "lru", "twobin", "weighted", "plainrandom", "pure"]
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError, ValueError):
     """User input that cannot make a cluster. `problems` holds one line each."""
 
-    def __init__(self, problems: list[str]):
+    def __init__(self, problems: list[str], stack: str | None = None):
         self.problems = problems
+        self.stack = stack
         super().__init__("\n".join(problems))
 
     def report(self, stack: str) -> str:
         """What users read: the stack, then one indented line per problem."""
         return f"stack {stack!r} has invalid settings:\n  " + "\n  ".join(self.problems)
+
+    def message(self) -> str:
+        return self.report(self.stack) if self.stack else "invalid settings:\n  " + "\n  ".join(self.problems)
 
 
 class _Model(BaseModel):
@@ -689,7 +694,7 @@ def parse_settings(stack: str, config: Mapping[str, Any]) -> Settings:
             if not any(line.split(": ", 1)[0] == seen.split(": ", 1)[0] for seen in lines):
                 lines.append(line)
     if lines:
-        raise SettingsError(lines)
+        raise SettingsError(lines, stack)
     return settings
 
 

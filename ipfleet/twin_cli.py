@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ipfleet.console import fail as _fail
+from ipfleet.errors import UsageError
 
 twin_app = typer.Typer(
     name="twin",
@@ -45,8 +46,8 @@ def _running(stack: str | None):
         stack = up[0]
     try:
         return TwinState.load(stack)
-    except TwinError as e:
-        _fail(str(e), 2)
+    except TwinError as e:  # no twin of that name: the name is the mistake
+        raise UsageError(str(e)) from e
 
 
 BakedOption = Annotated[
@@ -60,18 +61,11 @@ BakedOption = Annotated[
 
 
 def _boot(stack: str, engine_nodes: int | None = None, baked: bool = False):
-    from ipfleet.project import StackNotFound
-    from ipfleet.settings import SettingsError
     from ipfleet.twin import cluster
 
-    try:
-        cluster.check_platform()
-        state = cluster.up(stack, log=_say, engine_nodes=engine_nodes, baked=baked)
-    except (cluster.TwinError, StackNotFound) as e:
-        _fail(str(e), 2)
-    except SettingsError as e:
-        _fail(e.report(stack), 2)
-    return state
+    # Settings and stack-name errors are the user's (exit 2); a twin that cannot boot, 1.
+    cluster.check_platform()
+    return cluster.up(stack, log=_say, engine_nodes=engine_nodes, baked=baked)
 
 
 @twin_app.command()

@@ -109,3 +109,33 @@ def test_a_stack_file_with_a_key_twice_exits_2_and_declares_nothing(tmp_path):
     assert result.returncode == 2
     assert "ipfleet:engineNodes: set twice in Pulumi.twice.yaml (lines 3 and 4)" in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_every_error_ipfleet_reports_has_one_base_and_an_exit_code():
+    from ipfleet.errors import IpfleetError, UsageError
+    from ipfleet.fetch import FetchError
+    from ipfleet.notebook import NotebookError
+    from ipfleet.plan_diff import PlanDiffError
+    from ipfleet.project import StackNotFound
+    from ipfleet.scaling import ScaleError
+    from ipfleet.settings import SettingsError
+    from ipfleet.twin.cluster import TwinError
+    from ipfleet.twin.node import NodeError
+
+    for failure in (FetchError, NotebookError, ScaleError, TwinError, NodeError):
+        assert issubclass(failure, IpfleetError) and failure.exit_code == 1, failure
+    for mistake in (SettingsError, StackNotFound, PlanDiffError):
+        assert issubclass(mistake, UsageError) and mistake.exit_code == 2, mistake
+    assert SettingsError(["ipfleet:x: bad"], "demo").message() == "stack 'demo' has invalid settings:\n  ipfleet:x: bad"
+
+
+def test_the_cli_turns_an_ipfleet_error_into_one_line_and_its_code():
+    """In process, through typer's runner: one handler for every command."""
+    from typer.testing import CliRunner
+
+    from ipfleet.cli import app
+
+    result = CliRunner().invoke(app, ["stacks", "--changed-since", "no-such-ref"])
+    assert result.exit_code == 2
+    assert result.output.startswith("ipfleet: git diff --name-only no-such-ref")
+    assert "Traceback" not in result.output

@@ -16,13 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ipfleet.errors import IpfleetError
 from ipfleet.twin.wheelhouse import CACHE
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCK = PROJECT / "requirements.lock"
 
 
-class ClientEnvError(RuntimeError):
+class ClientEnvError(IpfleetError, RuntimeError):
     pass
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from ipfleet.errors import IpfleetError
 from ipfleet.twin import network
 from ipfleet.twin.network import METADATA_ADDRESS, PUBLIC_ADDRESS, ROUTER_ADDRESS, TwinNetwork, in_namespace
 from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, reap
@@ -53,7 +54,7 @@ TWIN_KNOBS = {
 }
 
 
-class TwinError(RuntimeError):
+class TwinError(IpfleetError, RuntimeError):
     pass
 
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 
+from ipfleet.errors import IpfleetError
+
 SUBNET_PREFIX = "10.213.0"
 ROUTER_ADDRESS = f"{SUBNET_PREFIX}.1"
 CLUSTER_SUBNET = f"{SUBNET_PREFIX}.0/24"
@@ -38,7 +40,7 @@ FIRST_NODE_HOST = 10
 PUBLIC_ADDRESS = "198.51.100.1"
 
 
-class NetworkError(RuntimeError):
+class NetworkError(IpfleetError, RuntimeError):
     pass
 
 

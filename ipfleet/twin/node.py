@@ -11,12 +11,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ipfleet.errors import IpfleetError
+
 # Where the twin's stand-ins appear inside every node.
 SHARED_SOURCE = "/srv/efs"  # a host folder standing in for the EFS export
 WHEELHOUSE_MOUNT = "/srv/ipfleet-wheels"  # the package index, read-only
 
 
-class NodeError(RuntimeError):
+class NodeError(IpfleetError, RuntimeError):
     pass
 
 

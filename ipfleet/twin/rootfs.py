@@ -18,6 +18,8 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from ipfleet.errors import IpfleetError
+
 CACHE = Path("/var/cache/ipfleet/twin")
 
 # What the official Debian cloud images provide that the bootstrap relies on...
@@ -52,7 +54,7 @@ network:
 """
 
 
-class RootfsError(RuntimeError):
+class RootfsError(IpfleetError, RuntimeError):
     pass
 
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bootstrap.pins import canonical
+from ipfleet.errors import IpfleetError
 
 CACHE = Path("/var/cache/ipfleet/twin")
 
@@ -25,7 +26,7 @@ CACHE = Path("/var/cache/ipfleet/twin")
 NOT_ON_INDEX = re.compile(r"No matching distribution found for (\S+)")
 
 
-class WheelhouseError(RuntimeError):
+class WheelhouseError(IpfleetError, RuntimeError):
     pass
 
 
