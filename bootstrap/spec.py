@@ -14,6 +14,7 @@ from typing import Literal
 
 from bootstrap.pins import closure_pins, pinned
 from ipfleet import ports
+from ipfleet.access import Access
 from ipfleet.settings import Settings
 
 Role = Literal["controller", "engine"]
@@ -153,7 +154,7 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         mounts.append(Mount(source, m.mount_point, "fuse.s3fs", ",".join(options)))
     if settings.s3_mounts:
         apt.append("s3fs")
-    tunnels = settings.access in ("ssm", "ssh") and role == "controller"
+    tunnels = settings.access.tunnelled and role == "controller"
     if tunnels:
         apt.append("openssh-server")
     own = list(NODE_PACKAGES)
@@ -209,7 +210,7 @@ def _keeper(settings: Settings) -> tuple[tuple[str, float | int | bool], ...]:
 
 
 def _ssm_agent_url(settings: Settings, role: Role) -> str | None:
-    if settings.access != "ssm":
+    if settings.access is not Access.SSM:
         return None
     if settings.ssm_agent_url is not None:
         return settings.ssm_agent_url or None

@@ -17,6 +17,7 @@ from components.rendezvous import Rendezvous, RendezvousArgs, node_records_arn
 from components.s3_mounts import S3Mounts, S3MountsArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
+from ipfleet.access import Access
 from ipfleet.settings import Settings
 
 TYPE = "ipfleet:index:Cluster"
@@ -46,7 +47,7 @@ class Cluster(pulumi.ComponentResource):
         if s.ssh_public_key:
             key_name = KeyPair(f"{name}-key", KeyPairArgs(public_key=s.ssh_public_key), child).key_name
 
-        session_manager = s.access == "ssm"
+        session_manager = s.access is Access.SSM
         controller_role = NodeRole(
             f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager), child
         )
@@ -106,7 +107,7 @@ class Cluster(pulumi.ComponentResource):
                 user_data_base64=user_data("controller"),
                 key_name=key_name,
                 # ssh and direct dial the controller from outside the VPC.
-                public_ip=True if s.access in ("ssh", "direct") else None,
+                public_ip=True if s.access.opens_port else None,
                 revision=s.controller_revision,
                 depends_on=controller_needs,
             ),

@@ -9,6 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from ipfleet import ports
+from ipfleet.access import Access
 
 TYPE = "ipfleet:cluster:SecurityGroup"
 
@@ -18,7 +19,7 @@ class SecurityGroupArgs:
     vpc_id: pulumi.Input[str]
     # ssm: no inbound port at all; ssh: 22 from admin_cidrs; direct: the
     # controller's client ports from admin_cidrs (CurveZMQ required there).
-    access: str
+    access: Access
     admin_cidrs: list[str] = field(default_factory=list)
 
 
@@ -83,9 +84,9 @@ class SecurityGroup(pulumi.ComponentResource):
         # From outside: only what the access mode needs, only from admin CIDRs.
         for index, cidr in enumerate(args.admin_cidrs):
             source = _cidr_source(cidr)
-            if args.access == "ssh":
+            if args.access is Access.SSH:
                 ingress(f"ssh-{index}", f"SSH from admin {cidr}", ports.SSH_PORT, ports.SSH_PORT, **source)
-            elif args.access == "direct":
+            elif args.access is Access.DIRECT:
                 ingress(
                     f"client-{index}",
                     f"ipyparallel clients from admin {cidr}",

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ipfleet.access import Access
 from ipfleet.fetch import Fetched, FetchError, client_file_path, fetch, write_private
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
@@ -187,13 +188,25 @@ def ensure_include(directory: Path) -> bool:
     return True
 
 
+def published_access(controller: dict) -> Access:
+    """The access mode the controller published (controllers before ipfleet's access modes: direct)."""
+    value = controller.get("access", "direct")
+    try:
+        return Access(value)
+    except ValueError:
+        modes = ", ".join(mode.value for mode in Access)
+        raise FetchError(
+            f"the controller published access {value!r}, which this ipfleet does not know ({modes})"
+        ) from None
+
+
 def tunnel_for(
     stack: str, region: str, controller: dict, identity: Path, directory: Path, proxy_command: str | None = None
 ) -> Tunnel:
-    access = controller.get("access")
+    access = published_access(controller)
     host: str | None
     proxy: str | None
-    if access == "ssm":
+    if access is Access.SSM:
         host = controller.get("instance_id")
         if not host:
             raise FetchError("the controller published no instance id, which Session Manager needs")
@@ -267,10 +280,10 @@ def connect(
     """Fetch the client file, prepare the tunnel for the stack's access mode, save the result."""
     fetched = fetch(stack, region, timeout, on_wait=on_wait)
     controller = fetched.controller
-    access = controller.get("access", "direct")
+    access = published_access(controller)
     tunnel = None
     written = [fetched.path]
-    if access in ("ssm", "ssh"):
+    if access.tunnelled:
         directory = ssh_dir()
         key = find_identity(controller.get("ssh", {}).get("authorized_key"), identity, directory)
         tunnel = tunnel_for(stack, region, controller, key, directory, proxy_command)
@@ -369,7 +382,7 @@ def client(
         recover_lost_tasks=recover_lost_tasks,
         task_retries=DEFAULT_TASK_RETRIES if task_retries is None else task_retries,
     )
-    if connection.access in ("ssm", "ssh"):
+    if Access(connection.access).tunnelled:
         if not connection.ssh_host:
             raise FetchError(
                 f"`ipfleet connect {stack}` ran with --no-ssh-config: ipyparallel's "

@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ipfleet.access import Access
 from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
 
@@ -232,7 +233,7 @@ class Settings(_Model):
     ssh_public_key: str | None = None
     # Passwordless sudo for the controller's ipfleet-admin login: opt-in.
     admin_sudo: bool = False
-    access: Literal["ssm", "ssh", "direct"] = "ssm"
+    access: Access = Access.SSM
     admin_cidrs: list[str] = Field(default_factory=list)
     # Where nodes download the SSM agent from (access: ssm). None: AWS's own
     # regional package; "": the image already has it (Ubuntu, or a baked AMI).
@@ -492,21 +493,21 @@ class Settings(_Model):
                 self.on_demand_base,
                 f"is above the fleet's maximum size ({self.fleet_max})",
             )
-        if self.access in ("ssh", "direct") and not self.admin_cidrs:
+        if self.access.opens_port and not self.admin_cidrs:
             raise _FieldError(
                 "access",
                 self.access,
                 "opens a port, so ipfleet:adminCidrs must say who may reach it "
                 "(or use access: ssm, which opens nothing)",
             )
-        if self.access == "ssh" and not self.ssh_public_key:
+        if self.access is Access.SSH and not self.ssh_public_key:
             raise _FieldError(
                 "access",
                 self.access,
                 "logs in with a key, so ipfleet:sshPublicKey must hold your public key "
                 "(the contents of ~/.ssh/id_ed25519.pub, say)",
             )
-        if self.notebook and self.access == "direct":
+        if self.notebook and not self.access.tunnelled:
             raise _FieldError(
                 "notebook",
                 self.notebook,
@@ -514,7 +515,7 @@ class Settings(_Model):
             )
         if self.subnet_ids and not self.vpc_id:
             raise _FieldError("subnetIds", self.subnet_ids, "needs ipfleet:vpcId as well")
-        if self.admin_sudo and not (self.ssh_public_key and self.access in ("ssm", "ssh")):
+        if self.admin_sudo and not (self.ssh_public_key and self.access.tunnelled):
             raise _FieldError(
                 "adminSudo",
                 self.admin_sudo,
@@ -589,7 +590,7 @@ class Settings(_Model):
         ipyparallel's ssh tunnels skip Curve on client sockets, so ssm and ssh
         modes rely on SSH's encryption between laptop and controller instead.
         """
-        return self.access == "direct"
+        return self.access.curve
 
 
 def rendezvous_parameter(stack: str) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from ipfleet.access import Access
 from ipfleet.console import fail as _fail
 from ipfleet.errors import UsageError
 
@@ -157,7 +158,7 @@ def exec(  # noqa: A001 (the command's name)
         command = [state.client_python] + (["-m", "ipfleet.cli"] if command[0] == "ipfleet" else []) + command[1:]
     elif shutil.which(command[0], path=env.get("PATH", os.defpath)) is None:
         _fail(f"{command[0]}: command not found", 2)
-    if state.access == "ssm":
+    if Access(state.access) is Access.SSM:
         env["IPFLEET_PROXY_COMMAND"] = cluster.session_proxy_command(state)
     raise typer.Exit(subprocess.run(cluster.as_client(state, command), env=env).returncode)
 

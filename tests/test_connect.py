@@ -230,3 +230,13 @@ def test_client_without_any_region_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
     with pytest.raises(FetchError, match="no AWS region for stack 'nowhere'"):
         ipfleet.client("nowhere", timeout=1)
+
+
+def test_an_access_mode_this_ipfleet_does_not_know_is_named():
+    from ipfleet.access import Access
+    from ipfleet.connect import published_access
+
+    assert published_access({"access": "ssh"}) is Access.SSH
+    assert published_access({}) is Access.DIRECT  # controllers from before access modes
+    with pytest.raises(FetchError, match="published access 'vpn'"):
+        published_access({"access": "vpn"})

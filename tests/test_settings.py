@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ipfleet.settings import SettingsError, architecture, parse_settings
+from tests.conftest import settings_of
 
 BASE = {"aws:region": "us-east-1"}
 
@@ -279,3 +280,12 @@ def test_a_key_set_twice_in_the_stack_file_is_refused(tmp_path):
         "ipfleet:engineNodes: set twice in Pulumi.twice.yaml (lines 3 and 11); the Pulumi CLI "
         "refuses a stack file with a key twice, so keep one",
     ]
+
+
+def test_access_modes_say_what_they_imply():
+    from ipfleet.access import Access
+
+    assert [m for m in Access if m.tunnelled] == [Access.SSM, Access.SSH]
+    assert [m for m in Access if m.opens_port] == [Access.SSH, Access.DIRECT]
+    assert [m for m in Access if m.curve] == [Access.DIRECT]
+    assert settings_of().access is Access.SSM and settings_of().access == "ssm"

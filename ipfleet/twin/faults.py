@@ -28,6 +28,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
+from ipfleet.access import Access
 from ipfleet.twin import cluster
 from ipfleet.twin.cluster import TwinError, TwinState
 
@@ -72,7 +73,7 @@ def run_fault(
         "timeout": timeout,
         "run_dir": str(run_dir),
         "shared_log": shared_log,
-        "proxy_command": cluster.session_proxy_command(state) if state.access == "ssm" else None,
+        "proxy_command": cluster.session_proxy_command(state) if Access(state.access) is Access.SSM else None,
     }
     laptop = subprocess.Popen(
         cluster.as_client(state, [state.client_python, "-m", "ipfleet.twin.fault_client", json.dumps(spec)]),
