@@ -3,8 +3,10 @@
 cloudpickle ships a function's bytecode, which differs between Python minor
 versions: a laptop on 3.11 cannot send `lambda x: x**30` to engines on 3.13
 (`ipfleet connect` warns about exactly this). So the twin's client gets a
-virtualenv of the image's minor version, built once from the project's lock,
-with the project itself on PYTHONPATH.
+virtualenv of the image's minor version, built once, holding ipfleet's
+dependencies at the versions installed here (the lock's, in a checkout), and
+a copy of ipfleet's own packages on its PYTHONPATH. Nothing is read from a
+checkout: an installed `ipfleet[twin]` works the same.
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from functools import cache
+from importlib.metadata import distribution
 from pathlib import Path
 
+from packaging.requirements import Requirement
+
+from bootstrap.pins import canonical, closure_pins
 from ipfleet.errors import IpfleetError
 from ipfleet.twin.wheelhouse import CACHE
 
-PROJECT = Path(__file__).resolve().parents[2]
-LOCK = PROJECT / "requirements.lock"
+# ipfleet's own packages: what the laptop imports from the copy on its PYTHONPATH.
+OWN_PACKAGES = ("ipfleet", "bootstrap", "components")
 
 
 class ClientEnvError(IpfleetError, RuntimeError):
@@ -70,10 +78,22 @@ def find_python(minor: str, log=print) -> str:
     return found.stdout.strip()
 
 
+def client_requirements() -> tuple[list[str], list[str]]:
+    """ipfleet's own dependencies pinned to their installed versions, and constraints for
+    everything they pull in (as a node's are: bootstrap/pins.py)."""
+    direct = [Requirement(line) for line in distribution("ipfleet").requires or []]
+    direct = [r for r in direct if not (r.marker and "extra" in str(r.marker))]
+    requirements = []
+    for r in direct:
+        extras = f"[{','.join(sorted(r.extras))}]" if r.extras else ""
+        requirements.append(f"{canonical(r.name)}{extras}=={distribution(r.name).version}")
+    return sorted(requirements), list(closure_pins(r.name for r in direct))
+
+
 def ensure_client_python(minor: str, log=print) -> str:
-    """The python of a cached venv of Python `minor` holding the project's locked dependencies."""
-    lock = LOCK.read_text()
-    key = hashlib.sha256(f"{minor}\n{lock}".encode()).hexdigest()[:12]
+    """The python of a cached venv of Python `minor` holding ipfleet's dependencies."""
+    requirements, constraints = client_requirements()
+    key = hashlib.sha256("\n".join([minor, *requirements, "--", *constraints]).encode()).hexdigest()[:12]
     venv = CACHE / f"client-{minor}-{key}"
     python = venv / "bin" / "python"
     if (venv / ".ipfleet-complete").exists():
@@ -82,9 +102,43 @@ def ensure_client_python(minor: str, log=print) -> str:
     log(f"building the laptop's Python {minor} environment in {venv}")
     shutil.rmtree(venv, ignore_errors=True)
     uv = _uv()
-    for command in ([uv, "venv", "-q", "-p", interpreter, str(venv)], [uv, "pip", "install", "-q", "-r", str(LOCK)]):
+    venv.mkdir(parents=True)
+    (venv / "requirements.txt").write_text("\n".join(requirements) + "\n")
+    (venv / "constraints.txt").write_text("\n".join(constraints) + "\n")
+    install = [uv, "pip", "install", "-q", "-r", str(venv / "requirements.txt"), "-c", str(venv / "constraints.txt")]
+    for command in ([uv, "venv", "-q", "--allow-existing", "-p", interpreter, str(venv)], install):
         result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "VIRTUAL_ENV": str(venv)})
         if result.returncode != 0:
             raise ClientEnvError(f"`{' '.join(command[:3])}` failed:\n{result.stderr[-2000:]}")
     (venv / ".ipfleet-complete").write_text(interpreter + "\n")
     return str(python)
+
+
+@cache
+def client_source() -> Path:
+    """A cached copy of ipfleet's own packages, as installed here, for the laptop's PYTHONPATH
+    (the host's site-packages would bring its other Python's compiled modules along)."""
+    import importlib
+
+    roots = [Path(importlib.import_module(name).__file__ or "").parent for name in OWN_PACKAGES]
+    files = sorted(
+        (root.name, path.relative_to(root))
+        for root in roots
+        for path in root.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    digest = hashlib.sha256()
+    for package, relative in files:
+        digest.update(f"{package}/{relative}\n".encode())
+        digest.update((roots[OWN_PACKAGES.index(package)] / relative).read_bytes())
+    target = CACHE / f"client-source-{digest.hexdigest()[:12]}"
+    if not target.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix="client-source-", dir=CACHE))
+        for root in roots:
+            shutil.copytree(root, staging / root.name, ignore=shutil.ignore_patterns("__pycache__"))
+        try:
+            staging.rename(target)
+        except OSError:  # another twin made the same copy first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

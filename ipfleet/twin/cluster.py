@@ -21,13 +21,14 @@ from typing import Any
 
 import yaml
 
+from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.twin import network
+from ipfleet.twin.client_env import client_source
 from ipfleet.twin.network import METADATA_ADDRESS, PUBLIC_ADDRESS, ROUTER_ADDRESS, TwinNetwork, in_namespace
 from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, reap
 
 STATE_ROOT = Path("/run/ipfleet/twin")
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
 ENDPOINT = f"http://{ROUTER_ADDRESS}"
 REQUIRED_TOOLS = (
@@ -179,6 +180,11 @@ def check_platform() -> None:
         raise TwinError(
             f"missing tools: {', '.join(missing)} (apt-get install iproute2 systemd-container debootstrap cloud-init)"
         )
+    import importlib.util
+
+    # The twin's own Python dependencies (moto's server stands in for AWS) are an extra.
+    if importlib.util.find_spec("moto") is None:
+        raise TwinError("the twin needs ipfleet's twin extra: pip install 'ipfleet[twin]'")
 
 
 def twin_config(config: dict[str, Any], admin_public_key: str | None = None) -> dict[str, Any]:
@@ -190,7 +196,7 @@ def twin_config(config: dict[str, Any], admin_public_key: str | None = None) -> 
     out = {**config, **TWIN_KNOBS}
     if admin_public_key:
         out["ipfleet:sshPublicKey"] = admin_public_key
-    if config.get("ipfleet:access") in ("ssh", "direct"):
+    if config.get("ipfleet:access") in [mode.value for mode in Access if mode.opens_port]:
         out["ipfleet:adminCidrs"] = [network.CLIENT_SUBNET]
     shared = dict(config.get("ipfleet:sharedStorage") or {})
     if isinstance(shared, dict) and shared.get("enabled", True):
@@ -385,7 +391,7 @@ def _start_reconciler(state: TwinState) -> None:
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        env=dict(os.environ),
     )
     with state.locked():
         state.reconciler_pid = process.pid
@@ -544,8 +550,8 @@ def client_env(state: TwinState) -> dict[str, str]:
             "IPYTHONDIR": str(state.client_ipython_dir),
             "NO_COLOR": "1",
             "HOME": str(state.client_home),
-            # The laptop's Python has the project's dependencies; ipfleet itself is this checkout.
-            "PYTHONPATH": str(PROJECT_ROOT),
+            # The laptop's Python has ipfleet's dependencies; ipfleet itself is a copy of this one.
+            "PYTHONPATH": str(client_source()),
         }
     )
     return env
@@ -684,7 +690,7 @@ def session_proxy_command(state: TwinState) -> str:
 def connect(state: TwinState, timeout: float = 300) -> dict:
     """As a laptop: `ipfleet connect STACK --json` (Session Manager's relay stands in for ssm)."""
     args = ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region, "--json", "--timeout", str(timeout)]
-    if state.access == "ssm":
+    if Access(state.access) is Access.SSM:
         args += ["--proxy-command", session_proxy_command(state)]
     return json.loads(client_python(state, args, timeout=timeout + 30).stdout)
 
