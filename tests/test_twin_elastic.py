@@ -75,13 +75,18 @@ def test_scale_in_in_the_middle_of_a_map_loses_no_result(twin):
 
 def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
     deadline = time.monotonic() + 240  # one idle minute, the keeper's look, the drain
+    # What the keeper saw at each look: on a failure, which signal kept the group awake.
+    seen: list[tuple[str, object, object, object]] = []
     while True:
         shown = status()
         scaling = next(n for n in shown["nodes"] if n["role"] == "controller")["scaling"] or {}
         engines = [n for n in shown["nodes"] if n["role"] == "engine"]
+        seen.append((time.strftime("%H:%M:%S"), scaling.get("busy"), scaling.get("clients"), scaling.get("idleSince")))
         if scaling.get("idledAt") and not engines and not shown["group"]["instances"]:
             break
-        assert time.monotonic() < deadline, f"not idle yet: {scaling}, {len(engines)} engine nodes"
+        assert time.monotonic() < deadline, (
+            f"not idle yet: {scaling}, {len(engines)} engine nodes; (time, busy, clients, idle since): {seen}"
+        )
         time.sleep(5)
     assert shown["group"]["desired"] == 0
     assert scaling["lastChanges"][-1]["reason"].startswith("idle for 1 min")
