@@ -64,7 +64,7 @@ test-fast: venv
 
 # Refresh requirements.lock after changing dependencies in pyproject.toml.
 lock: venv
-	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip compile pyproject.toml --extra test --universal \
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip compile pyproject.toml --extra twin --extra policy --extra test --universal \
 	  --python-version 3.11 --no-header --no-annotate -q -o requirements.lock
 
 clean:

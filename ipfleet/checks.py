@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ipfleet.plan import Plan, PlannedResource
 from ipfleet.plan_view import INSTANCE, LAUNCH_TEMPLATE
@@ -45,6 +45,14 @@ STAR_ONLY_ACTIONS = frozenset(
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
 
 
+class RuleContext(Protocol):
+    """What a rule may know of the stack beyond its resources: `ipfleet check` passes the
+    stack's Settings; the CrossGuard pack (ipfleet/policy.py) passes its own config."""
+
+    @property
+    def admin_cidrs(self) -> list[str]: ...
+
+
 @dataclass(frozen=True)
 class Finding:
     rule: str
@@ -64,7 +72,7 @@ def _finding(rule: Callable, resource: PlannedResource, message: str) -> Finding
     return Finding(rule.__name__, f"{resource.type.split(':')[-1]} {resource.name}", message)
 
 
-def no_ingress_from_the_internet(plan: Plan, settings: Settings) -> list[Finding]:
+def no_ingress_from_the_internet(plan: Plan, settings: RuleContext) -> list[Finding]:
     """No inbound rule from 0.0.0.0/0 or ::/0, unless the stack lists it in adminCidrs."""
     allowed = set(settings.admin_cidrs)
     found = []
@@ -89,7 +97,7 @@ def no_ingress_from_the_internet(plan: Plan, settings: Settings) -> list[Finding
     return found
 
 
-def imdsv2_everywhere(plan: Plan, settings: Settings) -> list[Finding]:
+def imdsv2_everywhere(plan: Plan, settings: RuleContext) -> list[Finding]:
     """Every instance and launch template requires IMDSv2 session tokens."""
     found = []
     for r in plan.of_type(INSTANCE) + plan.of_type(LAUNCH_TEMPLATE):
@@ -106,7 +114,7 @@ def imdsv2_everywhere(plan: Plan, settings: Settings) -> list[Finding]:
     return found
 
 
-def storage_encrypted(plan: Plan, settings: Settings) -> list[Finding]:
+def storage_encrypted(plan: Plan, settings: RuleContext) -> list[Finding]:
     """Root volumes, extra volumes and file systems are encrypted at rest."""
     found = []
 
@@ -131,7 +139,7 @@ def storage_encrypted(plan: Plan, settings: Settings) -> list[Finding]:
     return found
 
 
-def buckets_block_public_access(plan: Plan, settings: Settings) -> list[Finding]:
+def buckets_block_public_access(plan: Plan, settings: RuleContext) -> list[Finding]:
     """Every bucket the stack creates has all four public-access blocks on."""
     blocked = set()
     for r in plan.of_type(PUBLIC_ACCESS_BLOCK):
@@ -148,7 +156,7 @@ def buckets_block_public_access(plan: Plan, settings: Settings) -> list[Finding]
     return found
 
 
-def no_write_on_everything(plan: Plan, settings: Settings) -> list[Finding]:
+def no_write_on_everything(plan: Plan, settings: RuleContext) -> list[Finding]:
     """No IAM statement allows a non-read action on Resource "*"."""
     found = []
     for r in (r for t in POLICY_TYPES for r in plan.of_type(t)):
@@ -182,7 +190,7 @@ def _statements(policy: Any) -> Iterator[dict]:
         yield from _as_list(policy.get("Statement"))
 
 
-RULES: tuple[Callable[[Plan, Settings], list[Finding]], ...] = (
+RULES: tuple[Callable[[Plan, RuleContext], list[Finding]], ...] = (
     no_ingress_from_the_internet,
     imdsv2_everywhere,
     storage_encrypted,

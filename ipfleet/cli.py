@@ -499,16 +499,38 @@ def notebook(
 
 
 @app.command()
-def check(stack: StackArg, as_json: JsonOpt = False) -> None:
+def check(
+    stack: StackArg,
+    as_json: JsonOpt = False,
+    policy_config: Annotated[
+        bool,
+        typer.Option(
+            "--policy-config",
+            help="Print instead the config the CrossGuard pack (policy/) needs for STACK: "
+            "`pulumi preview --policy-pack policy --policy-pack-config FILE`.",
+        ),
+    ] = False,
+) -> None:
     """Check STACK's plan against ipfleet's security rules; exit 1 if any fails.
 
     Rules (plain functions in ipfleet/checks.py, run offline over the planned
     resources): no ingress from 0.0.0.0/0 or ::/0 unless listed in adminCidrs;
     IMDSv2 on every instance and launch template; encrypted volumes and file
     systems; public access blocked on every bucket the stack creates; no IAM
-    statement that allows writing to "*".
+    statement that allows writing to "*". The same rules run in `pulumi preview`
+    and `pulumi up` as a policy pack: --policy-pack policy.
     """
     from ipfleet.checks import run_checks
+
+    if policy_config:
+        from ipfleet.policy import pack_config
+        from ipfleet.project import resolve_stack
+        from ipfleet.settings import parse_settings
+        from ipfleet.stack_config import read_stack_file
+
+        ref = resolve_stack(stack)
+        typer.echo(pack_config(parse_settings(ref.name, read_stack_file(ref.path)).admin_cidrs))
+        return
 
     settings_and_plan = _plan_with_settings(stack)
     findings = run_checks(*settings_and_plan)

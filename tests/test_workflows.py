@@ -108,3 +108,14 @@ def test_the_comment_workflow_runs_nothing_from_the_pull_request():
     assert comment["on"] == {"workflow_run": {"workflows": ["stack review"], "types": ["completed"]}}
     for _, _, step in steps(comment):
         assert "checkout" not in step.get("uses", "")
+
+
+def test_preview_and_deploy_enforce_the_policy_pack():
+    for name, job, command in (("stack-review.yml", "preview", "preview"), ("stack-deploy.yml", "deploy", "up")):
+        step = next(
+            s
+            for s in load(ROOT / ".github" / "workflows" / name)["jobs"][job]["steps"]
+            if s.get("with", {}).get("command") == command
+        )
+        assert step["with"]["policyPacks"] == "policy" and step["with"]["policyPackConfigs"] == "policy-config.json"
+    assert (ROOT / "policy" / "PulumiPolicy.yaml").is_file()

@@ -1,0 +1,102 @@
+"""The CrossGuard policy pack (policy/, ipfleet/policy.py): `ipfleet check`'s rules as
+mandatory stack policies, their validators called directly with the resources Pulumi
+would hand them (the example stack's planned resources, then broken ones)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from pulumi_policy import EnforcementLevel, PolicyResource, StackValidationArgs
+
+from ipfleet import checks, policy
+from tests.conftest import ROOT, plan_of
+
+
+def resources_of(plan) -> list[PolicyResource]:
+    options = None  # no rule reads resource options
+    return [
+        PolicyResource(
+            r.type, r.inputs, f"urn:pulumi:test::ipfleet::{r.type}::{r.name}", r.name, options, None, None, [], {}
+        )
+        for r in plan.resources
+        if r.custom
+    ]
+
+
+def violations(resources, config=None) -> dict[str, list[tuple[str, str | None]]]:
+    out: dict[str, list[tuple[str, str | None]]] = {}
+    for p in policy.policies():
+        found: list[tuple[str, str | None]] = []
+        p.validate(
+            StackValidationArgs(resources, config or {}),
+            lambda message, urn=None, into=found: into.append((message, urn)),
+        )
+        out[p.name] = found
+    return out
+
+
+@pytest.fixture(scope="module")
+def example():
+    return plan_of()
+
+
+def test_one_mandatory_policy_per_rule_of_ipfleet_check():
+    names = [p.name for p in policy.policies()]
+    assert names == [rule.__name__.replace("_", "-") for rule in checks.RULES]
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in policy.policies())
+
+
+def test_the_example_stack_passes_every_policy(example):
+    assert violations(resources_of(example)) == {p.name: [] for p in policy.policies()}
+
+
+def test_a_port_open_to_the_internet_is_a_violation_unless_the_config_lists_it(example):
+    resources = resources_of(example)
+    rule_type = checks.INGRESS_RULE
+    resources.append(
+        PolicyResource(
+            rule_type,
+            {"cidrIpv4": "0.0.0.0/0", "fromPort": 22, "toPort": 22},
+            f"urn:pulumi:test::ipfleet::{rule_type}::open",
+            "open",
+            None,
+            None,
+            None,
+            [],
+            {},
+        )
+    )
+    found = violations(resources)["no-ingress-from-the-internet"]
+    assert found == [
+        (
+            "allows inbound traffic from 0.0.0.0/0, which ipfleet:adminCidrs does not list",
+            f"urn:pulumi:test::ipfleet::{rule_type}::open",
+        )
+    ]
+    config = json.loads(policy.pack_config(["0.0.0.0/0"]))["no-ingress-from-the-internet"]
+    assert violations(resources, config)["no-ingress-from-the-internet"] == []
+
+
+def test_imdsv1_on_the_controller_is_a_violation(example):
+    resources = resources_of(example)
+    controller = next(r for r in resources if r.resource_type == "aws:ec2/instance:Instance")
+    controller.props = {**controller.props, "metadataOptions": {"httpTokens": "optional"}}
+    found = violations(resources)["imdsv2-everywhere"]
+    assert len(found) == 1 and found[0][1] == controller.urn
+
+
+def test_the_pack_and_its_config_command(tmp_path):
+    manifest = (ROOT / "policy" / "PulumiPolicy.yaml").read_text()
+    assert "runtime: python" in manifest
+    result = subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", "check", "example", "--policy-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {p.name: {"adminCidrs": []} for p in policy.policies()}
