@@ -219,10 +219,10 @@ def fetch(
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
-    versions = result.controller.get("versions", {})
+    versions = result.controller.versions
     typer.echo(
         f"Wrote {result.path} (published {result.published_at}, controller "
-        f"{result.controller.get('address', '?')}, Python {versions.get('python', '?')})."
+        f"{result.controller.address}, Python {versions.get('python', '?')})."
     )
     typer.echo(f"\nIn Python:\n    import ipyparallel as ipp\n    rc = ipp.Client(profile={result.profile!r})")
 
@@ -454,7 +454,7 @@ def connect(
     controller = result.fetched.controller
     typer.echo(
         f"Stack {stack!r} (access: {result.connection.access}), controller "
-        f"{controller.get('address', '?')}, published {result.fetched.published_at}."
+        f"{controller.address}, published {result.fetched.published_at}."
     )
     for path in result.written:
         typer.echo(f"  wrote {path}")

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ipfleet.access import Access
-from ipfleet.fetch import Fetched, FetchError, client_file_path, fetch, write_private
+from ipfleet.fetch import Fetched, FetchError, PublishedController, client_file_path, fetch, write_private
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
 SIDECAR = "ipfleet-connection.json"
@@ -188,36 +188,30 @@ def ensure_include(directory: Path) -> bool:
     return True
 
 
-def published_access(controller: dict) -> Access:
-    """The access mode the controller published (controllers before ipfleet's access modes: direct)."""
-    value = controller.get("access", "direct")
-    try:
-        return Access(value)
-    except ValueError:
-        modes = ", ".join(mode.value for mode in Access)
-        raise FetchError(
-            f"the controller published access {value!r}, which this ipfleet does not know ({modes})"
-        ) from None
-
-
 def tunnel_for(
-    stack: str, region: str, controller: dict, identity: Path, directory: Path, proxy_command: str | None = None
+    stack: str,
+    region: str,
+    controller: PublishedController,
+    identity: Path,
+    directory: Path,
+    proxy_command: str | None = None,
 ) -> Tunnel:
-    access = published_access(controller)
+    if controller.ssh is None:
+        raise FetchError("the controller published no ssh login, which the tunnels need")
     host: str | None
     proxy: str | None
-    if access is Access.SSM:
-        host = controller.get("instance_id")
+    if controller.access is Access.SSM:
+        host = controller.instance_id
         if not host:
             raise FetchError("the controller published no instance id, which Session Manager needs")
         proxy = proxy_command or ssm_proxy_command(region)
     else:
-        host = controller.get("public_address") or controller["address"]
+        host = controller.public_address or controller.address
         proxy = proxy_command
     return Tunnel(
         alias=ssh_alias(stack),
         host_name=host,
-        user=controller["ssh"]["user"],
+        user=controller.ssh.user,
         identity=identity,
         known_hosts=directory / "ipfleet" / f"{stack}.known_hosts",
         proxy_command=proxy,
@@ -280,14 +274,14 @@ def connect(
     """Fetch the client file, prepare the tunnel for the stack's access mode, save the result."""
     fetched = fetch(stack, region, timeout, on_wait=on_wait)
     controller = fetched.controller
-    access = published_access(controller)
+    access = controller.access
     tunnel = None
     written = [fetched.path]
     if access.tunnelled:
         directory = ssh_dir()
-        key = find_identity(controller.get("ssh", {}).get("authorized_key"), identity, directory)
+        key = find_identity(controller.ssh.authorized_key if controller.ssh else None, identity, directory)
         tunnel = tunnel_for(stack, region, controller, key, directory, proxy_command)
-        host_keys = controller["ssh"].get("host_keys", [])
+        host_keys = controller.ssh.host_keys if controller.ssh else []
         if write_ssh_config:
             written += write_ssh_files(stack, tunnel, host_keys, directory)
             # A master left from an earlier connect may lead to a controller that was
@@ -302,7 +296,7 @@ def connect(
         client_file=str(fetched.path),
         ssh_host=tunnel.alias if tunnel and write_ssh_config else None,
         identity=str(tunnel.identity) if tunnel else None,
-        versions=controller.get("versions", {}),
+        versions=controller.versions,
         notebook=fetched.notebook,
     )
     connection.save()

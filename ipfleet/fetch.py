@@ -10,10 +10,12 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bootstrap.node.ipfleet_node import FORMAT, PENDING
+from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.settings import rendezvous_parameter
 
@@ -27,13 +29,67 @@ class FetchError(IpfleetError, RuntimeError):
 
 
 @dataclass(frozen=True)
+class SshLogin:
+    """The controller's login for tunnels (access ssm and ssh)."""
+
+    user: str
+    authorized_key: str | None
+    host_keys: list[str]
+
+
+@dataclass(frozen=True)
+class PublishedController:
+    """The controller as it describes itself in the published document (the agent's
+    `publish`, bootstrap/node/ipfleet_node.py), parsed once where `fetch` reads it."""
+
+    address: str
+    access: Access
+    public_address: str | None = None
+    instance_id: str | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    ssh: SshLogin | None = None
+    # As published, for `--json`.
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def parse(cls, data: Any, where: str = "the published document") -> PublishedController:
+        if not isinstance(data, dict) or not isinstance(data.get("address"), str):
+            raise FetchError(f"{where} names no controller address")
+        # Controllers from before the access modes published none: they were direct.
+        value = data.get("access", "direct")
+        try:
+            access = Access(value)
+        except ValueError:
+            modes = ", ".join(mode.value for mode in Access)
+            raise FetchError(
+                f"the controller published access {value!r}, which this ipfleet does not know ({modes})"
+            ) from None
+        ssh = data.get("ssh")
+        login = None
+        if isinstance(ssh, dict) and ssh.get("user"):
+            login = SshLogin(str(ssh["user"]), ssh.get("authorized_key"), list(ssh.get("host_keys") or []))
+        return cls(
+            address=data["address"],
+            access=access,
+            public_address=data.get("public_address"),
+            instance_id=data.get("instance_id"),
+            versions=dict(data.get("versions") or {}),
+            ssh=login,
+            raw=dict(data),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return self.raw
+
+
+@dataclass(frozen=True)
 class Fetched:
     stack: str
     region: str
     path: Path
     profile: str
     published_at: str
-    controller: dict
+    controller: PublishedController
     # JupyterLab's port and token on the controller, when the stack runs one.
     notebook: dict | None = None
 
@@ -44,7 +100,7 @@ class Fetched:
             "path": str(self.path),
             "profile": self.profile,
             "published_at": self.published_at,
-            "controller": self.controller,
+            "controller": self.controller.as_json(),
         }
 
 
@@ -115,6 +171,7 @@ def fetch(
         time.sleep(poll_seconds)
 
     document = _parse(name, value)
+    controller = PublishedController.parse(document.get("controller"), name)
     path = client_file_path(stack, ipython_base)
     write_private(path, document["client"])
     return Fetched(
@@ -123,7 +180,7 @@ def fetch(
         path=path,
         profile=profile_name(stack),
         published_at=document.get("published_at", ""),
-        controller=document.get("controller", {}),
+        controller=controller,
         notebook=document.get("notebook"),
     )
 

@@ -16,7 +16,7 @@ import pytest
 
 from ipfleet import versions
 from ipfleet.connect import ensure_include, find_identity, include_line, ssm_proxy_command, tunnel_for
-from ipfleet.fetch import FetchError
+from ipfleet.fetch import FetchError, PublishedController
 from tests.conftest import free_port
 
 STACK = "lab"
@@ -67,7 +67,7 @@ def ssh_resolves(config: Path, host: str) -> dict[str, str]:
 def test_ssm_entry_is_what_ssh_and_session_manager_expect(tmp_path):
     private, public = keypair(tmp_path / ".ssh")
     doc = published("ssm", public)
-    tunnel = tunnel_for(STACK, "eu-west-1", doc["controller"], private, tmp_path / ".ssh")
+    tunnel = tunnel_for(STACK, "eu-west-1", PublishedController.parse(doc["controller"]), private, tmp_path / ".ssh")
     entry = tmp_path / "entry.conf"
     entry.write_text(tunnel.config_entry(STACK))
     resolved = ssh_resolves(entry, "ipfleet-lab")
@@ -86,7 +86,8 @@ def test_ssm_entry_is_what_ssh_and_session_manager_expect(tmp_path):
 
 def test_ssh_entry_dials_the_public_address_with_no_proxy(tmp_path):
     private, public = keypair(tmp_path / ".ssh")
-    tunnel = tunnel_for(STACK, "us-east-1", published("ssh", public)["controller"], private, tmp_path / ".ssh")
+    controller = PublishedController.parse(published("ssh", public)["controller"])
+    tunnel = tunnel_for(STACK, "us-east-1", controller, private, tmp_path / ".ssh")
     entry = tmp_path / "entry.conf"
     entry.write_text(tunnel.config_entry(STACK))
     resolved = ssh_resolves(entry, "ipfleet-lab")
@@ -232,11 +233,15 @@ def test_client_without_any_region_says_so(tmp_path, monkeypatch):
         ipfleet.client("nowhere", timeout=1)
 
 
-def test_an_access_mode_this_ipfleet_does_not_know_is_named():
+def test_the_published_controller_is_parsed_once_into_a_typed_object():
     from ipfleet.access import Access
-    from ipfleet.connect import published_access
 
-    assert published_access({"access": "ssh"}) is Access.SSH
-    assert published_access({}) is Access.DIRECT  # controllers from before access modes
+    controller = PublishedController.parse(published("ssh", "ssh-ed25519 AAAA me")["controller"])
+    assert controller.access is Access.SSH and controller.address == "10.0.1.5"
+    assert controller.ssh is not None and controller.ssh.user == "ipfleet-admin" and len(controller.ssh.host_keys) == 1
+    assert controller.as_json()["public_address"] == "203.0.113.9"
+    assert PublishedController.parse({"address": "10.0.0.1"}).access is Access.DIRECT  # from before access modes
     with pytest.raises(FetchError, match="published access 'vpn'"):
-        published_access({"access": "vpn"})
+        PublishedController.parse({"address": "10.0.0.1", "access": "vpn"})
+    with pytest.raises(FetchError, match="names no controller address"):
+        PublishedController.parse({"access": "ssm"})
