@@ -247,16 +247,6 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
     return {"config": f"twin {access}", **json.loads(result.stdout)}, state.client_python
 
 
-def machine() -> str:
-    import platform
-
-    model = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-        platform.machine(),
-    )
-    return f"{os.cpu_count()} CPUs ({model}), {platform.system()} {platform.release()}"
-
-
 def main() -> None:
     if sys.argv[1:2] == ["_client"]:
         client_main(sys.argv[2:])
@@ -278,6 +268,7 @@ def main() -> None:
     parser.add_argument("--no-variants", action="store_true", help="leave out the one-knob variants of (b)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args()
+    from twin_startup import machine  # beside this file: the same machine line in both tables
 
     def progress(row: dict) -> None:
         print(f"  {row['config']}: {row['tasks_per_s']} tasks/s, {row['latency_ms']} ms", file=sys.stderr, flush=True)

@@ -82,6 +82,18 @@ def test_sshd_forwarding_names_this_nodes_own_address(facts, monkeypatch, tmp_pa
     assert target.read_text().splitlines()[-1] == "PermitOpen 10.0.3.7:10101 10.0.3.7:10102 127.0.0.1:8888"
 
 
+def publish_controller(ssm, name: str, address: str) -> None:
+    """What a controller at ADDRESS publishes to parameter NAME (the parts engines read)."""
+    document = {
+        "format": agent.FORMAT,
+        "stack": name.split("/")[2],
+        "published_at": "2026-11-23T10:00:00+00:00",
+        "controller": {"address": address},
+        "engine": {"location": address, "key": "k"},
+    }
+    ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+
+
 def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys):
     """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
     name = "/ipfleet/mv/connection"
@@ -94,14 +106,7 @@ def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys
     )
 
     def publish(address: str) -> None:
-        document = {
-            "format": agent.FORMAT,
-            "stack": "mv",
-            "published_at": "2026-11-23T10:00:00+00:00",
-            "controller": {"address": address},
-            "engine": {"location": address, "key": "k"},
-        }
-        ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+        publish_controller(ssm, name, address)
 
     engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
     publish("10.0.0.10")
@@ -129,14 +134,7 @@ def test_an_engine_file_just_read_is_used_without_asking_again(facts, aws_env, t
     )
 
     def publish(address: str) -> None:
-        document = {
-            "format": agent.FORMAT,
-            "stack": "fresh",
-            "published_at": "2026-11-23T10:00:00+00:00",
-            "controller": {"address": address},
-            "engine": {"location": address, "key": "k"},
-        }
-        ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+        publish_controller(ssm, name, address)
 
     engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
     publish("10.0.0.10")
