@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument(
         "--nodes",
         type=int,
-        nargs="+",
+        nargs="*",
         default=[1, 2, 4],
         help="engine node counts, image from the package index (first is the baseline)",
     )
