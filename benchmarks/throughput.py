@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -118,33 +118,16 @@ def client_main(argv: list[str]) -> None:
 
 def ipfleet_controller_config(stack: str, work: Path) -> str:
     """The ipcontroller_config.py ipfleet's user data writes, its node paths pointed into WORK."""
-    from bootstrap import paths
-    from bootstrap.render import render_user_data
-    from bootstrap.spec import node_spec
     from ipfleet.project import resolve_stack
     from ipfleet.settings import parse_settings
     from ipfleet.stack_config import read_stack_file
-    from ipfleet.twin.cluster import written, written_files
+    from ipfleet.twin.loopback import loopback_controller_config
 
     ref = resolve_stack(stack)
-    settings = parse_settings(ref.name, read_stack_file(ref.path))
-    # The EFS name only shapes the mount unit, not the controller config read here.
-    files = written_files(render_user_data(node_spec(settings, "controller", "fs-0.efs.example.invalid")).encode())
-    text = written(files, f"{paths.PROFILE_DIR}/ipcontroller_config.py")
     (work / "keys.json").write_text(json.dumps({"hmac_key": os.urandom(16).hex()}))
-    (work / "address.py").write_text("print('127.0.0.1')\n")
     (work / "state").mkdir()
-    for node_path, here in (
-        (paths.KEYS_FILE, work / "keys.json"),
-        (f"{paths.VENV}/bin/python", sys.executable),
-        (paths.AGENT, work / "address.py"),
-        (paths.STATE_DIR, work / "state"),
-    ):
-        if node_path not in text and node_path != f"{paths.VENV}/bin/python":
-            raise RuntimeError(f"the controller's config no longer mentions {node_path}: update this benchmark")
-        text = text.replace(node_path, str(here))
-    # Listen on loopback only (the node listens on its private address).
-    return text + '\nc.IPController.ip = "127.0.0.1"\n'
+    settings = parse_settings(ref.name, read_stack_file(ref.path))
+    return loopback_controller_config(settings, work / "keys.json", work / "state")
 
 
 @contextmanager
@@ -157,6 +140,7 @@ def loopback_cluster(python: str, engines: int, config: str | None):
     env = {**os.environ, "IPYTHONDIR": str(work / "ipython")}
     log = open(work / "cluster.log", "w")
     groups = []
+    finished = False  # a failed cluster keeps its folder: the error names its log
 
     def start(*args: str) -> None:
         groups.append(
@@ -180,26 +164,15 @@ def loopback_cluster(python: str, engines: int, config: str | None):
         for _ in range(engines):
             start("ipyparallel.engine")
         yield url
+        finished = True
     finally:
+        from ipfleet.twin.node import stop_group
+
         for pid in groups:
-            try:
-                os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 10
-        for pid in groups:
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:
-                    break
-                time.sleep(0.1)
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            stop_group(pid)
         log.close()
+        if finished:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def client_args(args) -> list[str]:
@@ -232,18 +205,18 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
 
     config = read_stack_file(resolve_stack(stack).path)
     config.update({"ipfleet:access": access, "ipfleet:engineNodes": 1, "ipfleet:enginesPerNode": args.engines})
-    folder = Path(tempfile.mkdtemp(prefix="ipfleet-throughput-"))
-    path = folder / f"Pulumi.tput{access}.yaml"
-    path.write_text(yaml.safe_dump({"config": config}))
-    state = cluster.up(str(path), log=lambda *_: None)
-    try:
-        cluster.wait_ready(state, timeout=600, log=lambda *_: None)
-        cluster.connect(state)
-        result = cluster.client_python(
-            state, [str(HERE), "_client", "stack", state.stack, *client_args(args)], timeout=900
-        )
-    finally:
-        cluster.down(state, log=lambda *_: None)
+    with tempfile.TemporaryDirectory(prefix="ipfleet-throughput-") as folder:
+        path = Path(folder) / f"Pulumi.tput{access}.yaml"
+        path.write_text(yaml.safe_dump({"config": config}))
+        state = cluster.up(str(path), log=lambda *_: None)
+        try:
+            cluster.wait_ready(state, timeout=600, log=lambda *_: None)
+            cluster.connect(state)
+            result = cluster.client_python(
+                state, [str(HERE), "_client", "stack", state.stack, *client_args(args)], timeout=900
+            )
+        finally:
+            cluster.down(state, log=lambda *_: None)
     return {"config": f"twin {access}", **json.loads(result.stdout)}, state.client_python
 
 
@@ -283,13 +256,15 @@ def main() -> None:
     python_version = subprocess.run(
         [python, "-c", "import sys; print(sys.version.split()[0])"], capture_output=True, text=True, check=True
     ).stdout.strip()
-    base = ipfleet_controller_config(args.stack, Path(tempfile.mkdtemp(prefix="ipfleet-throughput-")))
-    loopback = [("ipp-defaults", None), ("ipfleet", base)]
-    if not args.no_variants:
-        loopback += [(name, f"{base}{line}\n") for name, line in VARIANTS.items()]
-    for name, config in loopback:
-        rows.append(loopback_row(python, args, name, config))
-        progress(rows[-1])
+    # The keys and task database of ipfleet's configuration, for every loopback row.
+    with tempfile.TemporaryDirectory(prefix="ipfleet-throughput-") as work:
+        base = ipfleet_controller_config(args.stack, Path(work))
+        loopback = [("ipp-defaults", None), ("ipfleet", base)]
+        if not args.no_variants:
+            loopback += [(name, f"{base}{line}\n") for name, line in VARIANTS.items()]
+        for name, config in loopback:
+            rows.append(loopback_row(python, args, name, config))
+            progress(rows[-1])
     # Loopback first, then the twin: the table reads from baseline to the farthest laptop.
     rows.sort(key=lambda r: r["config"].startswith("twin"))
     baseline = next(r for r in rows if r["config"] == "ipp-defaults")

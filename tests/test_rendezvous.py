@@ -16,10 +16,10 @@ from pathlib import Path
 
 import boto3
 import pytest
-import yaml
 
-from bootstrap import node_spec, render_user_data
-from tests.conftest import ROOT, settings_of
+from bootstrap import node_spec
+from ipfleet.twin.loopback import loopback_controller_config
+from tests.conftest import ROOT, run_cli, settings_of
 
 AGENT = ROOT / "bootstrap" / "node" / "ipfleet_node.py"
 STACK = "rv"
@@ -68,13 +68,7 @@ def agent(facts: Path, *args: str, timeout: float = 60, metadata: str = NO_METAD
 
 
 def ipfleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
+    return run_cli(*args, env=dict(os.environ), timeout=timeout)
 
 
 def controller_config_from_user_data(
@@ -83,14 +77,7 @@ def controller_config_from_user_data(
     """The controller's ipcontroller_config.py exactly as user data writes it, with the
     node paths pointed at this checkout and the bind address kept on loopback."""
     settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
-    document = yaml.safe_load(render_user_data(node_spec(settings, "controller", "fs-x")))
-    files = {f["path"]: f["content"] for f in document["write_files"]}
-    config = files["/var/lib/ipfleet/ipython/profile_default/ipcontroller_config.py"]
-    config = config.replace("/opt/ipfleet/venv/bin/python", sys.executable)
-    config = config.replace("/usr/local/lib/ipfleet/ipfleet_node.py", str(AGENT))
-    config = config.replace("/var/lib/ipfleet/keys.json", str(keys_file))
-    config = config.replace('"/var/lib/ipfleet"', f'"{state_dir or profile_dir}"')  # the task database
-    config += '\nc.IPController.ip = "127.0.0.1"\nc.IPController.location = "127.0.0.1"\n'
+    config = loopback_controller_config(settings, keys_file, state_dir or profile_dir)
     profile_dir.mkdir(parents=True, exist_ok=True)
     (profile_dir / "ipcontroller_config.py").write_text(config)
 
