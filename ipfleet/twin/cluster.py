@@ -25,8 +25,15 @@ from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.twin import network
 from ipfleet.twin.client_env import client_source
-from ipfleet.twin.network import METADATA_ADDRESS, PUBLIC_ADDRESS, ROUTER_ADDRESS, TwinNetwork, in_namespace
-from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, reap
+from ipfleet.twin.network import (
+    METADATA_ADDRESS,
+    PUBLIC_ADDRESS,
+    ROUTER_ADDRESS,
+    Host,
+    TwinNetwork,
+    in_namespace,
+)
+from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, stop_group
 
 STATE_ROOT = Path("/run/ipfleet/twin")
 WORK_ROOT = Path("/var/lib/ipfleet/twin")
@@ -271,6 +278,19 @@ def host_name(stack: str, role: str) -> str:
     return f"{re.sub(r'[^A-Za-z0-9-]', '-', stack)[:40]}-{role}"
 
 
+def node_on(state: TwinState, host: Host, name: str, role: str, image: str, instance_id: str | None = None) -> Node:
+    """A twin node on HOST (its namespace and address), its files under the twin's work folder."""
+    return Node(
+        name=name,
+        role=role,
+        namespace=host.namespace,
+        address=host.address,
+        work_dir=str(state.work_dir / name),
+        instance_id=instance_id or new_instance_id(),
+        image=image,
+    )
+
+
 def new_instance_id() -> str:
     return "i-" + secrets.token_hex(9)[:17]
 
@@ -345,17 +365,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     state.namespaces = net.namespaces([controller, client])
     state.client_namespace = client.namespace
     name = host_name(ref.name, "controller")
-    state.nodes = [
-        Node(
-            name=name,
-            role="controller",
-            namespace=controller.namespace,
-            address=controller.address,
-            work_dir=str(state.work_dir / name),
-            instance_id=new_instance_id(),
-            image=str(image),
-        )
-    ]
+    state.nodes = [node_on(state, controller, name, "controller", str(image))]
     state.save()  # from here on, `down` can clean up whatever exists
     try:
         net.create_router()
@@ -788,20 +798,6 @@ def _stop_client_processes(state: TwinState) -> list[str]:
     return [f"client process {p} still running" for p in pids if process_alive(p)]
 
 
-def _stop_group(pid: int) -> None:
-    """SIGTERM a process group we started, SIGKILL it after 5 s."""
-    os.killpg(pid, signal.SIGTERM)
-    for _ in range(50):
-        reap(pid)
-        if not process_alive(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
-        time.sleep(0.2)
-    reap(pid)
-
-
 def replace_controller(state: TwinState, timeout: float = 600, log=print) -> Node:
     """What `pulumi up` does when the controller is replaced: a new instance (new id, new
     address, empty disk) boots from the same user data; once it has published, the old
@@ -820,15 +816,7 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
     number = next_host_number(state)
     host = net.host(f"controller{number}", number)
     name = host_name(state.stack, f"controller-{number}")
-    new = Node(
-        name=name,
-        role="controller",
-        namespace=host.namespace,
-        address=host.address,
-        work_dir=str(state.work_dir / name),
-        instance_id=new_instance_id(),
-        image=old.image,
-    )
+    new = node_on(state, host, name, "controller", old.image)
     with state.locked():
         state.namespaces.append(host.namespace)
         state.nodes.append(new)
@@ -891,7 +879,7 @@ def down(state: TwinState, log=print) -> list[str]:
     # The reconciler first, so that it boots nothing more; then what it had booted.
     state.refresh()
     if state.reconciler_pid and process_alive(state.reconciler_pid):
-        _stop_group(state.reconciler_pid)
+        stop_group(state.reconciler_pid)
         state.refresh()
     for node in state.nodes:
         try:
@@ -900,7 +888,7 @@ def down(state: TwinState, log=print) -> list[str]:
             leftovers.append(f"{node.name}: {e}")
     for pid in (state.moto_pid, state.metadata_pid):
         if pid and process_alive(pid):
-            _stop_group(pid)
+            stop_group(pid)
     leftovers += _stop_client_processes(state)
     leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
     mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]

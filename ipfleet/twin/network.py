@@ -90,8 +90,9 @@ class TwinNetwork:
     def client(self) -> Host:
         return Host(f"ipft-{self.tag}-client", f"{CLIENT_PREFIX}.{CLIENT_HOST}", f"ipft{self.tag}c")
 
-    def attach_client(self, host: Host) -> None:
-        """The client on its own routed subnet (no bridge): its traffic is forwarded, so filtered."""
+    def _plug(self, host: Host) -> None:
+        """HOST's namespace, and a veth pair from the router to it (eth0 on HOST's side).
+        Both ends are born inside their namespaces: the root namespace never holds either."""
         ip("netns", "add", host.namespace)
         ip("link", "set", "lo", "up", namespace=host.namespace)
         ip(
@@ -108,6 +109,10 @@ class TwinNetwork:
             "netns",
             host.namespace,
         )
+
+    def attach_client(self, host: Host) -> None:
+        """The client on its own routed subnet (no bridge): its traffic is forwarded, so filtered."""
+        self._plug(host)
         ip("addr", "add", f"{CLIENT_GATEWAY}/24", "dev", host.veth, namespace=self.router)
         ip("link", "set", host.veth, "up", namespace=self.router)
         ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
@@ -159,23 +164,7 @@ table ip ipfleet_twin {{
         return ruleset
 
     def attach(self, host: Host) -> None:
-        ip("netns", "add", host.namespace)
-        ip("link", "set", "lo", "up", namespace=host.namespace)
-        # Both ends are born inside their namespaces: the root namespace never holds either.
-        ip(
-            "link",
-            "add",
-            host.veth,
-            "netns",
-            self.router,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            host.namespace,
-        )
+        self._plug(host)
         ip("link", "set", host.veth, "master", "br0", "up", namespace=self.router)
         ip("addr", "add", f"{host.address}/24", "dev", "eth0", namespace=host.namespace)
         ip("link", "set", "eth0", "up", namespace=host.namespace)

@@ -130,15 +130,7 @@ class Node:
     def stop(self, timeout: float = 30) -> None:
         """Power off cleanly (SIGTERM to nspawn), then force; then drop the overlay."""
         if self.pid is not None and self.running():
-            os.killpg(self.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while process_alive(self.pid) and time.monotonic() < deadline:
-                reap(self.pid)
-                time.sleep(0.2)
-            if process_alive(self.pid):
-                os.killpg(self.pid, signal.SIGKILL)
-                time.sleep(0.5)
-            reap(self.pid)
+            stop_group(self.pid, grace=timeout)
         if os.path.ismount(self.root):
             _run(["umount", "--lazy", str(self.root)])
 
@@ -174,3 +166,23 @@ def reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+def stop_group(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM a process group we started (PID leads it), SIGKILL it after GRACE seconds."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        reap(pid)
+        if not process_alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    time.sleep(0.2)
+    reap(pid)

@@ -69,15 +69,7 @@ class Reconciler:
             number = cluster.next_host_number(state)
             host = net.host(f"engine{number}", number)
             name = cluster.host_name(state.stack, f"engine-{state.launched}")
-            node = Node(
-                name=name,
-                role="engine",
-                namespace=host.namespace,
-                address=host.address,
-                work_dir=str(state.work_dir / name),
-                instance_id=instance_id,
-                image=controller.image,
-            )
+            node = cluster.node_on(state, host, name, "engine", controller.image, instance_id)
             # Recorded before anything exists, so that `down` removes whatever does.
             state.namespaces.append(host.namespace)
             state.nodes.append(node)
