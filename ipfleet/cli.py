@@ -128,11 +128,11 @@ def plan(
 
 def _plan_diff(stack: str, ref: str, as_json: bool) -> None:
     from ipfleet import plan_diff
-    from ipfleet.project import STACK_FILE, project_dir, stacks_dir
+    from ipfleet.project import STACK_FILE, project_dir, stack_name, stacks_dir
 
     candidate = Path(stack)
     if candidate.suffix in (".yaml", ".yml"):
-        path, name = candidate, candidate.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+        path, name = candidate, stack_name(candidate)
     else:
         path, name = stacks_dir(project_dir()) / STACK_FILE.format(name=stack), stack
     old = plan_diff.plan_at(ref, path)

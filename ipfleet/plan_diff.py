@@ -24,6 +24,7 @@ from typing import Any
 
 from bootstrap.render import decode_user_data
 from ipfleet.errors import UsageError
+from ipfleet.project import stack_name
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -177,19 +178,17 @@ def changed_stacks(ref: str, project: Path, stacks: list[str], stack_folder: Pat
     prefix = project.resolve().relative_to(top)
     changed = [Path(p) for p in _git(top, "diff", "--name-only", ref, "--", ".").splitlines()]
     changed += [Path(p) for p in _git(top, "ls-files", "--others", "--exclude-standard").splitlines()]
-    inside = [p.relative_to(prefix) for p in changed if p.is_relative_to(prefix)]
+    inside = [p.relative_to(prefix).as_posix() for p in changed if p.is_relative_to(prefix)]
+    # A file of the program itself, or anything in one of its folders.
     if any(
-        str(p) == entry or str(p).startswith(entry)
-        for p in inside
-        for entry in PROGRAM_PATHS
-        if not (entry.endswith("/") and str(p).startswith("stacks/"))
+        path == entry or (entry.endswith("/") and path.startswith(entry)) for path in inside for entry in PROGRAM_PATHS
     ):
         return list(stacks)
     folder = stack_folder.resolve().relative_to(project.resolve())
     names = {
-        p.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
-        for p in inside
-        if p.parent == folder and p.name.startswith("Pulumi.") and p.suffix in (".yaml", ".yml")
+        stack_name(Path(path))
+        for path in inside
+        if Path(path).parent == folder and Path(path).name.startswith("Pulumi.") and path.endswith((".yaml", ".yml"))
     }
     return [name for name in stacks if name in names]
 
@@ -230,18 +229,19 @@ def _compare(old: dict, new: dict) -> ResourceChange | None:
     ignored = set((new.get("options") or {}).get("ignoreChanges") or [])
     replacing = REPLACING_INPUTS.get(new["type"], {})
     notes, action = [], "update"
-    for change in changed:
-        top = change.path.split(".", 1)[0].split("[", 1)[0]
+    # The input each change is under (`metadataOptions` for `metadataOptions.httpTokens`).
+    tops = [change.path.split(".", 1)[0].split("[", 1)[0] for change in changed]
+    for top in tops:
         if top in ignored:
             why = IGNORED_NOTES.get((new["type"], top), "the running resource keeps the old value")
             notes.append(f"{top}: ignored by `pulumi up` (ignoreChanges): {why}")
         elif top in replacing:
             action = "replace"
             notes.append(f"{top}: {replacing[top]}")
-    if new["type"] in CHANGE_NOTES and any(c.path.split(".")[0] not in ignored for c in changed):
-        notes.append(CHANGE_NOTES[new["type"]])
-    if all(c.path.split(".", 1)[0].split("[", 1)[0] in ignored for c in changed):
+    if all(top in ignored for top in tops):
         action = "ignored"
+    elif new["type"] in CHANGE_NOTES:
+        notes.append(CHANGE_NOTES[new["type"]])
     return ResourceChange(new["type"], new["name"], action, [_shown(c) for c in changed], notes)
 
 

@@ -37,12 +37,16 @@ def project_dir(start: Path | None = None) -> Path:
     raise StackNotFound("not inside an ipfleet project (no Pulumi.yaml with `name: ipfleet` here or above)")
 
 
+def stack_name(path: Path) -> str:
+    """The stack a settings file is for: Pulumi.NAME.yaml is NAME's."""
+    return path.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
+
+
 def resolve_stack(stack: str, start: Path | None = None) -> StackRef:
     """STACK is a stack name (stacks/Pulumi.STACK.yaml) or a path to a stack file."""
     candidate = Path(stack)
     if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        name = candidate.name.removeprefix("Pulumi.").rsplit(".", 1)[0]
-        return StackRef(name=name, path=candidate.resolve(), project_dir=project_dir(candidate.parent))
+        return StackRef(name=stack_name(candidate), path=candidate.resolve(), project_dir=project_dir(candidate.parent))
     root = project_dir(start)
     path = stacks_dir(root) / STACK_FILE.format(name=stack)
     if not path.exists():
@@ -57,7 +61,7 @@ def stacks_dir(root: Path) -> Path:
 
 
 def list_stacks(root: Path) -> list[str]:
-    return sorted(p.name.removeprefix("Pulumi.").rsplit(".", 1)[0] for p in stacks_dir(root).glob("Pulumi.*.yaml"))
+    return sorted(stack_name(p) for p in stacks_dir(root).glob("Pulumi.*.yaml"))
 
 
 def _is_ipfleet_project(folder: Path) -> bool:
