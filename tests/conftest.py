@@ -62,6 +62,20 @@ def write_stack(tmp_path: Path, name: str, config: dict) -> Path:
     return path
 
 
+def run_cli(
+    *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    """`ipfleet ARGS` as a user runs it: a process of its own (without colours unless ENV says)."""
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env if env is not None else {**os.environ, "NO_COLOR": "1"},
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import yaml
 
-from tests.conftest import ROOT, write_stack
-
-
-def ipfleet(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=120,
-        env={**os.environ, "NO_COLOR": "1"},
-    )
+from tests.conftest import run_cli as ipfleet
+from tests.conftest import write_stack
 
 
 def test_help_teaches_the_workflow_and_imports_nothing_heavy():

@@ -82,33 +82,38 @@ def test_sshd_forwarding_names_this_nodes_own_address(facts, monkeypatch, tmp_pa
     assert target.read_text().splitlines()[-1] == "PermitOpen 10.0.3.7:10101 10.0.3.7:10102 127.0.0.1:8888"
 
 
-def publish_controller(ssm, name: str, address: str) -> None:
-    """What a controller at ADDRESS publishes to parameter NAME (the parts engines read)."""
-    document = {
-        "format": agent.FORMAT,
-        "stack": name.split("/")[2],
-        "published_at": "2026-11-23T10:00:00+00:00",
-        "controller": {"address": address},
-        "engine": {"location": address, "key": "k"},
-    }
-    ssm.put_parameter(Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+RENDEZVOUS = "/ipfleet/mv/connection"
 
 
-def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys):
-    """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
-    name = "/ipfleet/mv/connection"
+@pytest.fixture
+def engine_node(facts, aws_env, tmp_path):
+    """An engine node's facts naming a rendezvous parameter in moto. Returns a function
+    that publishes a controller at an address there, and the engine file's path."""
     ssm = boto3.client("ssm", region_name="us-east-1")
     values = facts(
         region="us-east-1",
-        rendezvous_parameter=name,
+        rendezvous_parameter=RENDEZVOUS,
         profile_dir=str(tmp_path / "profile"),
         aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
     )
+    assert values["rendezvous_parameter"] == RENDEZVOUS
 
     def publish(address: str) -> None:
-        publish_controller(ssm, name, address)
+        document = {
+            "format": agent.FORMAT,
+            "stack": "mv",
+            "published_at": "2026-11-23T10:00:00+00:00",
+            "controller": {"address": address},
+            "engine": {"location": address, "key": "k"},
+        }
+        ssm.put_parameter(Name=RENDEZVOUS, Value=json.dumps(document), Type="SecureString", Overwrite=True)
 
-    engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+    return publish, tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+
+
+def test_engines_follow_a_controller_that_moved(engine_node, capsys):
+    """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
+    publish, engine_file = engine_node
     publish("10.0.0.10")
     agent.wait_connection(timeout=5)
     assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
@@ -119,24 +124,11 @@ def test_engines_follow_a_controller_that_moved(facts, aws_env, tmp_path, capsys
     assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
     assert "controller at 10.0.0.42 (was 10.0.0.10)" in capsys.readouterr().out
     assert oct(engine_file.stat().st_mode & 0o777) == "0o600"
-    assert values["rendezvous_parameter"] == name
 
 
-def test_an_engine_file_just_read_is_used_without_asking_again(facts, aws_env, tmp_path, capsys):
+def test_an_engine_file_just_read_is_used_without_asking_again(engine_node, capsys):
     """Engines started right after the boot's read skip theirs; one restarted later reads again."""
-    name = "/ipfleet/fresh/connection"
-    ssm = boto3.client("ssm", region_name="us-east-1")
-    facts(
-        region="us-east-1",
-        rendezvous_parameter=name,
-        profile_dir=str(tmp_path / "profile"),
-        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
-    )
-
-    def publish(address: str) -> None:
-        publish_controller(ssm, name, address)
-
-    engine_file = tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+    publish, engine_file = engine_node
     publish("10.0.0.10")
     agent.wait_connection(timeout=5)
     publish("10.0.0.42")

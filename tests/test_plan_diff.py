@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from ipfleet import plan_diff
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.loopback
 
@@ -44,14 +43,9 @@ def repo(tmp_path_factory) -> Path:
 
 
 def ipfleet(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", *args],
-        cwd=repo,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": str(repo)},
-        timeout=600,
-    )
+    # The repository's own ipfleet, not this checkout's.
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo), "HOME": str(repo)}
+    return run_cli(*args, cwd=repo, env=env, timeout=600)
 
 
 def edit_stack(repo: Path, name: str, **changes) -> None:

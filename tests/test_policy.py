@@ -5,14 +5,12 @@ would hand them (the example stack's planned resources, then broken ones)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 from pulumi_policy import EnforcementLevel, PolicyResource, StackValidationArgs
 
 from ipfleet import checks, policy
-from tests.conftest import ROOT, plan_of
+from tests.conftest import ROOT, plan_of, run_cli
 
 
 def resources_of(plan) -> list[PolicyResource]:
@@ -91,12 +89,6 @@ def test_imdsv1_on_the_controller_is_a_violation(example):
 def test_the_pack_and_its_config_command(tmp_path):
     manifest = (ROOT / "policy" / "PulumiPolicy.yaml").read_text()
     assert "runtime: python" in manifest
-    result = subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", "check", "example", "--policy-config"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_cli("check", "example", "--policy-config")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {p.name: {"adminCidrs": []} for p in policy.policies()}

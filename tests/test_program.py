@@ -275,19 +275,10 @@ def test_s3_grants_come_before_the_nodes_that_mount():
 
 
 def test_plan_json_shows_depends_on():
-    import subprocess
-    import sys
+    from tests.conftest import run_cli
 
-    from tests.conftest import ROOT
-
-    result = subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", "plan", "example", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-        check=True,
-    )
+    result = run_cli("plan", "example", "--json")
+    assert result.returncode == 0, result.stderr
     resources = {r["name"]: r for r in json.loads(result.stdout)["resources"]}
     assert "example-shared-mount-us-east-1a" in resources["example-controller-node"]["dependsOn"]
 
