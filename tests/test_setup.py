@@ -21,7 +21,9 @@ FAKE_APT = """#!/bin/sh
 echo "$@" >> "{log}"
 case "$*" in
   *install*) for word in "$@"; do
-      case $word in nodejs|npm) echo "E: Unable to correct problems, you have held broken packages." >&2; exit 100;; esac
+      case $word in
+        nodejs|npm) echo "E: Unable to correct problems, you have held broken packages." >&2; exit 100;;
+      esac
     done ;;
 esac
 exit 0
