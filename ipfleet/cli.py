@@ -47,17 +47,38 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+def _stack_or_file(value: str) -> str:
+    """A stack name, or a path to a stack file (whose name resolve_stack checks)."""
+    if Path(value).suffix in (".yaml", ".yml") and not value.startswith("-"):
+        return value
+    return _stack_name(value)
+
+
+def _stack_name(value: str) -> str:
+    from ipfleet.names import InvalidStackName, check_stack_name
+
+    try:
+        return check_stack_name(value)
+    except InvalidStackName as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 StackArg = Annotated[
     str,
     typer.Argument(
-        metavar="STACK", help="A stack name (its settings in stacks/Pulumi.STACK.yaml) or a path to a stack file."
+        metavar="STACK",
+        help="A stack name (its settings in stacks/Pulumi.STACK.yaml) or a path to a stack file.",
+        callback=_stack_or_file,
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 RegionOpt = Annotated[
     str | None, typer.Option(help="AWS region; default: the stack file's aws:region, else your AWS configuration.")
 ]
-DeployedStackArg = Annotated[str, typer.Argument(metavar="STACK", help="The deployed stack's name.")]
+DeployedStackArg = Annotated[
+    str, typer.Argument(metavar="STACK", help="The deployed stack's name.", callback=_stack_name)
+]
 
 
 class RoleChoice(StrEnum):
@@ -216,6 +237,8 @@ def fetch(
     region = _region(stack, region)
     with waiting(f"waiting for the controller of {stack!r} to publish", quiet=as_json) as tick:
         result = do_fetch(stack, region, timeout, on_wait=tick)
+    for problem in result.warnings:
+        typer.secho(f"ipfleet: warning: {problem}", err=True, fg=typer.colors.YELLOW)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))
         return
@@ -243,19 +266,26 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     import boto3
     import botocore.exceptions as boto_errors
 
-    from ipfleet.node_status import describe_failure, describe_scaling, read_records
-    from ipfleet.scaling import ScaleError, find_group
+    from ipfleet.node_status import describe_failure, describe_scaling, read_all_records
+    from ipfleet.remote import printable
+    from ipfleet.scaling import ScaleError, counted, find_group
 
     region = _region(stack, region)
     try:
-        records = read_records(boto3.client("ssm", region_name=region), stack)
+        found = read_all_records(boto3.client("ssm", region_name=region), stack)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
-        _fail(f"cannot read the node records of {stack!r} in {region}: {e}")
+        _fail(f"cannot read the node records of {stack!r} in {region}: {printable(e)}")
     try:  # the group's own view: which instances it holds, in which lifecycle state
         group = find_group(boto3.client("autoscaling", region_name=region), stack)
     except (ScaleError, boto_errors.BotoCoreError, boto_errors.ClientError):
         group = None
     states = group.instances if group else {}
+    records = counted(found.valid, set(states) if group else None)
+    ignored = found.refused + [
+        f"{r.instance_id} claims the role {r.role}, which its place in the engine group denies"
+        for r in found.valid
+        if r not in records
+    ]
     controller = next((r for r in records if r.role == "controller"), None)
     if as_json:
         typer.echo(
@@ -265,22 +295,26 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
                     "region": region,
                     "group": group.as_json() if group else None,
                     "nodes": [{**r.as_json(), "groupState": states.get(r.instance_id)} for r in records],
+                    "ignored": ignored,
                 },
                 indent=2,
             )
         )
         return
+    for line in ignored:
+        typer.secho(f"ipfleet: warning: ignored a node record: {printable(line)}", err=True, fg=typer.colors.YELLOW)
     if not records:
         typer.echo(f"No node of {stack!r} has reported in {region} (not deployed, or still booting).")
         return
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"ipfleet stack {stack} ({region})")
     for column in ("role", "instance", "type", "market", "zone", "address", "phase", "group state", "engines", "error"):
         table.add_column(column, no_wrap=column != "error")
     for r in records:
-        table.add_row(
+        cells = (
             r.role,
             r.instance_id,
             r.instance_type or "-",
@@ -292,6 +326,8 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
             r.engines_text,
             r.error_text or r.reason or "",
         )
+        # Text, not str: rich would read markup ([link=...]) in what a node wrote.
+        table.add_row(*(Text(printable(cell)) for cell in cells))
     # Piped (grep, a log), the table keeps its full width rather than a guessed 80 columns.
     Console(width=None if sys.stdout.isatty() else 200).print(table)
     if controller:
@@ -446,7 +482,7 @@ def connect(
             proxy_command=proxy_command,
             on_wait=tick,
         )
-    for problem in result.connection.warnings:
+    for problem in [*result.fetched.warnings, *result.connection.warnings]:
         typer.secho(f"ipfleet: warning: {problem}", err=True, fg=typer.colors.YELLOW)
     if as_json:
         typer.echo(json.dumps(result.as_json(), indent=2))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import warnings
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from pathlib import Path
 
 from ipfleet.access import Access
 from ipfleet.fetch import Fetched, FetchError, PublishedController, client_file_path, fetch, write_private
+from ipfleet.names import check_stack_name
+from ipfleet.remote import SSH_KEY_PATTERN, printable
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
 SIDECAR = "ipfleet-connection.json"
@@ -36,7 +39,32 @@ DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 
 
 def ssh_alias(stack: str) -> str:
-    return f"ipfleet-{stack}"
+    return f"ipfleet-{check_stack_name(stack)}"
+
+
+# What a remote value may be in an ssh config: an instance id, an address, a user name.
+_PLAIN_TOKEN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _plain_token(value: str, keyword: str) -> str:
+    if not _PLAIN_TOKEN.match(value):
+        raise FetchError(f"refusing to write ssh {keyword} {printable(value, 80)!r}: not a plain name or address")
+    return value
+
+
+def _one_line(value: str, keyword: str) -> str:
+    if any(c in value for c in "\r\n\0"):
+        raise FetchError(f"refusing to write ssh {keyword}: it spans lines ({printable(value, 80)!r})")
+    return value
+
+
+def _path_token(path: Path | str) -> str:
+    """A local path as one quoted ssh config token: `%` escaped (ssh expands its tokens in
+    these keywords), and no quote or line break, which ssh cannot escape."""
+    text = str(path)
+    if any(c in text for c in '"\r\n\0'):
+        raise FetchError(f"refusing to write the path {printable(text, 120)!r} into an ssh config")
+    return '"' + text.replace("%", "%%") + '"'
 
 
 def ssm_proxy_command(region: str) -> str:
@@ -60,25 +88,29 @@ class Tunnel:
     control_path: str
 
     def config_entry(self, stack: str) -> str:
+        """The ssh config entry. Every value is one token that ssh reads back as it is: the
+        remote ones (host, user) have been checked against their schema (ipfleet/remote.py)
+        and are checked again here; paths are quoted, with ssh's `%` tokens escaped."""
         lines = [
-            f"# ipfleet stack {stack}: written by `ipfleet connect {stack}`; safe to delete.",
+            f"# ipfleet stack {check_stack_name(stack)}: written by `ipfleet connect {stack}`; safe to delete.",
             f"Host {self.alias}",
-            f"    HostName {self.host_name}",
-            f"    User {self.user}",
-            f"    IdentityFile {self.identity}",
+            f"    HostName {_plain_token(self.host_name, 'HostName')}",
+            f"    User {_plain_token(self.user, 'User')}",
+            f"    IdentityFile {_path_token(self.identity)}",
             "    IdentitiesOnly yes",
             # Host keys come from the controller, through AWS: no trust on first use.
             f"    HostKeyAlias {self.alias}",
-            f"    UserKnownHostsFile {self.known_hosts}",
+            f"    UserKnownHostsFile {_path_token(self.known_hosts)}",
             "    StrictHostKeyChecking yes",
             # ipyparallel opens one tunnel per socket; one connection carries them all.
             "    ControlMaster auto",
-            f"    ControlPath {self.control_path}",
+            f"    ControlPath {_path_token(self.control_path)}",
             "    ControlPersist 10m",
             "    ServerAliveInterval 30",
         ]
         if self.proxy_command:
-            lines.append(f"    ProxyCommand {self.proxy_command}")
+            # The user's own command (or ipfleet's): one line, whatever it holds.
+            lines.append(f"    ProxyCommand {_one_line(self.proxy_command, 'ProxyCommand')}")
         return "\n".join(lines) + "\n"
 
     def ssh_command(self) -> list[str]:
@@ -172,7 +204,8 @@ def ensure_include(directory: Path) -> bool:
     only); everything already in the file is kept as it was.
     """
     directory.mkdir(mode=0o700, exist_ok=True)
-    config = directory / "config"
+    # A config that is a link (to a dotfiles checkout, say) stays one: its target changes.
+    config = (directory / "config").resolve() if (directory / "config").is_symlink() else directory / "config"
     existing = config.read_text() if config.exists() else ""
     line = include_line(directory)
     if any(existing_line.strip() == line for existing_line in existing.splitlines()):
@@ -221,18 +254,32 @@ def tunnel_for(
 
 
 def write_known_hosts(tunnel: Tunnel, host_keys: list[str]) -> Path:
-    """The controller's host keys, under the alias ssh checks them by (HostKeyAlias)."""
+    """The controller's host keys, under the alias ssh checks them by (HostKeyAlias):
+    each exactly `TYPE BASE64`, so no line can carry a marker or a second host."""
+    for key in host_keys:
+        if not re.match(SSH_KEY_PATTERN, key):
+            raise FetchError(f"refusing the published host key {printable(key, 80)!r}: not `TYPE BASE64`")
     tunnel.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tunnel.known_hosts.write_text("".join(f"{tunnel.alias} {key}\n" for key in host_keys))
+    _write_file(tunnel.known_hosts, "".join(f"{tunnel.alias} {key}\n" for key in host_keys))
     return tunnel.known_hosts
+
+
+def _write_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace `path` whole (a new file renamed over it), never writing through a link."""
+    tmp = path.with_name(path.name + ".ipfleet-tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_ssh_files(
     stack: str, tunnel: Tunnel, host_keys: list[str], directory: Path, include: bool = True
 ) -> list[Path]:
     """The stack's entry and pinned host keys; returns the files written."""
-    entry = write_known_hosts(tunnel, host_keys).with_name(f"{stack}.conf")
-    entry.write_text(tunnel.config_entry(stack))
+    entry = write_known_hosts(tunnel, host_keys).with_name(f"{check_stack_name(stack)}.conf")
+    _write_file(entry, tunnel.config_entry(stack))
     written = [entry, tunnel.known_hosts]
     if include and ensure_include(directory):
         written.append(directory / "config")
@@ -257,7 +304,7 @@ class Connected:
             "identity": self.connection.identity,
             "ssh_command": shlex.join(self.tunnel.ssh_command()) if self.tunnel else None,
             "files_written": [str(p) for p in self.written],
-            "warnings": self.connection.warnings,
+            "warnings": [*self.fetched.warnings, *self.connection.warnings],
             "snippet": self.snippet(),
         }
 

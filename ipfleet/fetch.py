@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.node.ipfleet_node import FORMAT, PENDING
+from bootstrap.node.ipfleet_node import PENDING
+from ipfleet import remote
 from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
+from ipfleet.names import check_stack_name
+from ipfleet.remote import printable
 from ipfleet.settings import rendezvous_parameter
 
 CLIENT_FILE = "ipcontroller-client.json"
-# What a connection file must hold for ipyparallel.Client to use it.
-CLIENT_KEYS = ("key", "signature_scheme", "location", "registration", "interface")
 
 
 class FetchError(IpfleetError, RuntimeError):
@@ -30,7 +31,7 @@ class FetchError(IpfleetError, RuntimeError):
 
 @dataclass(frozen=True)
 class SshLogin:
-    """The controller's login for tunnels (access ssm and ssh)."""
+    """The controller's login for tunnels (access ssm and ssh): checked values only."""
 
     user: str
     authorized_key: str | None
@@ -40,7 +41,8 @@ class SshLogin:
 @dataclass(frozen=True)
 class PublishedController:
     """The controller as it describes itself in the published document (the agent's
-    `publish`, bootstrap/node/ipfleet_node.py), parsed once where `fetch` reads it."""
+    `publish`, bootstrap/node/ipfleet_node.py), parsed once where `fetch` reads it,
+    against ipfleet/remote.py's schema: every field here has the shape it claims."""
 
     address: str
     access: Access
@@ -48,38 +50,44 @@ class PublishedController:
     instance_id: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     ssh: SshLogin | None = None
-    # As published, for `--json`.
-    raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def parse(cls, data: Any, where: str = "the published document") -> PublishedController:
-        if not isinstance(data, dict) or not isinstance(data.get("address"), str):
+        if not isinstance(data, dict) or "address" not in data:
             raise FetchError(f"{where} names no controller address")
-        # Controllers from before the access modes published none: they were direct.
-        value = data.get("access", "direct")
-        try:
-            access = Access(value)
-        except ValueError:
+        if isinstance(data.get("access"), str) and data["access"] not in {mode.value for mode in Access}:
             modes = ", ".join(mode.value for mode in Access)
             raise FetchError(
-                f"the controller published access {value!r}, which this ipfleet does not know ({modes})"
-            ) from None
-        ssh = data.get("ssh")
+                f"the controller published access {printable(data['access'], 40)!r}, "
+                f"which this ipfleet does not know ({modes})"
+            )
+        try:
+            facts = remote.parse(remote.ControllerFacts, data, f"{where}: controller")
+        except remote.RemoteDataError as e:
+            raise FetchError(str(e)) from None
         login = None
-        if isinstance(ssh, dict) and ssh.get("user"):
-            login = SshLogin(str(ssh["user"]), ssh.get("authorized_key"), list(ssh.get("host_keys") or []))
+        if facts.ssh is not None:
+            login = SshLogin(facts.ssh.user, facts.ssh.authorized_key, list(facts.ssh.host_keys))
         return cls(
-            address=data["address"],
-            access=access,
-            public_address=data.get("public_address"),
-            instance_id=data.get("instance_id"),
-            versions=dict(data.get("versions") or {}),
+            address=facts.address,
+            access=Access(facts.access),
+            public_address=facts.public_address,
+            instance_id=facts.instance_id,
+            versions={str(k): v for k, v in facts.versions.items()},
             ssh=login,
-            raw=dict(data),
         )
 
     def as_json(self) -> dict[str, Any]:
-        return self.raw
+        return {
+            "address": self.address,
+            "access": self.access.value,
+            "public_address": self.public_address,
+            "instance_id": self.instance_id,
+            "versions": self.versions,
+            "ssh": None
+            if self.ssh is None
+            else {"user": self.ssh.user, "authorized_key": self.ssh.authorized_key, "host_keys": self.ssh.host_keys},
+        }
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,8 @@ class Fetched:
     controller: PublishedController
     # JupyterLab's port and token on the controller, when the stack runs one.
     notebook: dict | None = None
+    # What could not be confirmed with EC2 (confirm_with_ec2).
+    warnings: tuple[str, ...] = ()
 
     def as_json(self) -> dict:
         return {
@@ -101,6 +111,7 @@ class Fetched:
             "profile": self.profile,
             "published_at": self.published_at,
             "controller": self.controller.as_json(),
+            "warnings": list(self.warnings),
         }
 
 
@@ -113,6 +124,7 @@ def ipython_dir() -> Path:
 
 
 def client_file_path(stack: str, base: Path | None = None) -> Path:
+    check_stack_name(stack)  # a name with `/` or `..` would write outside the profile folder
     return (base or ipython_dir()) / f"profile_{profile_name(stack)}" / "security" / CLIENT_FILE
 
 
@@ -159,6 +171,12 @@ def fetch(
         except boto_errors.ClientError:  # no right to read the records: keep waiting
             failed = None
         if failed is not None:
+            # Believed only from the instance EC2 calls the stack's controller: any node
+            # can write a record that claims the controller's role.
+            known = controller_instances(boto3.client("ec2", region_name=region), stack)
+            if isinstance(known, dict) and known and failed.instance_id not in known:
+                failed = None
+        if failed is not None:
             raise FetchError(describe_failure(failed) + f"\n(`ipfleet status {stack}` shows every node)")
         elapsed = time.monotonic() - started
         if elapsed + poll_seconds > timeout:
@@ -170,32 +188,99 @@ def fetch(
         on_wait(elapsed)
         time.sleep(poll_seconds)
 
-    document = _parse(name, value)
-    controller = PublishedController.parse(document.get("controller"), name)
+    document = _parse(name, value, stack)
+    controller = PublishedController.parse(document.controller.model_dump(), name)
+    confirmed = confirm_with_ec2(boto3.client("ec2", region_name=region), stack, controller)
+    try:
+        client_file = document.client.client_file()
+    except remote.RemoteDataError as e:
+        raise FetchError(f"{name}: {e}") from None
     path = client_file_path(stack, ipython_base)
-    write_private(path, document["client"])
+    write_private(path, client_file)
     return Fetched(
         stack=stack,
         region=region,
         path=path,
         profile=profile_name(stack),
-        published_at=document.get("published_at", ""),
+        published_at=document.published_at,
         controller=controller,
-        notebook=document.get("notebook"),
+        notebook=document.notebook.model_dump() if document.notebook else None,
+        warnings=confirmed,
     )
 
 
-def _parse(name: str, value: str) -> dict:
+def controller_instances(ec2, stack: str) -> dict[str, dict] | str:
+    """EC2's own view of the stack's controller (by its tags, which no node can change):
+    its instances by id, or why EC2 could not be asked."""
+    import botocore.exceptions as boto_errors
+
     try:
-        document = json.loads(value)
+        pages = ec2.get_paginator("describe_instances").paginate(
+            Filters=[
+                {"Name": "tag:ipfleet:stack", "Values": [stack]},
+                {"Name": "tag:ipfleet:role", "Values": ["controller"]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )
+        return {
+            str(i.get("InstanceId")): i
+            for page in pages
+            for reservation in page.get("Reservations", [])
+            for i in reservation.get("Instances", [])
+        }
+    except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
+        return printable(e, 200)
+
+
+def confirm_with_ec2(ec2, stack: str, controller: PublishedController) -> tuple[str, ...]:
+    """Check the published instance id and addresses against EC2. A mismatch is refused;
+    what EC2 cannot confirm (no instance listed, no right to ask) is a warning."""
+    instances = controller_instances(ec2, stack)
+    if isinstance(instances, str):
+        return (f"could not confirm the controller with EC2 ({instances}): its published address is trusted",)
+    if not instances:
+        return (
+            f"EC2 lists no running controller tagged ipfleet:stack={stack}: "
+            "its published instance id and address could not be confirmed",
+        )
+    instance = instances.get(str(controller.instance_id))
+    if instance is None:
+        raise FetchError(
+            f"the published controller instance_id {controller.instance_id!r} is not the stack's controller "
+            f"according to EC2 ({', '.join(sorted(instances))}): refusing the document"
+        )
+    if instance.get("PrivateIpAddress") != controller.address:
+        raise FetchError(
+            f"the published controller address {controller.address} is not {controller.instance_id}'s private "
+            f"address according to EC2 ({instance.get('PrivateIpAddress')}): refusing the document"
+        )
+    if controller.public_address and instance.get("PublicIpAddress") != controller.public_address:
+        raise FetchError(
+            f"the published public_address {controller.public_address} is not {controller.instance_id}'s public "
+            f"address according to EC2 ({instance.get('PublicIpAddress')}): refusing the document"
+        )
+    return ()
+
+
+# The largest document SSM can hold (an advanced parameter): anything longer is not ours.
+DOCUMENT_LIMIT = 8192
+
+
+def _parse(name: str, value: str, stack: str) -> remote.PublishedDocument:
+    if len(value) > DOCUMENT_LIMIT:
+        raise FetchError(f"{name} does not hold ipfleet connection info ({len(value)} characters)")
+    try:
+        data = json.loads(value)
     except json.JSONDecodeError:
         raise FetchError(f"{name} does not hold ipfleet connection info (not JSON)") from None
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise FetchError(f"{name} does not hold ipfleet connection info (format {FORMAT} expected)")
-    client = document.get("client")
-    missing = [k for k in CLIENT_KEYS if not isinstance(client, dict) or k not in client]
-    if missing:
-        raise FetchError(f"{name} holds incomplete connection info (missing {', '.join(missing)})")
+    if not isinstance(data, dict) or data.get("format") != 1:
+        raise FetchError(f"{name} does not hold ipfleet connection info (format 1 expected)")
+    try:
+        document = remote.parse(remote.PublishedDocument, data, name)
+    except remote.RemoteDataError as e:
+        raise FetchError(str(e)) from None
+    if document.stack != stack:
+        raise FetchError(f"{name}: stack: the document is for {printable(document.stack, 60)!r}, not {stack!r}")
     return document
 
 

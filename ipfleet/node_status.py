@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from ipfleet import remote
+from ipfleet.remote import printable
 from ipfleet.settings import node_records_path
 
 
@@ -30,26 +32,29 @@ class NodeRecord:
     scaling: dict | None = None
 
     @classmethod
-    def parse(cls, value: str) -> NodeRecord | None:
+    def parse(cls, value: str, where: str = "a node record") -> NodeRecord:
+        """The record against its schema (ipfleet/remote.py), or a RemoteDataError naming
+        the field: what a node wrote is data, and a wrong type is refused, not a traceback."""
+        if len(value) > RECORD_LIMIT:
+            raise remote.RemoteDataError(f"{where}: {len(value)} characters, more than a record holds")
         try:
             raw = json.loads(value)
         except ValueError:
-            return None
-        if not isinstance(raw, dict) or raw.get("format") != 1:
-            return None
+            raise remote.RemoteDataError(f"{where}: not JSON") from None
+        doc = remote.parse(remote.NodeRecordDocument, raw, where)
         return cls(
-            role=raw.get("role", "?"),
-            instance_id=raw.get("instanceId", "?"),
-            phase=raw.get("phase", "?"),
-            instance_type=raw.get("instanceType"),
-            lifecycle=raw.get("lifecycle"),
-            zone=raw.get("zone"),
-            address=raw.get("address"),
-            engines=raw.get("engines") or {},
-            error=raw.get("error"),
-            reason=raw.get("reason"),
-            updated=raw.get("updated", ""),
-            scaling=raw.get("scaling"),
+            role=doc.role,
+            instance_id=doc.instanceId,
+            phase=doc.phase,
+            instance_type=doc.instanceType,
+            lifecycle=doc.lifecycle,
+            zone=doc.zone,
+            address=doc.address,
+            engines={str(k): v for k, v in doc.engines.items()},
+            error=doc.error.model_dump() if doc.error else None,
+            reason=doc.reason,
+            updated=printable(doc.updated, 40),
+            scaling=doc.scaling.model_dump() if doc.scaling else None,
         )
 
     @property
@@ -65,7 +70,7 @@ class NodeRecord:
         if not self.error:
             return ""
         code = self.error.get("exitCode")
-        return f"{self.error.get('step')}" + (f" (exit {code})" if code is not None else "")
+        return printable(self.error.get("step"), 80) + (f" (exit {code})" if code is not None else "")
 
     def as_json(self) -> dict:
         return {
@@ -84,15 +89,44 @@ class NodeRecord:
         }
 
 
-def read_records(ssm, stack: str) -> list[NodeRecord]:
-    """Every node's record, the controller first."""
-    records = []
-    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=node_records_path(stack)):
+# SSM's standard parameters hold 4 KB; the agent cuts its records to fit.
+RECORD_LIMIT = 4096
+
+
+@dataclass
+class Records:
+    """The stack's node records that parse, and a line for each that does not."""
+
+    valid: list[NodeRecord]
+    refused: list[str]
+
+
+def read_all_records(ssm, stack: str) -> Records:
+    """Every node's record, the controller first; a record under another node's name (the
+    parameter's last part is the instance it speaks for) or of the wrong shape is refused."""
+    path = node_records_path(stack)
+    valid, refused = [], []
+    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path):
         for parameter in page["Parameters"]:
-            record = NodeRecord.parse(parameter["Value"])
-            if record is not None:
-                records.append(record)
-    return sorted(records, key=lambda r: (r.role != "controller", r.role, r.instance_id))
+            name = str(parameter.get("Name", ""))
+            owner = name.removeprefix(path + "/")
+            try:
+                record = NodeRecord.parse(parameter["Value"], printable(name, 120))
+            except remote.RemoteDataError as e:
+                refused.append(str(e))
+                continue
+            if record.instance_id != owner:
+                where = printable(name, 120)
+                refused.append(f"{where}: speaks for {record.instance_id}, not for {printable(owner, 40)}")
+                continue
+            valid.append(record)
+    valid.sort(key=lambda r: (r.role != "controller", r.role, r.instance_id))
+    return Records(valid, refused)
+
+
+def read_records(ssm, stack: str) -> list[NodeRecord]:
+    """Every valid node record, the controller first."""
+    return read_all_records(ssm, stack).valid
 
 
 def failed_controller(records: list[NodeRecord]) -> NodeRecord | None:
@@ -102,7 +136,7 @@ def failed_controller(records: list[NodeRecord]) -> NodeRecord | None:
 def describe_failure(record: NodeRecord, lines: int = 15) -> str:
     """The failure as a user reads it: which node, which step, the log's last lines."""
     log = (record.error or {}).get("log") or []
-    tail = "\n".join(f"    {line}" for line in log[-lines:])
+    tail = "\n".join(f"    {printable(line)}" for line in log[-lines:])
     return f"the {record.role} {record.instance_id} failed its bootstrap at {record.error_text}" + (
         f"; its log ends:\n{tail}" if tail else ""
     )
@@ -113,18 +147,20 @@ def describe_scaling(scaling: dict | None) -> str:
     if not scaling:
         return "The controller's keeper has not reported on the engine group yet."
     line = (
-        f"Engine group {scaling['group']}: {scaling['desired']} nodes wanted "
+        f"Engine group {printable(scaling['group'], 120)}: {scaling['desired']} nodes wanted "
         f"(min {scaling['min']}, max {scaling['max']}), {scaling['inService']} in service."
     )
     minutes = scaling.get("idleMinutes") or 0
     if scaling.get("idledAt"):
         line += (
-            f" Idle since {scaling.get('idleSince') or '?'}: the idle guard took it to "
-            f"{scaling['desired']} at {scaling['idledAt']}; a client, a task or `ipfleet scale` brings it back."
+            f" Idle since {printable(scaling.get('idleSince') or '?', 40)}: the idle guard took it to "
+            f"{scaling['desired']} at {printable(scaling['idledAt'], 40)}; "
+            "a client, a task or `ipfleet scale` brings it back."
         )
     elif minutes:
         since = scaling.get("idleSince")
-        line += f" Idle guard: {minutes:g} min" + (f" (idle since {since})." if since else " (busy now).")
+        line += f" Idle guard: {minutes:g} min"
+        line += f" (idle since {printable(since, 40)})." if since else " (busy now)."
     else:
         line += " Idle guard off."
     if scaling.get("autoscale"):

@@ -61,7 +61,13 @@ def tunnel_command(connection: Connection, local_port: int) -> list[str]:
 
 @contextmanager
 def forward(connection: Connection, local_port: int, timeout: float = READY_TIMEOUT) -> Iterator[NotebookUrl]:
-    """Forward the notebook to 127.0.0.1:local_port while the block runs; yields its URL."""
+    """Forward the notebook to 127.0.0.1:local_port while the block runs; yields its URL.
+
+    The token goes only to a port this tunnel holds: a port something else already
+    listens on is refused before ssh starts (ssh itself then fails to bind, and the
+    other program would be taken for the notebook)."""
+    if not _free(local_port):
+        raise NotebookError(f"127.0.0.1:{local_port} is in use by another program: pass --port with a free one")
     process = subprocess.Popen(
         tunnel_command(connection, local_port), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
@@ -74,6 +80,9 @@ def forward(connection: Connection, local_port: int, timeout: float = READY_TIME
             if time.monotonic() > deadline:
                 raise NotebookError(f"the tunnel to the notebook did not open in {timeout:.0f} s")
             time.sleep(0.3)
+        time.sleep(0.2)
+        if process.poll() is not None:  # ssh could not bind: the listener is another program's
+            raise NotebookError(f"ssh ended (exit {process.returncode}) and 127.0.0.1:{local_port} is not its tunnel")
         if connection.notebook is None:
             raise NotebookError("the controller published no notebook (set ipfleet:notebook: true)")
         token = connection.notebook["token"]
@@ -86,6 +95,15 @@ def forward(connection: Connection, local_port: int, timeout: float = READY_TIME
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _accepts(port: int) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 
 from bootstrap.render import decode_user_data
 from ipfleet.errors import UsageError
+from ipfleet.names import check_stack_name
 from ipfleet.project import stack_name
 
 INSTANCE = "aws:ec2/instance:Instance"
@@ -117,19 +118,36 @@ def _git(repo: Path, *args: str, binary: bool = False) -> Any:
     return result.stdout
 
 
+def resolve_commit(top: Path, ref: str) -> str:
+    """REF as the commit it names, or a PlanDiffError. A REF is never passed to git where
+    it could be read as an option (`--output=FILE`): it is refused if it looks like one,
+    resolved after `--end-of-options`, and only the commit id is used afterwards."""
+    if not ref or ref.startswith("-") or any(c in ref for c in "\0\n\r"):
+        raise PlanDiffError(f"{ref!r} is not a git revision")
+    result = subprocess.run(
+        ["git", "-C", str(top), "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    commit = result.stdout.strip()
+    if result.returncode != 0 or len(commit) not in (40, 64):
+        raise PlanDiffError(f"git knows no commit {ref!r} here")
+    return commit
+
+
 def plan_at(ref: str, stack_file: Path) -> dict | None:
     """The offline plan (as `ipfleet plan --json` prints it) of STACK_FILE at git REF,
     run by the program of that commit; None if the stack did not exist there."""
     folder = stack_file.resolve().parent
     top = Path(_git(folder, "rev-parse", "--show-toplevel").strip())
     relative = stack_file.resolve().relative_to(top)
-    _git(top, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
-    listed = _git(top, "ls-tree", "--name-only", ref, "--", str(relative)).strip()
+    commit = resolve_commit(top, ref)
+    listed = _git(top, "ls-tree", "--name-only", commit, "--", str(relative)).strip()
     if not listed:
         return None
     with tempfile.TemporaryDirectory(prefix="ipfleet-diff-") as tmp:
         archive = Path(tmp) / "tree.tar"
-        archive.write_bytes(_git(top, "archive", "--format=tar", ref, binary=True))
+        archive.write_bytes(_git(top, "archive", "--format=tar", commit, binary=True))
         with tarfile.open(archive) as tar:
             tar.extractall(Path(tmp) / "tree", filter="data")
         tree = Path(tmp) / "tree"
@@ -172,12 +190,15 @@ PROGRAM_PATHS = (
 
 
 def changed_stacks(ref: str, project: Path, stacks: list[str], stack_folder: Path) -> list[str]:
-    """The stacks (of STACKS, in STACK_FOLDER) whose plan may differ from git REF's: those
-    whose file changed, or all of them when the program changed."""
+    """The stacks whose plan may differ from git REF's: those of STACKS (in STACK_FOLDER)
+    whose file changed, those whose file the change deleted, or all of STACKS when the
+    program changed. Names come from git as bytes (`-z`), so no name is quoted or lost."""
     top = Path(_git(project, "rev-parse", "--show-toplevel").strip())
     prefix = project.resolve().relative_to(top)
-    changed = [Path(p) for p in _git(top, "diff", "--name-only", ref, "--", ".").splitlines()]
-    changed += [Path(p) for p in _git(top, "ls-files", "--others", "--exclude-standard").splitlines()]
+    commit = resolve_commit(top, ref)
+    listed = _git(top, "diff", "-z", "--no-renames", "--name-only", commit, "--", ".")
+    listed += _git(top, "ls-files", "-z", "--others", "--exclude-standard")
+    changed = [Path(p) for p in listed.split("\0") if p]
     inside = [p.relative_to(prefix).as_posix() for p in changed if p.is_relative_to(prefix)]
     # A file of the program itself, or anything in one of its folders.
     if any(
@@ -186,11 +207,11 @@ def changed_stacks(ref: str, project: Path, stacks: list[str], stack_folder: Pat
         return list(stacks)
     folder = stack_folder.resolve().relative_to(project.resolve())
     names = {
-        stack_name(Path(path))
+        check_stack_name(stack_name(Path(path)), f"stack file {Path(path).name!r}:")
         for path in inside
-        if Path(path).parent == folder and Path(path).name.startswith("Pulumi.") and path.endswith((".yaml", ".yml"))
+        if Path(path).parent == folder and Path(path).name.startswith("Pulumi.") and path.endswith(".yaml")
     }
-    return [name for name in stacks if name in names]
+    return sorted(names)
 
 
 # ---- comparing two plans

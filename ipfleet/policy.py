@@ -12,7 +12,7 @@ config: `ipfleet check STACK --policy-config` prints it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +32,40 @@ def policy_name(rule: Callable) -> str:
     return rule.__name__.replace("_", "-")
 
 
+# What a value Pulumi cannot know during preview (an id AWS assigns) becomes for the rules:
+# the same kind of placeholder the offline plan shows for it.
+UNKNOWN = "<unknown during preview>"
+
+
+def known_values(value: Any) -> Any:
+    """A plain copy of a resource's properties with every value Pulumi cannot know yet
+    replaced by UNKNOWN. CrossGuard's properties raise on an unknown value as soon as it
+    is read; copied whole (`dict(props)`), one unknown made the whole policy advisory in
+    preview. Copied value by value, the rules judge every value that is known."""
+    from pulumi_policy.proxy import UnknownValueError
+
+    def read(container: Any, key: Any) -> Any:
+        try:
+            return known_values(container[key])
+        except UnknownValueError:
+            return UNKNOWN
+
+    if isinstance(value, Mapping):
+        return {key: read(value, key) for key in value}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [read(value, index) for index in range(len(value))]
+    return value
+
+
 def plan_of(resources: Iterable[Any]) -> tuple[Plan, dict[str, str]]:
     """The policy pack's resources as a Plan the rules read, and each one's URN by how
     a finding names it."""
     plan = Plan(stack="policy")
     urns: dict[str, str] = {}
     for resource in resources:
-        planned = PlannedResource(resource.resource_type, resource.name, None, dict(resource.props), custom=True)
+        planned = PlannedResource(
+            resource.resource_type, resource.name, None, known_values(resource.props), custom=True
+        )
         plan.resources.append(planned)
         urns[f"{resource.resource_type.split(':')[-1]} {resource.name}"] = resource.urn
     return plan, urns

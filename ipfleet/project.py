@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from ipfleet.errors import UsageError
+from ipfleet.names import check_stack_name
 
 STACK_FILE = "Pulumi.{name}.yaml"
 
@@ -46,7 +47,9 @@ def resolve_stack(stack: str, start: Path | None = None) -> StackRef:
     """STACK is a stack name (stacks/Pulumi.STACK.yaml) or a path to a stack file."""
     candidate = Path(stack)
     if candidate.suffix in (".yaml", ".yml") and candidate.exists():
-        return StackRef(name=stack_name(candidate), path=candidate.resolve(), project_dir=project_dir(candidate.parent))
+        name = check_stack_name(stack_name(candidate), f"the stack file {candidate.name!r} names a stack, but")
+        return StackRef(name=name, path=candidate.resolve(), project_dir=project_dir(candidate.parent))
+    check_stack_name(stack)
     root = project_dir(start)
     path = stacks_dir(root) / STACK_FILE.format(name=stack)
     if not path.exists():
@@ -61,7 +64,10 @@ def stacks_dir(root: Path) -> Path:
 
 
 def list_stacks(root: Path) -> list[str]:
-    return sorted(stack_name(p) for p in stacks_dir(root).glob("Pulumi.*.yaml"))
+    """Every stack file's stack; a file whose name is no stack name is an error that names
+    it (a review must go red for it, not skip it)."""
+    files = stacks_dir(root).glob("Pulumi.*.yaml")
+    return sorted(check_stack_name(stack_name(p), f"stack file {p.name!r}:") for p in files)
 
 
 def _is_ipfleet_project(folder: Path) -> bool:

@@ -75,7 +75,11 @@ class Progress:
     registered: int | None  # what the controller has registered (its record)
 
     @classmethod
-    def of(cls, records: list[NodeRecord]) -> Progress:
+    def of(cls, records: list[NodeRecord], members: set[str] | None = None) -> Progress:
+        """MEMBERS: the group's instances. An engine record counts only if its instance is
+        one of them, and a controller record only if its instance is not: a node can
+        claim any role in its record, but not a place in the group."""
+        records = counted(records, members)
         engines = [r for r in records if r.role == "engine"]
         controller = next((r for r in records if r.role == "controller"), None)
         running = [
@@ -104,6 +108,13 @@ class Progress:
         if self.registered is not None:
             parts.append(f"{self.registered} engines registered")
         return ", ".join(parts)
+
+
+def counted(records: list[NodeRecord], members: set[str] | None) -> list[NodeRecord]:
+    """The records that count, given the group's instances (None: not known, all count)."""
+    if members is None:
+        return records
+    return [r for r in records if (r.instance_id in members) == (r.role == "engine")]
 
 
 def scale(
@@ -141,7 +152,8 @@ def scale(
     deadline = started + timeout
     last = None
     while True:
-        progress = Progress.of(read_records(ssm, stack))
+        members = set(find_group(autoscaling, stack).instances)
+        progress = Progress.of(read_records(ssm, stack), members)
         line = progress.text(nodes)
         if line != last:
             report(f"{time.monotonic() - started:5.0f} s  {line}")

@@ -33,13 +33,12 @@ from pydantic.alias_generators import to_camel
 from ipfleet.access import Access
 from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
+from ipfleet.names import STACK_NAME_RULE, is_stack_name
 
 NAMESPACE = "ipfleet"
 
 # Official images, looked up by owner and name at deploy time.
 KNOWN_IMAGES = tuple(IMAGES)
-# Pulumi's own rule for stack names (the CLI refuses others).
-STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 AMI_ID = re.compile(r"^ami-[0-9a-f]{8}([0-9a-f]{9})?$")
 INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
 APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
@@ -250,8 +249,8 @@ class Settings(_Model):
     @field_validator("stack")
     @classmethod
     def _stack(cls, v: str) -> str:
-        if not STACK_NAME.match(v):
-            raise ValueError("stack names are 1-100 of A-Z a-z 0-9 _ . - (Pulumi's rule)")
+        if not is_stack_name(v):
+            raise ValueError(f"stack names are {STACK_NAME_RULE}")
         return v
 
     @field_validator(

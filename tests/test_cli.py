@@ -126,5 +126,5 @@ def test_the_cli_turns_an_ipfleet_error_into_one_line_and_its_code():
 
     result = CliRunner().invoke(app, ["stacks", "--changed-since", "no-such-ref"])
     assert result.exit_code == 2
-    assert result.output.startswith("ipfleet: git diff --name-only no-such-ref")
+    assert result.output.startswith("ipfleet: git knows no commit 'no-such-ref' here")
     assert "Traceback" not in result.output

@@ -17,7 +17,7 @@ import pytest
 from ipfleet import versions
 from ipfleet.connect import ensure_include, find_identity, include_line, ssm_proxy_command, tunnel_for
 from ipfleet.fetch import FetchError, PublishedController
-from tests.conftest import free_port
+from tests.conftest import PUBLIC_KEY, free_port
 
 STACK = "lab"
 
@@ -27,6 +27,24 @@ def keypair(directory: Path, name: str = "id_ed25519") -> tuple[Path, str]:
     private = directory / name
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "me@laptop", "-f", str(private)], check=True)
     return private, (directory / f"{name}.pub").read_text().strip()
+
+
+def client_info(address: str) -> dict:
+    """ipyparallel's client connection info as ipfleet's controller writes it."""
+    names = ("registration", "control", "mux", "task", "iopub", "notification", "broadcast")
+    ports = {name: 10101 + i for i, name in enumerate(names)}
+    return {
+        "ssh": "",
+        "interface": "tcp://127.0.0.1",
+        **ports,
+        "task_scheme": "leastload",
+        "key": "0123456789abcdef" * 4,
+        "curve_serverkey": None,
+        "location": address,
+        "pack": "json",
+        "unpack": "json",
+        "signature_scheme": "hmac-sha256",
+    }
 
 
 def published(access: str, public_key: str | None, python: str | None = None) -> dict:
@@ -47,13 +65,7 @@ def published(access: str, public_key: str | None, python: str | None = None) ->
                 "host_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKeyHostKeyHostKeyHostKeyHostKeyHost"],
             },
         },
-        "client": {
-            "key": "k",
-            "signature_scheme": "hmac-sha256",
-            "location": "10.0.1.5",
-            "registration": 10109,
-            "interface": "tcp://10.0.1.5",
-        },
+        "client": client_info("10.0.1.5"),
         "engine": {},
     }
 
@@ -200,8 +212,8 @@ def test_client_helper_warns_before_connecting(aws_env, tmp_path, monkeypatch):
     publish(aws_env, document)
     assert run_connect(aws_env, home).returncode == 0
     assert Connection.load(STACK).access == "direct"
-    # This client file lacks ipyparallel's own fields: Client() fails before any socket opens.
-    with warnings.catch_warnings(record=True) as caught, pytest.raises(KeyError):
+    # Nothing listens at the published port: Client() gives up on loopback after its timeout.
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(TimeoutError):
         warnings.simplefilter("always")
         ipfleet.client(STACK, timeout=1)
     assert any(issubclass(w.category, versions.VersionMismatchWarning) for w in caught)
@@ -236,7 +248,7 @@ def test_client_without_any_region_says_so(tmp_path, monkeypatch):
 def test_the_published_controller_is_parsed_once_into_a_typed_object():
     from ipfleet.access import Access
 
-    controller = PublishedController.parse(published("ssh", "ssh-ed25519 AAAA me")["controller"])
+    controller = PublishedController.parse(published("ssh", PUBLIC_KEY)["controller"])
     assert controller.access is Access.SSH and controller.address == "10.0.1.5"
     assert controller.ssh is not None and controller.ssh.user == "ipfleet-admin" and len(controller.ssh.host_keys) == 1
     assert controller.as_json()["public_address"] == "203.0.113.9"

@@ -116,3 +116,50 @@ def test_an_unknown_ref_is_a_clear_error(repo):
     result = ipfleet(repo, "plan", "example", "--diff", "no-such-branch")
     assert result.returncode == 2
     assert "no-such-branch" in result.stderr
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    """A project with two stacks and nothing else, committed: what `stacks` reads."""
+    (tmp_path / "stacks").mkdir()
+    (tmp_path / "Pulumi.yaml").write_text("name: ipfleet\nruntime: python\nstackConfigDir: stacks\n")
+    for name in ("alpha", "beta"):
+        (tmp_path / "stacks" / f"Pulumi.{name}.yaml").write_text("config: {}\n")
+    git(tmp_path, "init", "-q", "-b", "main")
+    git(tmp_path, "add", "-A")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    return tmp_path
+
+
+def stacks_of(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("stacks", *args, cwd=folder, env={"PATH": "/usr/bin:/bin", "HOME": str(folder), "NO_COLOR": "1"})
+
+
+def test_a_deleted_stack_is_reviewed_and_a_new_one_too(tiny):
+    (tiny / "stacks" / "Pulumi.beta.yaml").unlink()
+    (tiny / "stacks" / "Pulumi.gamma.yaml").write_text("config: {}\n")
+    result = stacks_of(tiny, "--changed-since", "HEAD", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["beta", "gamma"]
+
+
+@pytest.mark.parametrize("name", ["x$(id>&2)y", "café", "-rf", "a b"])
+def test_a_stack_file_whose_name_is_no_stack_name_fails_the_review(tiny, name):
+    """Not skipped, not run: named, and the review goes red."""
+    (tiny / "stacks" / f"Pulumi.{name}.yaml").write_text("config: {}\n")
+    for args in ((), ("--changed-since", "HEAD")):
+        result = stacks_of(tiny, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "is not a stack name" in result.stderr
+        assert "uid=" not in result.stdout + result.stderr
+
+
+def test_a_ref_is_never_an_option_to_git(tiny):
+    target = tiny / "truncated.txt"
+    target.write_text("kept\n")
+    for ref in (f"--output={target}", "-p", "--no-index"):
+        result = stacks_of(tiny, "--changed-since", ref)
+        assert result.returncode == 2 and "is not a git revision" in result.stderr, result.stderr
+    assert target.read_text() == "kept\n"
+    # A ref that resolves is used only as the commit it names.
+    assert stacks_of(tiny, "--changed-since", "main").returncode == 0

@@ -92,3 +92,24 @@ def test_the_pack_and_its_config_command(tmp_path):
     result = run_cli("check", "example", "--policy-config")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {p.name: {"adminCidrs": []} for p in policy.policies()}
+
+
+def test_known_values_are_judged_in_preview_when_others_are_unknown(example):
+    """In preview, CrossGuard hands properties that raise on an unknown value (an id AWS
+    assigns later); a violation among the known values is still mandatory."""
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, unknown_checking_proxy
+
+    resources = []
+    for r in resources_of(example):
+        props = json.loads(json.dumps(dict(r.props)))
+        if r.resource_type == "aws:ec2/instance:Instance":
+            props["subnetId"] = UNKNOWN_STRING_VALUE  # not known before the subnet exists
+            props["vpcSecurityGroupIds"] = [UNKNOWN_STRING_VALUE]
+            props["metadataOptions"]["httpTokens"] = "optional"  # IMDSv1: known, and wrong
+        resources.append(
+            PolicyResource(r.resource_type, unknown_checking_proxy(props), r.urn, r.name, None, None, None, [], {})
+        )
+    found = violations(resources)
+    imds = [message for message, _ in found["imdsv2-everywhere"]]
+    assert len(imds) == 1, found
+    assert sum(len(v) for v in found.values()) == len(imds)

@@ -18,6 +18,7 @@ import boto3
 import pytest
 
 from bootstrap import node_spec
+from ipfleet import remote
 from ipfleet.twin.loopback import loopback_controller_config
 from tests.conftest import ROOT, run_cli, settings_of
 
@@ -198,7 +199,7 @@ def test_fetch_waits_then_explains_a_controller_that_never_publishes(aws_env):
     [
         ("garbage", "does not hold ipfleet connection info (not JSON)"),
         ('{"format": 99}', "does not hold ipfleet connection info (format 1 expected)"),
-        ('{"format": 1, "client": {"key": "k"}}', "incomplete connection info (missing signature_scheme"),
+        ('{"format": 1, "client": {"key": "k"}}', "/ipfleet/rv/connection: stack: field required"),
     ],
 )
 def test_fetch_rejects_malformed_content(aws_env, value, message):
@@ -250,6 +251,9 @@ def test_keys_survive_a_restart_and_a_replaced_controller(aws_env, tmp_path):
     stop(process)
     assert replaced["client"]["key"] == first["client"]["key"]
     assert replaced["engine"]["key"] == first["engine"]["key"]
+    # What a real controller publishes has the shape the laptop demands of it.
+    document = remote.parse(remote.PublishedDocument, replaced, "published")
+    assert document.client.client_file()["key"] == first["client"]["key"]
 
 
 def test_direct_mode_requires_the_curve_server_key(aws_env, tmp_path):
@@ -258,6 +262,8 @@ def test_direct_mode_requires_the_curve_server_key(aws_env, tmp_path):
     create_pending_parameter(aws_env)
     process, document = boot_controller(tmp_path, aws_env, access="direct")
     try:
+        checked = remote.parse(remote.PublishedDocument, document, "published").client.client_file()
+        assert checked["curve_serverkey"] == document["client"]["curve_serverkey"]
         stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)["Parameter"]["Value"])
         assert document["client"]["curve_serverkey"] == stored["curve_public_key"]
         assert document["client"]["key"] == stored["hmac_key"]  # signing stays on under Curve

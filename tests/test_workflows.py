@@ -89,8 +89,8 @@ def test_the_review_needs_no_credentials_and_previews_only_for_this_repository()
     jobs = review["jobs"]
     assert "permissions" not in jobs["review"]
     commands = " ".join(step.get("run", "") for step in jobs["review"]["steps"])
-    assert 'ipfleet check "${{ matrix.stack }}"' in commands
-    assert 'ipfleet plan "$STACK" --diff "$BASE_SHA"' in commands
+    assert 'ipfleet check -- "$STACK"' in commands
+    assert 'ipfleet plan --diff "$BASE_SHA" -- "$STACK"' in commands
     assert "github.event.pull_request.head.repo.full_name == github.repository" in jobs["preview"]["if"]
     assert any(step.get("with", {}).get("command") == "preview" for step in jobs["preview"]["steps"])
 
@@ -119,3 +119,28 @@ def test_preview_and_deploy_enforce_the_policy_pack():
         )
         assert step["with"]["policyPacks"] == "policy" and step["with"]["policyPackConfigs"] == "policy-config.json"
     assert (ROOT / "policy" / "PulumiPolicy.yaml").is_file()
+
+
+def test_no_expression_is_pasted_into_a_script():
+    """Values reach `run:` scripts through `env:` only: a stack file named
+    `Pulumi.x$(id>&2)y.yaml` must stay a name, in a job that may hold id-token: write."""
+    for path in WORKFLOWS:
+        for job_name, _, step in steps(load(path)):
+            assert "${{" not in step.get("run", ""), (path.name, job_name, step.get("name"))
+
+
+def test_the_deploy_previews_with_the_policy_pack_before_it_changes_anything():
+    job = load(ROOT / ".github" / "workflows" / "stack-deploy.yml")["jobs"]["deploy"]
+    commands = [s.get("with", {}).get("command") for s in job["steps"]]
+    assert commands.index("preview") < commands.index("up")
+    gate = job["steps"][commands.index("preview")]
+    assert gate["with"]["policyPacks"] == "policy"
+    assert all(s["with"].get("upsert") is True for s in job["steps"] if s.get("with", {}).get("command"))
+
+
+def test_the_comment_goes_to_the_runs_own_pull_request_and_edits_only_its_own_comment():
+    text = (ROOT / ".github" / "workflows" / "stack-review-comment.yml").read_text()
+    assert "pr-number" not in text  # nothing the pull request wrote decides where to post
+    assert "github.event.workflow_run.head_sha" in text
+    assert '.user.login == "github-actions[bot]"' in text
+    assert "comes from a fork" in text

