@@ -45,7 +45,9 @@ APT_PACKAGE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 # Mount points end up in systemd unit names and shell commands: keep them plain.
 MOUNT_POINT = re.compile(r"^(/[A-Za-z0-9_.-]+)+$")
 BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-S3_PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]*$")
+# No `*` or `?`: in the IAM policy that scopes a mount to its prefix they are wildcards
+# (`data*` would grant `data-private/`).
+S3_PREFIX = re.compile(r"^[A-Za-z0-9!_.'()/-]*$")
 VPC_ID = re.compile(r"^vpc-[0-9a-f]{8}([0-9a-f]{9})?$")
 SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8}([0-9a-f]{9})?$")
 SSH_KEY = re.compile(r"^(\S+) ([A-Za-z0-9+/=]+)( .*)?$")
@@ -70,6 +72,16 @@ SYSTEM_TREES = (
     "/usr",
     "/var",
 )
+
+# Hosts of AWS's own endpoints (VPC endpoints' names included), by partition.
+AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn", ".api.aws")
+
+
+def _no_control_characters(value: str) -> None:
+    """URLs and requirements land in files the nodes read line by line."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"{value!r} holds a line break or another control character")
+
 
 # Limits of the AWS APIs, each checked here rather than half-way through `pulumi up`.
 # Auto Scaling group sizes are 32-bit integers in the API.
@@ -132,7 +144,7 @@ class SharedStorage(_Model):
         if v == "efs":
             return v
         kind, _, rest = v.partition(":")
-        if kind == "nfs" and re.match(r"^[A-Za-z0-9.-]+:(/[A-Za-z0-9_.-]+)*/?$", rest):
+        if kind == "nfs" and re.match(r"^[A-Za-z0-9][A-Za-z0-9.-]*:(/[A-Za-z0-9_.-]+)*/?$", rest):
             return v
         if kind == "bind" and MOUNT_POINT.match(rest):
             return v
@@ -163,7 +175,9 @@ class S3Mount(_Model):
     def _prefix(cls, v: str) -> str:
         v = v.strip("/")
         if not S3_PREFIX.match(v) or ".." in v.split("/"):
-            raise ValueError("S3 prefix may hold only letters, digits and !_.*'()/-")
+            raise ValueError(
+                "S3 prefix may hold only letters, digits and !_.'()/- (no * or ?: IAM reads them as wildcards)"
+            )
         return v
 
 
@@ -336,11 +350,14 @@ class Settings(_Model):
         from packaging.requirements import InvalidRequirement, Requirement
 
         for item in v:
+            _no_control_characters(item)
             try:
-                Requirement(item)
+                requirement = Requirement(item)
             except InvalidRequirement as e:
                 reason = str(e).splitlines()[0]
                 raise ValueError(f"{item!r} is not a pip requirement ({reason})") from None
+            if requirement.url and not requirement.url.startswith(("https://", "git+https://")):
+                raise ValueError(f"{item!r}: a direct URL must be https:// (plain http:// is refused)")
         return v
 
     @field_validator("apt_packages")
@@ -358,9 +375,11 @@ class Settings(_Model):
             return v
         from urllib.parse import urlsplit
 
+        _no_control_characters(v)
         parts = urlsplit(v)
-        if parts.scheme not in ("http", "https", "file") or not (parts.netloc or parts.path):
-            raise ValueError("must be an http(s):// or file:// URL")
+        if parts.scheme not in ("https", "file") or not (parts.netloc or parts.path):
+            # Plain HTTP lets anyone on the way swap the packages nodes install as root.
+            raise ValueError("must be an https:// or file:// URL (plain http:// is refused)")
         if parts.username or parts.password:
             # User data is readable by anything on the node: no credentials in it.
             raise ValueError("must not embed credentials (user data is not secret)")
@@ -373,17 +392,29 @@ class Settings(_Model):
     def _endpoint_url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/?$", v):
+        match = re.match(r"^(https?)://([A-Za-z0-9.-]+)(:\d{1,5})?/?$", v)
+        if not match:
             raise ValueError("must be an http(s)://HOST[:PORT] URL")
-        return v.rstrip("/")
+        scheme, host = match.group(1), match.group(2).lower()
+        # Every AWS call of the nodes goes there, signed with their role's credentials, and
+        # the cluster's keys with them: AWS itself (a VPC endpoint's name included), or an
+        # address inside the VPC (a stand-in such as the twin's), nothing else.
+        if scheme == "https" and host.endswith(AWS_DOMAINS):
+            return v.rstrip("/")
+        if _looks_like_ip(host) and (ipaddress.ip_address(host).is_private or ipaddress.ip_address(host).is_loopback):
+            return v.rstrip("/")
+        raise ValueError(
+            "must be https:// to an AWS host (" + ", ".join(AWS_DOMAINS) + ") or an address inside the VPC: "
+            "the endpoint receives the nodes' signed calls and the cluster's keys"
+        )
 
     @field_validator("ssm_agent_url")
     @classmethod
     def _agent_url(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return v
-        if not re.match(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?/[A-Za-z0-9_./+-]*\.deb$", v):
-            raise ValueError("must be an http(s):// URL of a .deb package, or empty for an image that has the agent")
+        if not re.match(r"^https://[A-Za-z0-9.-]+(:\d{1,5})?/[A-Za-z0-9_./+-]*\.deb$", v):
+            raise ValueError("must be an https:// URL of a .deb package, or empty for an image that has the agent")
         return v
 
     @field_validator("ssh_public_key")
@@ -554,6 +585,27 @@ class Settings(_Model):
                 if _at_or_below(point, other) or _at_or_below(other, point):
                     raise _FieldError(key, point, f"collides with {other_key} {other!r}")
             seen[point] = key
+        self._check_bind_source(NODE_PATHS)
+
+    def _check_bind_source(self, node_paths: tuple[str, ...]) -> None:
+        """A `bind:/PATH` source becomes the service user's (the bootstrap shares it with the
+        engines): never a system tree, a home, or ipfleet's own files."""
+        storage = self.shared_storage
+        kind, _, source = storage.source.partition(":")
+        if not storage.enabled or kind != "bind":
+            return
+        key = "sharedStorage.source"
+        if posixpath.normpath(source) != source or ".." in source.split("/"):
+            raise _FieldError(key, storage.source, "must be a plain absolute path")
+        refused = (*SYSTEM_TREES, "/home", *node_paths)
+        for tree in refused:
+            if _at_or_below(source, tree) or _at_or_below(tree, source):
+                raise _FieldError(
+                    key,
+                    storage.source,
+                    f"would hand {tree} to the cluster's service user; bind a folder of its own "
+                    "(e.g. bind:/srv/shared)",
+                )
 
     # --- derived values -----------------------------------------------------
 

@@ -26,6 +26,22 @@ def from_pulumi() -> dict[str, Any]:
     return merged
 
 
+# A stack file is a few kilobytes; anything this big is not one.
+STACK_FILE_LIMIT = 1024 * 1024
+
+
+def _read_small(path: Path) -> str:
+    """The file's text, refusing what is not a regular file (a link to /dev/zero, a FIFO)
+    and what is larger than any stack file, before reading it."""
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    with path.open("rb") as f:
+        data = f.read(STACK_FILE_LIMIT + 1)
+    if len(data) > STACK_FILE_LIMIT:
+        raise ValueError(f"{path}: larger than {STACK_FILE_LIMIT // 1024} KiB, which no stack file is")
+    return data.decode("utf-8", errors="replace")
+
+
 def read_stack_file(path: Path) -> dict[str, Any]:
     """The `config:` map of a stacks/Pulumi.NAME.yaml file, as the Pulumi CLI would pass it.
 
@@ -33,7 +49,7 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     A key set twice is a SettingsError: YAML keeps the last one silently, while the
     Pulumi CLI refuses the file, so `ipfleet plan` and `pulumi up` would disagree.
     """
-    text = path.read_text()
+    text = _read_small(path)
     try:
         duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as e:

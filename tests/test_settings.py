@@ -140,6 +140,22 @@ BAD_INPUT = [
         "/usr/local/share",
     ),
     ({"ipfleet:sharedStorage": {"mountPoint": "/var/data"}}, "ipfleet:sharedStorage.mountPoint", "/var/data"),
+    # Gaps a review found: each refused with the setting and the value named.
+    ({"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "data*", "mountPoint": "/data"}]}, "ipfleet:s3Mounts[0].prefix", "data*"),
+    ({"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "d?ta", "mountPoint": "/data"}]}, "ipfleet:s3Mounts[0].prefix", "d?ta"),
+    ({"ipfleet:packageIndexUrl": "http://pypi.example.org/simple"}, "ipfleet:packageIndexUrl", "http://"),
+    ({"ipfleet:packageIndexUrl": "https://pypi.example.org/simple\nextra"}, "ipfleet:packageIndexUrl", "\\n"),
+    ({"ipfleet:ssmAgentUrl": "http://example.org/agent.deb"}, "ipfleet:ssmAgentUrl", "http://example.org"),
+    ({"ipfleet:pythonPackages": ["pkg @ http://example.org/pkg.whl"]}, "ipfleet:pythonPackages", "http://"),
+    ({"ipfleet:awsEndpointUrl": "https://collector.example.com"}, "ipfleet:awsEndpointUrl", "collector.example.com"),
+    ({"ipfleet:awsEndpointUrl": "http://ssm.us-east-1.amazonaws.com"}, "ipfleet:awsEndpointUrl", "http://ssm"),
+    ({"ipfleet:awsEndpointUrl": "http://52.95.110.1"}, "ipfleet:awsEndpointUrl", "52.95.110.1"),
+    ({"ipfleet:sharedStorage": {"source": "nfs:-oexec:/x"}}, "ipfleet:sharedStorage.source", "nfs:-oexec"),
+    ({"ipfleet:sharedStorage": {"source": "bind:/home"}}, "ipfleet:sharedStorage.source", "/home"),
+    ({"ipfleet:sharedStorage": {"source": "bind:/etc/systemd/system"}}, "ipfleet:sharedStorage.source", "/etc"),
+    ({"ipfleet:sharedStorage": {"source": "bind:/opt/ipfleet/venv/bin"}}, "ipfleet:sharedStorage.source", "venv"),
+    ({"ipfleet:sharedStorage": {"source": "bind:/opt"}}, "ipfleet:sharedStorage.source", "/opt/ipfleet/venv"),
+    ({"ipfleet:sharedStorage": {"source": "bind:/srv/../etc"}}, "ipfleet:sharedStorage.source", "/srv/../etc"),
 ]
 
 
@@ -289,3 +305,31 @@ def test_access_modes_say_what_they_imply():
     assert [m for m in Access if m.opens_port] == [Access.SSH, Access.DIRECT]
     assert [m for m in Access if m.curve] == [Access.DIRECT]
     assert settings_of().access is Access.SSM and settings_of().access == "ssm"
+
+
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("ipfleet:awsEndpointUrl", "https://ssm.us-gov-west-1.amazonaws.com"),
+        ("ipfleet:awsEndpointUrl", "https://vpce-0123-abcd.ssm.us-east-1.vpce.amazonaws.com"),
+        ("ipfleet:awsEndpointUrl", "http://10.213.0.1"),  # a stand-in inside the VPC (the twin's)
+        ("ipfleet:packageIndexUrl", "file:///srv/wheelhouse/simple"),
+        ("ipfleet:sharedStorage", {"source": "bind:/srv/shared"}),
+        ("ipfleet:s3Mounts", [{"bucket": "data-bucket", "prefix": "results/2026", "mountPoint": "/data"}]),
+    ],
+)
+def test_what_the_gaps_still_allow(key, value):
+    parse_settings("demo", {**BASE, key: value})
+
+
+def test_a_stack_file_that_is_no_regular_file_is_refused_before_it_is_read(tmp_path):
+    from ipfleet.stack_config import read_stack_file
+
+    link = tmp_path / "Pulumi.zero.yaml"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_stack_file(link)
+    big = tmp_path / "Pulumi.big.yaml"
+    big.write_text("config:\n" + "  # padding\n" * 200_000)
+    with pytest.raises(ValueError, match="larger than 1024 KiB"):
+        read_stack_file(big)
