@@ -25,12 +25,15 @@ FACTS_FILE = f"{CONFIG_DIR}/node.json"
 # (ipfleet_pyenv.py has its own copy: it runs before anything else is there).
 PYTHON_REQUIREMENTS = f"{CONFIG_DIR}/python-requirements.txt"
 PYTHON_CONSTRAINTS = f"{CONFIG_DIR}/python-constraints.txt"
-# The cluster's keys on the controller (0600, the service user's); see the agent.
-KEYS_FILE = f"{STATE_DIR}/keys.json"
+# Root's own state on a node: the service user (and so user code) may read it, never
+# write it. Root services read only what lies here and in CONFIG_DIR.
+NODE_STATE_DIR = "/var/lib/ipfleet-node"
+# The cluster's keys on the controller (0640 root:ipfleet: ipcontroller reads them); see the agent.
+KEYS_FILE = f"{NODE_STATE_DIR}/keys.json"
 # The controller's login for tunnels: its home holds the authorized key.
 LOGIN_HOME = "/home/ipfleet-admin"
 
 # Every folder of ipfleet's own that the bootstrap writes or runs from: a mount
 # at, above or below any of them would hide what the node needs. (Its other
 # files, units and sshd settings, lie in system trees no mount may touch.)
-NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, CONFIG_DIR, LOGIN_HOME, UV_HOME)
+NODE_PATHS = (VENV, AGENT_DIR, STATE_DIR, NODE_STATE_DIR, CONFIG_DIR, LOGIN_HOME, UV_HOME)

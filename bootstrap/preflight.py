@@ -38,14 +38,21 @@ def check_user_data(settings: Settings) -> None:
 def check_role_policy_size(settings: Settings) -> None:
     """The controller's role carries the most: Session Manager, the rendezvous and the S3 mounts."""
     from components.node_role import SESSION_MANAGER_STATEMENTS
-    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, node_records_arn
+    from components.rendezvous import PUBLISH_ACTIONS
     from components.rendezvous import policy_document as rendezvous_document
     from components.s3_mounts import policy_document
+    from ipfleet.settings import controller_record_parameter, keeper_parameter, notebook_parameter
 
     arn = f"arn:aws:ssm:{settings.region}:123456789012:parameter"
+    controller_parameters = [
+        settings.rendezvous_parameter,
+        settings.keys_parameter,
+        notebook_parameter(settings.stack),
+        controller_record_parameter(settings.stack),
+        keeper_parameter(settings.stack),
+    ]
     documents = [
-        rendezvous_document([arn + settings.rendezvous_parameter, arn + settings.keys_parameter], PUBLISH_ACTIONS),
-        rendezvous_document([node_records_arn(settings.region, settings.node_records_path)], NODE_RECORD_ACTIONS),
+        rendezvous_document([arn + name for name in controller_parameters], PUBLISH_ACTIONS),
         {"Version": "2012-10-17", "Statement": SESSION_MANAGER_STATEMENTS},
         policy_document(settings.s3_mounts),
     ]

@@ -87,29 +87,19 @@ def python_list(numbers) -> str:
 
 
 def facts(spec: NodeSpec) -> dict:
-    """/etc/ipfleet/node.json: what the node agent reads at boot."""
-    return {
+    """/etc/ipfleet/node.json: what the node agent reads at boot, and only what the
+    node's role reads (user data is 16 KB in all)."""
+    common = {
         "role": spec.role,
         "stack": spec.stack,
         "region": spec.region,
         "rendezvous_parameter": spec.rendezvous_parameter,
-        "keys_parameter": spec.keys_parameter,
-        "node_records_path": spec.node_records_path,
-        "keys_file": KEYS_FILE,
         "state_dir": STATE_DIR,
-        "access": spec.access,
-        "login_user": spec.login_user,
-        "ssh_public_key": spec.ssh_public_key,
-        "notebook_port": spec.notebook_port,
+        "node_state_dir": paths.NODE_STATE_DIR,
         "profile_dir": PROFILE_DIR,
-        "engines_per_node": spec.engines_per_node,
         "aws_endpoint_url": spec.aws_endpoint_url,
         "mounts": [{"what": m.what, "where": m.where, "type": m.type, "unit": m.unit} for m in spec.mounts],
-        # Where the controller's sshd lets tunnels go: its own client-facing ports (and the notebook).
-        "forward_ports": list(spec.forward_ports),
-        "loopback_forward_ports": list(spec.loopback_forward_ports),
-        "drain_hook": DRAIN_HOOK,
-        # The bootstrap installs what the image lacks of these (apt, in the background).
+        # What the bootstrap installs when the image lacks it (the twin's image reads it too).
         "apt_packages": list(spec.apt_packages),
         # For bootstrap/node/ipfleet_pyenv.py.
         "python": {
@@ -117,6 +107,29 @@ def facts(spec: NodeSpec) -> dict:
             "index_url": spec.package_index_url,
             "uv": spec.uv_requirement,
         },
+    }
+    if spec.role == "engine":
+        return {
+            **common,
+            "node_records_path": spec.node_records_path,
+            "engines_per_node": spec.engines_per_node,
+            "drain_hook": DRAIN_HOOK,
+        }
+    return {
+        **common,
+        "keys_parameter": spec.keys_parameter,
+        "keys_file": KEYS_FILE,
+        "controller_record_parameter": spec.controller_record_parameter,
+        "keeper_parameter": spec.keeper_parameter,
+        "notebook_parameter": spec.notebook_parameter,
+        "service_user": spec.service_user,
+        "access": spec.access,
+        "login_user": spec.login_user,
+        "ssh_public_key": spec.ssh_public_key,
+        "notebook_port": spec.notebook_port,
+        # Where the controller's sshd lets tunnels go: its own client-facing ports (and the notebook).
+        "forward_ports": list(spec.forward_ports),
+        "loopback_forward_ports": list(spec.loopback_forward_ports),
         "keeper": dict(spec.keeper),
     }
 
@@ -145,12 +158,14 @@ def render_user_data(spec: NodeSpec) -> str:
 
 @cache
 def node_program(path: Path, role: str | None = None) -> str:
-    """A node program as the node gets it: the same code without comments and
-    docstrings, which EC2's 16 KB of user data has no room for (about a quarter
-    of the compressed size), and, for ROLE, without the functions the module's
+    """A node program as the node gets it: the same code without comments, docstrings
+    and argparse's help texts, which EC2's 16 KB of user data has no room for (about a
+    quarter of the compressed size), and, for ROLE, without the functions the module's
     ROLE_ONLY names for the other role. Tracebacks on a node name the lines of this text."""
     tree = ast.parse(path.read_text())
     for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            node.keywords = [k for k in node.keywords if k.arg not in ("help", "description")]
         body = getattr(node, "body", None)
         if (
             isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
@@ -196,6 +211,7 @@ def _context(spec: NodeSpec) -> dict:
         "python_requirements_file": paths.PYTHON_REQUIREMENTS,
         "python_constraints_file": paths.PYTHON_CONSTRAINTS,
         "state_dir": STATE_DIR,
+        "node_state_dir": paths.NODE_STATE_DIR,
         "ipython_dir": IPYTHON_DIR,
         "profile_dir": PROFILE_DIR,
         "facts_file": FACTS_FILE,

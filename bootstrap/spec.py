@@ -15,7 +15,7 @@ from typing import Literal
 from bootstrap.pins import closure_pins, pinned
 from ipfleet import ports
 from ipfleet.access import Access
-from ipfleet.settings import Settings
+from ipfleet.settings import Settings, controller_record_parameter, keeper_parameter, notebook_parameter
 
 Role = Literal["controller", "engine"]
 ROLES: tuple[Role, ...] = ("controller", "engine")
@@ -91,6 +91,16 @@ class NodeSpec:
     high_water_mark: int
     mounts: tuple[Mount, ...] = ()
     shared_mount_point: str | None = None
+    # The shared file system is one the stack made (EFS): the bootstrap hands its root to
+    # the service user. Another's (nfs:, bind:) keeps the owner it has.
+    shared_made_by_stack: bool = False
+    # Engines (and the notebook's kernels) import from the shared storage (ipfleet:sharedImports).
+    shared_imports: bool = False
+    # The controller's own record, its keeper's summary and the notebook's token
+    # (ipfleet/settings.py): parameters only the controller's role may write.
+    controller_record_parameter: str = ""
+    keeper_parameter: str = ""
+    notebook_parameter: str = ""
     # Where boto3 and s3fs send AWS API calls; None means AWS itself.
     aws_endpoint_url: str | None = None
     client_ports: tuple[int, ...] = tuple(ports.CLIENT_PORTS.as_list())
@@ -184,6 +194,11 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         high_water_mark=settings.ipyparallel.high_water_mark,
         mounts=tuple(mounts),
         shared_mount_point=shared.mount_point if shared.enabled else None,
+        shared_made_by_stack=shared.creates_efs,
+        shared_imports=settings.shared_imports and shared.enabled,
+        controller_record_parameter=controller_record_parameter(settings.stack),
+        keeper_parameter=keeper_parameter(settings.stack),
+        notebook_parameter=notebook_parameter(settings.stack),
         aws_endpoint_url=endpoint,
         curve=settings.curve,
         ssh_public_key=settings.ssh_public_key if tunnels else None,

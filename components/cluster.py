@@ -10,7 +10,6 @@ import pulumi
 from bootstrap import Role, encode_user_data, node_spec, render_user_data
 from components.controller import Controller, ControllerArgs
 from components.engine_fleet import EngineFleet, EngineFleetArgs
-from components.key_pair import KeyPair, KeyPairArgs
 from components.lookups import Image, Network, Placement
 from components.node_role import NodeRole, NodeRoleArgs
 from components.rendezvous import Rendezvous, RendezvousArgs, node_records_arn
@@ -18,7 +17,7 @@ from components.s3_mounts import S3Mounts, S3MountsArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
 from ipfleet.access import Access
-from ipfleet.settings import Settings
+from ipfleet.settings import Settings, controller_record_parameter, keeper_parameter, notebook_parameter
 
 TYPE = "ipfleet:index:Cluster"
 
@@ -43,9 +42,8 @@ class Cluster(pulumi.ComponentResource):
             SecurityGroupArgs(vpc_id=args.network.vpc_id, access=s.access, admin_cidrs=s.admin_cidrs),
             child,
         )
-        key_name = None
-        if s.ssh_public_key:
-            key_name = KeyPair(f"{name}-key", KeyPairArgs(public_key=s.ssh_public_key), child).key_name
+        # No EC2 key pair: the login's key travels in user data to the ipfleet-admin user
+        # alone, and an image default user (passwordless sudo) is never made.
 
         session_manager = s.access is Access.SSM
         controller_role = NodeRole(
@@ -63,6 +61,9 @@ class Cluster(pulumi.ComponentResource):
             RendezvousArgs(
                 parameter_name=s.rendezvous_parameter,
                 keys_parameter_name=s.keys_parameter,
+                notebook_parameter_name=notebook_parameter(s.stack),
+                controller_record_name=controller_record_parameter(s.stack),
+                keeper_parameter_name=keeper_parameter(s.stack),
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
                 node_records_arn=node_records_arn(s.region, s.node_records_path),
@@ -105,7 +106,6 @@ class Cluster(pulumi.ComponentResource):
                 security_group_id=self.security_group.id,
                 instance_profile=controller_role.profile_name,
                 user_data_base64=user_data("controller"),
-                key_name=key_name,
                 # ssh and direct dial the controller from outside the VPC.
                 public_ip=True if s.access.opens_port else None,
                 revision=s.controller_revision,
@@ -130,7 +130,6 @@ class Cluster(pulumi.ComponentResource):
                 engine_role=engine_role.role_name,
                 on_demand_base=s.on_demand_base,
                 spot_max_price=s.spot_max_price,
-                key_name=key_name,
                 tags={"ipfleet:stack": s.stack, **s.tags},
                 # Engines wait for the controller anyway; starting them after it is
                 # created just saves spot hours spent waiting.

@@ -31,7 +31,6 @@ class ControllerArgs:
     security_group_id: pulumi.Input[str]
     instance_profile: pulumi.Input[str]
     user_data_base64: pulumi.Input[str]
-    key_name: pulumi.Input[str] | None = None
     # None: the subnet's default. True where laptops dial the controller directly.
     public_ip: bool | None = None
     # ipfleet:controllerRevision: a new number is a new controller.
@@ -51,7 +50,6 @@ class Controller(pulumi.ComponentResource):
             subnet_id=args.subnet_id,
             vpc_security_group_ids=[args.security_group_id],
             iam_instance_profile=args.instance_profile,
-            key_name=args.key_name,
             associate_public_ip_address=args.public_ip,
             user_data_base64=args.user_data_base64,
             # A changed bootstrap means a new controller: nodes configure themselves only at boot.

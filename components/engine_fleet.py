@@ -54,7 +54,6 @@ class EngineFleetArgs:
     minimum: int = 0
     on_demand_base: int = 0
     spot_max_price: float | None = None
-    key_name: pulumi.Input[str] | None = None
     tags: dict[str, str] = field(default_factory=dict)
     # What must exist before a node boots (IAM grants, mount targets, the controller).
     depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -70,7 +69,6 @@ class EngineFleet(pulumi.ComponentResource):
             image_id=args.image_id,
             iam_instance_profile={"arn": args.instance_profile_arn},
             vpc_security_group_ids=[args.security_group_id],
-            key_name=args.key_name,
             user_data=args.user_data_base64,
             metadata_options=IMDS_V2,
             block_device_mappings=[encrypted_root_mapping(args.root_device_name)],
@@ -129,30 +127,34 @@ class EngineFleet(pulumi.ComponentResource):
                 f"{name}-{role}-scaling",
                 name=policy_name,
                 role=role_name,
-                policy=self.group.arn.apply(lambda arn, actions=actions: group_policy(arn, actions)),
+                policy=self.group.arn.apply(
+                    lambda arn, actions=actions, describe=describe: group_policy(arn, actions, describe)
+                ),
                 opts=child,
             )
-            for role, role_name, policy_name, actions in (
-                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS),
-                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS),
+            for role, role_name, policy_name, actions, describe in (
+                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE),
+                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS, ENGINE_DESCRIBE),
             )
         ]
         self.register_outputs({"group_name": self.group_name})
 
 
-# What each role may do to the group: the controller sizes it; an engine node
-# finds its group and lets it go on once drained.
+# What each role may do to the group: the controller finds and sizes it; an engine node
+# looks up its own instance's group and lets it go on once drained. Describing cannot be
+# scoped to a group (AWS evaluates Describe* on "*"): engines get only the instance view.
 CONTROLLER_ACTIONS = ("autoscaling:SetDesiredCapacity",)
 ENGINE_ACTIONS = ("autoscaling:CompleteLifecycleAction",)
-DESCRIBE_ACTIONS = ("autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances")
+CONTROLLER_DESCRIBE = ("autoscaling:DescribeAutoScalingGroups",)
+ENGINE_DESCRIBE = ("autoscaling:DescribeAutoScalingInstances",)
 
 
-def group_policy(group_arn: str, actions: tuple[str, ...]) -> str:
+def group_policy(group_arn: str, actions: tuple[str, ...], describe: tuple[str, ...]) -> str:
     return json.dumps(
         {
             "Version": "2012-10-17",
             "Statement": [
-                {"Effect": "Allow", "Action": list(DESCRIBE_ACTIONS), "Resource": "*"},
+                {"Effect": "Allow", "Action": list(describe), "Resource": "*"},
                 {"Effect": "Allow", "Action": list(actions), "Resource": group_arn},
             ],
         }

@@ -1,20 +1,24 @@
 """Where the controller publishes connection info at boot, and who may touch it.
 
-Two SSM SecureStrings (encrypted with the account's aws/ssm KMS key) at paths
-derived from the stack name, so `ipfleet fetch STACK` needs nothing else:
+SSM parameters at paths derived from the stack name (ipfleet/settings.py), so
+`ipfleet fetch STACK` needs nothing else. SecureStrings (the account's aws/ssm KMS key):
 
 - `/ipfleet/STACK/connection`: what engines and laptops need (the controller
   writes it, engines read it);
 - `/ipfleet/STACK/keys`: the cluster's HMAC key, Curve keypair and notebook
   token, which only the controller reads, so that a restarted or replaced
-  controller keeps them and engines and laptops reconnect without a new fetch.
+  controller keeps them and engines and laptops reconnect without a new fetch;
+- `/ipfleet/STACK/notebook`: the notebook's token, for laptops (engines cannot read it).
 
-Every node may also write and delete plain records under `/ipfleet/STACK/nodes/`
-(its phase, failure and engines, for `ipfleet status`), and nothing else there.
+Plain Strings, for `ipfleet status`: `/ipfleet/STACK/controller` (the controller's
+record) and `/ipfleet/STACK/keeper` (its keeper's view of the engine group), which
+only the controller's role may write; and each engine node's record under
+`/ipfleet/STACK/nodes/`, which engine nodes write and delete, and nothing else there.
 
-The stack creates both holding a placeholder and never manages their values:
-the keys are made on the controller at its first boot, so they appear neither
-in user data nor in Pulumi state. `pulumi destroy` deletes both, keys included.
+The stack creates the controller's parameters holding a placeholder and never
+manages their values: the keys are made on the controller at its first boot, so
+they appear neither in user data nor in Pulumi state. `pulumi destroy` deletes
+them, keys included.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ TYPE = "ipfleet:cluster:Rendezvous"
 class RendezvousArgs:
     parameter_name: str
     keys_parameter_name: str
+    notebook_parameter_name: str
+    controller_record_name: str
+    keeper_parameter_name: str
     publisher_role: pulumi.Input[str]
     reader_roles: list[pulumi.Input[str]]
     # arn:aws:ssm:REGION:*:parameter/ipfleet/STACK/nodes/*
@@ -45,11 +52,11 @@ class Rendezvous(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        def placeholder(suffix: str, parameter_name: str, description: str) -> aws.ssm.Parameter:
+        def placeholder(suffix: str, parameter_name: str, description: str, kind: str = "SecureString"):
             return aws.ssm.Parameter(
                 f"{name}-{suffix}",
                 name=parameter_name,
-                type="SecureString",
+                type=kind,
                 value=PENDING,
                 description=description,
                 opts=pulumi.ResourceOptions(parent=self, ignore_changes=["value"]),
@@ -61,11 +68,21 @@ class Rendezvous(pulumi.ComponentResource):
         self.keys = placeholder(
             "keys", args.keys_parameter_name, "ipfleet cluster keys, made by the controller at first boot"
         )
+        self.notebook = placeholder(
+            "notebook", args.notebook_parameter_name, "ipfleet notebook token, published by the controller"
+        )
+        self.controller_record = placeholder(
+            "controller-record", args.controller_record_name, "ipfleet controller record (ipfleet status)", "String"
+        )
+        self.keeper = placeholder(
+            "keeper", args.keeper_parameter_name, "ipfleet keeper summary of the engine group", "String"
+        )
+        controller_only = [self.parameter, self.keys, self.notebook, self.controller_record, self.keeper]
         publish = aws.iam.RolePolicy(
             f"{name}-publish",
             name="ipfleet-rendezvous-publish",
             role=args.publisher_role,
-            policy=_policy([self.parameter.arn, self.keys.arn], PUBLISH_ACTIONS),
+            policy=_policy([parameter.arn for parameter in controller_only], PUBLISH_ACTIONS),
             opts=child,
         )
         readers = [
@@ -78,6 +95,7 @@ class Rendezvous(pulumi.ComponentResource):
             )
             for index, role in enumerate(args.reader_roles)
         ]
+        # Engine nodes' records: the controller's own lies outside this path.
         reporters = [
             aws.iam.RolePolicy(
                 f"{name}-report-{index}",
@@ -86,11 +104,11 @@ class Rendezvous(pulumi.ComponentResource):
                 policy=_policy([args.node_records_arn], NODE_RECORD_ACTIONS),
                 opts=child,
             )
-            for index, role in enumerate([args.publisher_role, *args.reader_roles])
+            for index, role in enumerate(args.reader_roles)
         ]
         # By role: what the publisher's nodes and each reader's nodes need before they boot.
-        self.publisher_policies = [publish, reporters[0]]
-        self.reader_policies = [*readers, *reporters[1:]]
+        self.publisher_policies = [publish]
+        self.reader_policies = [*readers, *reporters]
         self.parameter_name = self.parameter.name
         self.keys_parameter_name = self.keys.name
         self.register_outputs({"parameter_name": self.parameter_name})

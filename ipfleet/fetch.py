@@ -20,7 +20,7 @@ from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.names import check_stack_name
 from ipfleet.remote import printable
-from ipfleet.settings import rendezvous_parameter
+from ipfleet.settings import notebook_parameter, rendezvous_parameter
 
 CLIENT_FILE = "ipcontroller-client.json"
 
@@ -204,9 +204,27 @@ def fetch(
         profile=profile_name(stack),
         published_at=document.published_at,
         controller=controller,
-        notebook=document.notebook.model_dump() if document.notebook else None,
+        notebook=_notebook(client, stack, document.notebook),
         warnings=confirmed,
     )
+
+
+def _notebook(ssm, stack: str, published: remote.NotebookInfo | None) -> dict | None:
+    """The notebook's port (from the document) and token (from its own parameter)."""
+    if published is None:
+        return None
+    name = notebook_parameter(stack)
+    try:
+        token = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        token = published.token  # a controller from before the token had its own parameter
+    if token == PENDING or token is None:
+        return None
+    try:
+        checked = remote.parse(remote.NotebookInfo, {"port": published.port, "token": token}, name)
+    except remote.RemoteDataError as e:
+        raise FetchError(str(e)) from None
+    return checked.model_dump()
 
 
 def controller_instances(ec2, stack: str) -> dict[str, dict] | str:

@@ -7,12 +7,16 @@ failed, at which step, and why.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
 from ipfleet import remote
 from ipfleet.remote import printable
-from ipfleet.settings import node_records_path
+from ipfleet.settings import controller_record_parameter, keeper_parameter, node_records_path
+
+# What the stack's own parameters hold until the controller writes them.
+PENDING = "pending"
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,8 @@ class NodeRecord:
     error: dict | None = None
     reason: str | None = None
     updated: str = ""
-    # The controller's: what its keeper says of the engine group (idle guard, autoscaler).
+    # The controller's: what its keeper says of the engine group (idle guard, autoscaler),
+    # from the keeper's own parameter.
     scaling: dict | None = None
 
     @classmethod
@@ -54,7 +59,6 @@ class NodeRecord:
             error=doc.error.model_dump() if doc.error else None,
             reason=doc.reason,
             updated=printable(doc.updated, 40),
-            scaling=doc.scaling.model_dump() if doc.scaling else None,
         )
 
     @property
@@ -103,9 +107,17 @@ class Records:
 
 def read_all_records(ssm, stack: str) -> Records:
     """Every node's record, the controller first; a record under another node's name (the
-    parameter's last part is the instance it speaks for) or of the wrong shape is refused."""
+    parameter's last part is the instance it speaks for) or of the wrong shape is refused.
+
+    The controller's record and its keeper's summary have parameters of their own, which
+    only the controller's role may write: an engine's record claiming the controller's
+    role is refused."""
     path = node_records_path(stack)
-    valid, refused = [], []
+    valid: list[NodeRecord] = []
+    refused: list[str] = []
+    controller = _controller_record(ssm, stack, refused)
+    if controller is not None:
+        valid.append(controller)
     for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path):
         for parameter in page["Parameters"]:
             name = str(parameter.get("Name", ""))
@@ -119,9 +131,45 @@ def read_all_records(ssm, stack: str) -> Records:
                 where = printable(name, 120)
                 refused.append(f"{where}: speaks for {record.instance_id}, not for {printable(owner, 40)}")
                 continue
+            if record.role != "engine":
+                refused.append(f"{printable(name, 120)}: claims the {record.role}'s role under the engines' path")
+                continue
             valid.append(record)
     valid.sort(key=lambda r: (r.role != "controller", r.role, r.instance_id))
     return Records(valid, refused)
+
+
+def _controller_record(ssm, stack: str, refused: list[str]) -> NodeRecord | None:
+    name = controller_record_parameter(stack)
+    value = _value(ssm, name)
+    if value is None:
+        return None
+    try:
+        record = NodeRecord.parse(value, name)
+    except remote.RemoteDataError as e:
+        refused.append(str(e))
+        return None
+    if record.role != "controller":
+        refused.append(f"{name}: holds a record of role {record.role}")
+        return None
+    summary = _value(ssm, keeper_parameter(stack))
+    if summary is None:
+        return record
+    try:
+        scaling = remote.parse(remote.KeeperSummary, json.loads(summary), keeper_parameter(stack))
+    except (ValueError, remote.RemoteDataError) as e:
+        refused.append(str(e) if isinstance(e, remote.RemoteDataError) else f"{keeper_parameter(stack)}: not JSON")
+        return record
+    return dataclasses.replace(record, scaling=scaling.model_dump(by_alias=True))
+
+
+def _value(ssm, name: str) -> str | None:
+    """A parameter's value; None while it is missing or still the stack's placeholder."""
+    try:
+        value = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        return None
+    return None if value == PENDING else str(value)
 
 
 def read_records(ssm, stack: str) -> list[NodeRecord]:

@@ -160,9 +160,15 @@ class ClientInfo(_Strict):
         }
 
 
+NotebookToken = Annotated[str, StringConstraints(pattern=NOTEBOOK_TOKEN_PATTERN)]
+
+
 class NotebookInfo(_Strict):
+    """Where the notebook listens; its token has a parameter of its own (engines read
+    this document and must not read the token). Controllers before that published it here."""
+
     port: Port
-    token: Annotated[str, StringConstraints(pattern=NOTEBOOK_TOKEN_PATTERN)]
+    token: NotebookToken | None = None
 
 
 class PublishedDocument(_Strict):
@@ -185,6 +191,15 @@ class NodeError(_Strict):
 Count = Annotated[int, Field(ge=0, le=1_000_000)]
 
 
+class KeeperChange(_Strict):
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, populate_by_name=True)
+
+    at: Annotated[str, StringConstraints(max_length=40)]
+    from_: Count = Field(alias="from")
+    to: Count
+    reason: Short
+
+
 class KeeperSummary(_Strict):
     """The controller keeper's view of the engine group (ipfleet_keeper.py's summary)."""
 
@@ -199,6 +214,7 @@ class KeeperSummary(_Strict):
     idleMinutes: Annotated[float, Field(ge=0)] = 0
     idleSince: Annotated[str, StringConstraints(max_length=40)] | None = None
     idledAt: Annotated[str, StringConstraints(max_length=40)] | None = None
+    lastChanges: Annotated[list[KeeperChange], Field(max_length=10)] = []
 
 
 class NodeRecordDocument(_Strict):
@@ -216,7 +232,6 @@ class NodeRecordDocument(_Strict):
     error: NodeError | None = None
     reason: Short | None = None
     updated: Annotated[str, StringConstraints(max_length=40)] = ""
-    scaling: KeeperSummary | None = None
 
 
 def parse(model: type[_Strict], data: Any, where: str):

@@ -253,6 +253,10 @@ class Settings(_Model):
     ssm_agent_url: str | None = None
     # JupyterLab on the controller, bound to its localhost, reached by tunnel.
     notebook: bool = False
+    # StarCluster's habit: engines run in the shared storage and import modules put there.
+    # Off: any node's user code could plant a module that every engine, and the
+    # controller's notebook, would then import (README, "Who can do what").
+    shared_imports: bool = False
     ipyparallel: IpyparallelSettings = Field(default_factory=IpyparallelSettings)
     vpc_id: str | None = None
     subnet_ids: list[str] = Field(default_factory=list)
@@ -655,9 +659,24 @@ def keys_parameter(stack: str) -> str:
 
 
 def node_records_path(stack: str) -> str:
-    """Where each node reports its phase, failure and engines (one String parameter per
-    instance, written by the node and deleted at its shutdown): read by `ipfleet status`."""
+    """Where each engine node reports its phase, failure and engines (one String parameter
+    per instance, written by the node and deleted at its shutdown): read by `ipfleet status`."""
     return f"/ipfleet/{stack}/nodes"
+
+
+def controller_record_parameter(stack: str) -> str:
+    """The controller's own record: outside the engines' path, so no engine can write it."""
+    return f"/ipfleet/{stack}/controller"
+
+
+def keeper_parameter(stack: str) -> str:
+    """What the controller's keeper says of the engine group (idle guard, autoscaler)."""
+    return f"/ipfleet/{stack}/keeper"
+
+
+def notebook_parameter(stack: str) -> str:
+    """The notebook's token (a SecureString): the controller and laptops read it, engines not."""
+    return f"/ipfleet/{stack}/notebook"
 
 
 def architecture(instance_type: str) -> str:

@@ -61,7 +61,16 @@ def test_rendezvous_grants_publish_and_read_separately():
         settings_of(),
         lambda: Rendezvous(
             "rv",
-            RendezvousArgs("/ipfleet/x/connection", "/ipfleet/x/keys", "controller-role", ["engine-role"], records),
+            RendezvousArgs(
+                "/ipfleet/x/connection",
+                "/ipfleet/x/keys",
+                "/ipfleet/x/notebook",
+                "/ipfleet/x/controller",
+                "/ipfleet/x/keeper",
+                "controller-role",
+                ["engine-role"],
+                records,
+            ),
         ),
     )
     policies: dict[tuple[str, str], dict] = {
@@ -70,13 +79,26 @@ def test_rendezvous_grants_publish_and_read_separately():
     }
     publish = policies["controller-role", "ipfleet-rendezvous-publish"]["Statement"]
     assert publish[0]["Action"] == ["ssm:PutParameter", "ssm:GetParameter"]
-    assert policies["engine-role", "ipfleet-rendezvous-read"]["Statement"][0]["Action"] == ["ssm:GetParameter"]
-    # Each node writes its own record for `ipfleet status`, under the stack's nodes path only.
-    for role in ("controller-role", "engine-role"):
-        statement = policies[role, "ipfleet-node-records"]["Statement"]
-        assert statement == [
-            {"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"], "Resource": [records]}
-        ]
+    # The controller's own parameters, each by its ARN: the record and the keeper's summary
+    # lie outside the engines' path, so no engine can speak for the controller.
+    names = {r.name: r.inputs["name"] for r in plan.of_type("aws:ssm/parameter:Parameter")}
+    parts = ("parameter", "keys", "notebook", "controller-record", "keeper")
+    assert [names[f"rv-{part}"] for part in parts] == [
+        "/ipfleet/x/connection",
+        "/ipfleet/x/keys",
+        "/ipfleet/x/notebook",
+        "/ipfleet/x/controller",
+        "/ipfleet/x/keeper",
+    ]
+    assert publish[0]["Resource"] == [f"<rv-{part}.arn>" for part in parts]
+    read = policies["engine-role", "ipfleet-rendezvous-read"]["Statement"]
+    assert read == [{"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": ["<rv-parameter.arn>"]}]
+    # Engine nodes write their records for `ipfleet status`, under the stack's nodes path only.
+    statement = policies["engine-role", "ipfleet-node-records"]["Statement"]
+    assert statement == [
+        {"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"], "Resource": [records]}
+    ]
+    assert ("controller-role", "ipfleet-node-records") not in policies
 
 
 def test_engine_fleet_template_and_group():
@@ -148,13 +170,12 @@ def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drai
     }
     policies = {p.inputs["role"]: json.loads(p.inputs["policy"]) for p in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
     assert set(policies) == {"controller-role", "engine-role"}
-    for role, action in (
-        ("controller-role", "autoscaling:SetDesiredCapacity"),
-        ("engine-role", "autoscaling:CompleteLifecycleAction"),
+    # The controller finds its group; an engine sees only which group its instance is in
+    # (no view of every group in the account).
+    for role, action, looks in (
+        ("controller-role", "autoscaling:SetDesiredCapacity", "autoscaling:DescribeAutoScalingGroups"),
+        ("engine-role", "autoscaling:CompleteLifecycleAction", "autoscaling:DescribeAutoScalingInstances"),
     ):
         describe, change = policies[role]["Statement"]
-        assert describe["Action"] == [
-            "autoscaling:DescribeAutoScalingGroups",
-            "autoscaling:DescribeAutoScalingInstances",
-        ]
+        assert describe == {"Effect": "Allow", "Action": [looks], "Resource": "*"}
         assert change == {"Effect": "Allow", "Action": [action], "Resource": "<fleet-group.arn>"}

@@ -247,6 +247,16 @@ def test_status_shows_what_nodes_wrote_as_inert_text(aws_env, tmp_path):
     )
     client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa3", Value=record("i-0aaaaaaaaaaaaaaa4"), Type="String")
     client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa5", Value="not json", Type="String")
+    # An engine claiming the controller's role: the controller's record has its own parameter.
+    fake = record("i-0aaaaaaaaaaaaaaa6", role="controller", phase="failed")
+    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa6", Value=fake, Type="String")
+    client.put_parameter(
+        Name=f"/ipfleet/{STACK}/controller",
+        Value=record("i-0ccccccccccccccc1", role="controller", engines={"registered": 8}),
+        Type="String",
+    )
+    summary = {"group": "g\x1b[31m", "desired": 2, "min": 0, "max": 4, "inService": 2, "idleMinutes": 30}
+    client.put_parameter(Name=f"/ipfleet/{STACK}/keeper", Value=json.dumps(summary), Type="String")
 
     result = run(aws_env, home, "status", STACK, "--region", "us-east-1")
 
@@ -258,9 +268,12 @@ def test_status_shows_what_nodes_wrote_as_inert_text(aws_env, tmp_path):
     assert "i-0aaaaaaaaaaaaaaa2: engines" in out  # wrong type: named, left out
     assert "speaks for i-0aaaaaaaaaaaaaaa4, not for i-0aaaaaaaaaaaaaaa3" in out
     assert "i-0aaaaaaaaaaaaaaa5: not JSON" in out
+    assert "i-0aaaaaaaaaaaaaaa6: claims the controller's role under the engines' path" in out
+    assert "Engine group g?[31m: 2 nodes wanted" in out
     listed = json.loads(run(aws_env, home, "status", STACK, "--region", "us-east-1", "--json").stdout)
-    assert [n["instanceId"] for n in listed["nodes"]] == ["i-0aaaaaaaaaaaaaaa1"]
-    assert len(listed["ignored"]) == 3
+    assert [n["instanceId"] for n in listed["nodes"]] == ["i-0ccccccccccccccc1", "i-0aaaaaaaaaaaaaaa1"]
+    assert listed["nodes"][0]["scaling"]["desired"] == 2
+    assert len(listed["ignored"]) == 4
 
 
 @pytest.mark.parametrize("name", ["--help", "-x", "../../etc", "a/b", "lab$(id)", ".hidden", "x" * 101])

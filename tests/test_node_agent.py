@@ -160,9 +160,10 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
         role="controller",
         stack="bad",
         region="us-east-1",
-        node_records_path="/ipfleet/bad/nodes",
+        controller_record_parameter="/ipfleet/bad/controller",
         profile_dir=str(tmp_path / "profile"),
         state_dir=str(tmp_path / "state"),
+        node_state_dir=str(tmp_path / "root-state"),
         aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
     )
 
@@ -174,7 +175,7 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
     assert record.error["log"][-1] == "ERROR: No matching distribution for numpyy"
     assert len(record.error["log"]) == 15
     # Later reports (the watch service's) keep saying it: the failure is kept on the node.
-    assert json.loads((tmp_path / "state" / "bootstrap-failure.json").read_text())["step"] == "python venv"
+    assert json.loads((tmp_path / "root-state" / "bootstrap-failure.json").read_text())["step"] == "python venv"
     with pytest.raises(FetchError, match=r"(?s)failed its bootstrap at python venv \(exit 1\).*numpyy"):
         fetch("bad", "us-east-1", timeout=60, poll_seconds=0.1)
 
@@ -196,3 +197,33 @@ def test_interruption_notices_from_the_metadata(imds, monkeypatch):
     assert agent.interruption() == "spot interruption: terminate at 2026-11-23T12:00:00Z"
     serve(**{"autoscaling/target-lifecycle-state": "Terminated"})
     assert agent.interruption() == "auto scaling: Terminated"
+
+
+def test_root_writes_its_files_group_readable_and_never_through_a_planted_link(tmp_path):
+    """The keys file as root writes it: root's, readable by the service user's group, and
+    a link someone planted at the temporary name is replaced, not followed."""
+    import grp
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("root only")
+    group = grp.getgrgid(65534).gr_name  # nogroup: a group that exists on Debian
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    target = tmp_path / "state" / "keys.json"
+    target.parent.mkdir()
+    (target.parent / "keys.json.tmp").symlink_to(victim)
+    agent._write_private(target, '{"format": 1}', group)
+    assert victim.read_text() == "untouched\n"
+    info = target.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, 65534, 0o640)
+    assert target.read_text() == '{"format": 1}'
+
+
+def test_a_malformed_failure_file_still_reads_as_failed(tmp_path):
+    facts = {"node_state_dir": str(tmp_path)}
+    assert agent.read_failure(facts) is None
+    (tmp_path / "bootstrap-failure.json").write_text("{not json")
+    assert agent.read_failure(facts) == {"step": "unknown (unreadable failure file)"}
+    (tmp_path / "bootstrap-failure.json").write_text("[1, 2]")
+    assert agent.read_failure(facts)["step"].startswith("unknown")

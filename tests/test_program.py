@@ -31,7 +31,8 @@ def test_example_stack_declares_the_cluster(example):
     assert types.count(GROUP) == 1
     assert types.count("aws:efs/fileSystem:FileSystem") == 1
     assert types.count("aws:efs/mountTarget:MountTarget") == 3  # one per zone of the default VPC
-    assert types.count("aws:ssm/parameter:Parameter") == 2  # connection info, keys
+    # Connection info, keys, notebook token, the controller's record and its keeper's summary.
+    assert types.count("aws:ssm/parameter:Parameter") == 5
     assert "aws:ec2/spotFleetRequest:SpotFleetRequest" not in types
 
 
@@ -105,9 +106,11 @@ def test_counts_follow_the_settings():
 
 def test_rendezvous_parameters_are_secure_and_never_hold_the_keys(example):
     parameters = {p.inputs["name"]: p for p in example.of_type("aws:ssm/parameter:Parameter")}
-    assert set(parameters) == {"/ipfleet/example/connection", "/ipfleet/example/keys"}
-    for parameter in parameters.values():
-        assert parameter.inputs["type"] == "SecureString"
+    secret = {"/ipfleet/example/connection", "/ipfleet/example/keys", "/ipfleet/example/notebook"}
+    plain = {"/ipfleet/example/controller", "/ipfleet/example/keeper"}  # status records, no secret
+    assert set(parameters) == secret | plain
+    for name, parameter in parameters.items():
+        assert parameter.inputs["type"] == ("SecureString" if name in secret else "String")
         assert parameter.inputs["value"] == "[secret]"  # masked in the plan, a placeholder in truth
         assert parameter.options["ignoreChanges"] == ["value"]
 
@@ -120,10 +123,16 @@ def test_iam_grants_the_rendezvous_to_exactly_the_parameters(example):
         {
             "Effect": "Allow",
             "Action": ["ssm:PutParameter", "ssm:GetParameter"],
-            "Resource": ["<example-rendezvous-parameter.arn>", "<example-rendezvous-keys.arn>"],
+            "Resource": [
+                "<example-rendezvous-parameter.arn>",
+                "<example-rendezvous-keys.arn>",
+                "<example-rendezvous-notebook.arn>",
+                "<example-rendezvous-controller-record.arn>",
+                "<example-rendezvous-keeper.arn>",
+            ],
         }
     ]
-    # Engines read the connection info, never the keys parameter.
+    # Engines read the connection info, never the keys or the notebook's token.
     assert read == [
         {"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": ["<example-rendezvous-parameter.arn>"]}
     ]
@@ -184,12 +193,17 @@ def test_shared_storage_is_retained_unless_asked_and_can_be_disabled():
     assert off.outputs["sharedFileSystemId"] is None
 
 
-def test_key_pair_only_when_a_public_key_is_given(example):
-    assert not example.of_type("aws:ec2/keyPair:KeyPair")
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBm0RDvBtSl0jJ1kdhv8xLd6hlFj8mo8hLNCHDAlUQ0A me@laptop"
-    plan = plan_of(sshPublicKey=key)
-    assert plan.one("aws:ec2/keyPair:KeyPair").inputs["publicKey"] == key
-    assert plan.one(INSTANCE).inputs["keyName"] == "<test-key-key.keyName>"
+def test_no_ec2_key_pair_and_no_image_default_user():
+    """The login's key reaches the ipfleet-admin user alone: no EC2 key pair (which the
+    image's default user, with passwordless sudo, would accept) and no default user."""
+    plan = plan_of(sshPublicKey=PUBLIC_KEY)
+    assert not plan.of_type("aws:ec2/keyPair:KeyPair")
+    assert "keyName" not in plan.one(INSTANCE).inputs
+    assert "keyName" not in plan.one(LAUNCH_TEMPLATE).inputs
+    for role in ("controller", "engine"):
+        users = yaml.safe_load(user_data(plan, role))["users"]
+        assert "default" not in users
+        assert all(not user.get("sudo") for user in users), users
 
 
 def test_user_data_decodes_to_cloud_config_for_each_role(example):
@@ -248,7 +262,6 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-controller-iam-profile",
         "example-controller-iam-session-manager",
         "example-rendezvous-publish",
-        "example-rendezvous-report-0",
     } <= set(controller.depends_on)
     group = example.one(GROUP)
     assert targets <= set(group.depends_on)
@@ -256,14 +269,14 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-engine-iam-profile",
         "example-engine-iam-session-manager",
         "example-rendezvous-read-0",
-        "example-rendezvous-report-1",
+        "example-rendezvous-report-0",
         "example-controller-node",
     } <= set(group.depends_on)
     # The engines' grants are theirs, not the controller's.
     assert "example-rendezvous-publish" not in group.depends_on
     assert all(
         by_name[d].type != "aws:iam/rolePolicy:RolePolicy"
-        or d in {"example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-1"}
+        or d in {"example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-0"}
         for d in group.depends_on
     )
 

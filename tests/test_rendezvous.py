@@ -52,6 +52,9 @@ def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict, access: 
         engines_per_node=1,
         aws_endpoint_url=env["AWS_ENDPOINT_URL"],
         keys_file=str(tmp_path / "keys.json"),
+        # No `ipfleet` group on the test machine: the keys file stays owner-only here
+        # (test_node_agent checks the group-readable form).
+        service_user=None,
     )
     path = tmp_path / f"{role}-node.json"
     path.write_text(json.dumps(values))

@@ -141,8 +141,16 @@ BAD_INPUT = [
     ),
     ({"ipfleet:sharedStorage": {"mountPoint": "/var/data"}}, "ipfleet:sharedStorage.mountPoint", "/var/data"),
     # Gaps a review found: each refused with the setting and the value named.
-    ({"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "data*", "mountPoint": "/data"}]}, "ipfleet:s3Mounts[0].prefix", "data*"),
-    ({"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "d?ta", "mountPoint": "/data"}]}, "ipfleet:s3Mounts[0].prefix", "d?ta"),
+    (
+        {"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "data*", "mountPoint": "/data"}]},
+        "ipfleet:s3Mounts[0].prefix",
+        "data*",
+    ),
+    (
+        {"ipfleet:s3Mounts": [{"bucket": "data-bucket", "prefix": "d?ta", "mountPoint": "/data"}]},
+        "ipfleet:s3Mounts[0].prefix",
+        "d?ta",
+    ),
     ({"ipfleet:packageIndexUrl": "http://pypi.example.org/simple"}, "ipfleet:packageIndexUrl", "http://"),
     ({"ipfleet:packageIndexUrl": "https://pypi.example.org/simple\nextra"}, "ipfleet:packageIndexUrl", "\\n"),
     ({"ipfleet:ssmAgentUrl": "http://example.org/agent.deb"}, "ipfleet:ssmAgentUrl", "http://example.org"),

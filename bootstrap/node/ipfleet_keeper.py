@@ -12,9 +12,11 @@ the client ports, and reads the engine group from Auto Scaling. Then:
   tasksPerEngine outstanding tasks per engine, between the group's minimum and
   maximum, changing at most once per cooldown (scale-out sooner than scale-in).
 
-What it decided is written to STATE_DIR/keeper.json; the node's watch service
-puts it in the controller's record, where `ipfleet status` shows it.
-The controller's role may set the desired capacity of its own group only.
+It runs as the service user, as ipcontroller does: it reads that user's client file
+and sees that user's sockets, and root reads nothing it writes. What it decided goes
+to STATE_DIR/keeper.json (its memory across restarts) and to the stack's keeper
+parameter, where `ipfleet status` shows it. The controller's role may set the desired
+capacity of its own group only.
 """
 
 from __future__ import annotations
@@ -216,6 +218,10 @@ def find_group(autoscaling, stack: str) -> dict | None:
     return found[0] if found else None
 
 
+def keeper_file(facts: dict) -> Path:
+    return Path(facts["state_dir"]) / "keeper.json"
+
+
 def _iso(at: float | None) -> str | None:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds") if at else None
 
@@ -223,7 +229,7 @@ def _iso(at: float | None) -> str | None:
 def keep(interval: float = INTERVAL) -> None:
     facts = node.load_facts()
     policy = Policy(**facts["keeper"])
-    state_file = node.keeper_file(facts)
+    state_file = keeper_file(facts)
     memory = Memory(last_activity=time.time())
     try:  # an idle group stays known as idle across restarts
         saved = json.loads(state_file.read_text()).get("memory", {})
@@ -232,6 +238,7 @@ def keep(interval: float = INTERVAL) -> None:
         pass
     hub = Hub(facts)
     autoscaling = node.aws_client(facts, "autoscaling", patient=True)
+    ssm = node.ssm_client(facts, patient=True)
     last_written = None
     while True:
         time.sleep(interval)
@@ -289,10 +296,14 @@ def keep(interval: float = INTERVAL) -> None:
         # Written when something a reader cares about changed, not every look.
         key = json.dumps(summary, sort_keys=True)
         if key != last_written:
-            tmp = state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(summary))
-            tmp.replace(state_file)
-            last_written = key
+            node._write_private(state_file, json.dumps(summary))
+            try:
+                ssm.put_parameter(
+                    Name=facts["keeper_parameter"], Value=json.dumps(summary), Type="String", Overwrite=True
+                )
+                last_written = key
+            except Exception as e:  # said again at the next look
+                node.log(f"keeper: could not publish its summary: {type(e).__name__}: {e}")
 
 
 if __name__ == "__main__":

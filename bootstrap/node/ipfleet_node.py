@@ -44,8 +44,6 @@ ROLE_ONLY = {
         "_versions",
         "wait_for_files",
         "publish",
-        "keeper_file",
-        "keeper_summary",
         "sshd_forwarding",
     ),
     "engine": ("read_published", "wait_connection", "interruption", "drain", "complete_drain"),
@@ -119,11 +117,18 @@ def host_keys() -> list[str]:
     return sorted(" ".join(p.read_text().split()[:2]) for p in SSH_HOST_KEYS.glob("ssh_host_*_key.pub"))
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Owner-only from the first byte: these files hold the cluster's keys."""
+def _write_private(path: Path, text: str, group: str | None = None) -> None:
+    """Owner-only from the first byte (readable by GROUP too, when root writes), and a
+    new file renamed into place: never written through a link someone planted."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    if group and os.geteuid() == 0:
+        import grp
+
+        os.fchown(fd, 0, grp.getgrnam(group).gr_gid)
+        os.fchmod(fd, 0o640)
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
@@ -168,7 +173,8 @@ def ensure_keys() -> None:
         keys = new_keys()
         client.put_parameter(Name=name, Value=json.dumps(keys), Type="SecureString", Overwrite=True)
         log(f"made new keys and stored them in {name}")
-    _write_private(local, json.dumps(keys))
+    # Root's file, which ipcontroller (the service user's group) reads and cannot change.
+    _write_private(local, json.dumps(keys), facts.get("service_user"))
 
 
 def load_keys(facts: dict) -> dict:
@@ -236,9 +242,13 @@ def publish(timeout: float) -> None:
         "client": json.loads(client_file.read_text()),
         "engine": json.loads(engine_file.read_text()),
     }
+    client = ssm_client(facts)
     if facts.get("notebook_port"):
-        document["notebook"] = {"port": facts["notebook_port"], "token": load_keys(facts)["notebook_token"]}
-    ssm_client(facts).put_parameter(
+        # The token has a parameter of its own: engines read this document, not that one.
+        document["notebook"] = {"port": facts["notebook_port"]}
+        token = load_keys(facts)["notebook_token"]
+        client.put_parameter(Name=facts["notebook_parameter"], Value=token, Type="SecureString", Overwrite=True)
+    client.put_parameter(
         Name=facts["rendezvous_parameter"],
         Value=json.dumps(document),
         Type="SecureString",
@@ -407,8 +417,6 @@ def node_record(facts: dict, identity: dict, phase: str, error: dict | None = No
         "reason": reason,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if facts["role"] == "controller":
-        record["scaling"] = keeper_summary(facts)
     text = json.dumps(record)
     while len(text) > RECORD_LIMIT and error and error.get("log"):
         error["log"] = error["log"][1:]
@@ -416,24 +424,27 @@ def node_record(facts: dict, identity: dict, phase: str, error: dict | None = No
     return text
 
 
-def keeper_file(facts: dict) -> Path:
-    """What the controller's keeper (ipfleet_keeper.py) says of the engine group."""
-    return Path(facts["state_dir"]) / "keeper.json"
-
-
-def keeper_summary(facts: dict) -> dict | None:
-    try:
-        return json.loads(keeper_file(facts).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def failure_file(facts: dict) -> Path:
-    """Where a failed bootstrap leaves its error, so later reports keep saying it."""
-    return Path(facts["state_dir"]) / "bootstrap-failure.json"
+    """Where a failed bootstrap leaves its error, so later reports keep saying it: root's
+    own folder, which the service user cannot write."""
+    return Path(facts["node_state_dir"]) / "bootstrap-failure.json"
+
+
+def read_failure(facts: dict) -> dict | None:
+    """The recorded failure; one that cannot be read as one still means failed."""
+    try:
+        error = json.loads(failure_file(facts).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        error = None
+    return error if isinstance(error, dict) else {"step": "unknown (unreadable failure file)"}
 
 
 def record_name(facts: dict, identity: dict) -> str:
+    """The controller's record lives where only its role may write; an engine's, by id."""
+    if facts["role"] == "controller":
+        return facts["controller_record_parameter"]
     return f"{facts['node_records_path']}/{identity['instanceId']}"
 
 
@@ -461,12 +472,16 @@ def report(phase: str, step: str | None = None, exit_code: int | None = None, un
 
 
 def forget() -> None:
-    """At shutdown: the node's record goes with it."""
+    """At shutdown: the node's record goes with it (the controller's, which the stack
+    owns, goes back to its placeholder)."""
     facts = load_facts()
     name = record_name(facts, node_identity())
     try:
-        ssm_client(facts).delete_parameter(Name=name)
-        log(f"deleted {name}")
+        if facts["role"] == "controller":
+            ssm_client(facts).put_parameter(Name=name, Value=PENDING, Type="String", Overwrite=True)
+        else:
+            ssm_client(facts).delete_parameter(Name=name)
+        log(f"forgot {name}")
     except Exception as e:  # already gone, or AWS unreachable while shutting down
         log(f"could not delete {name}: {type(e).__name__}")
 
@@ -532,20 +547,14 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
             put_record(facts, identity, node_record(facts, identity, "draining", reason=reason))
             drain(facts, reason)
             drained_for = reason
-        error = None
-        if failure_file(facts).exists():
-            error = json.loads(failure_file(facts).read_text())
+        error = read_failure(facts)
         if drained_for:
             phase = "drained"
         elif error:
             phase = "failed"
         else:
             phase = "running" if booted.exists() else "booting"
-        state = (
-            phase,
-            json.dumps(engines_now(facts)),
-            json.dumps(keeper_summary(facts)) if facts["role"] == "controller" else "",
-        )
+        state = (phase, json.dumps(engines_now(facts)))
         if state != last or time.monotonic() - last_sent > heartbeat:
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
                 last, last_sent = state, time.monotonic()

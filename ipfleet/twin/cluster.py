@@ -378,7 +378,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
             state.user_data_file(role).write_bytes(data)
         write_metadata(state)
         _start_aws(state, plan, settings)
-        state.shared_dir.mkdir(parents=True, exist_ok=True)
+        _make_shared_storage(state)
         state.booted_at = time.time()
         state.controller.prepare(image, user_data["controller"])
         state.controller.boot(state.shared_dir, wheelhouse)
@@ -391,6 +391,16 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
         down(state, log=lambda *_: None)
         raise
     return state
+
+
+def _make_shared_storage(state: TwinState) -> None:
+    """The folder standing in for the stack's EFS. The bootstrap hands the root of a file
+    system the stack made to the service user, and of a bind: source to nobody; the twin
+    binds this folder in place of the EFS, so it does here what the bootstrap does there."""
+    from bootstrap.spec import SERVICE_UID
+
+    state.shared_dir.mkdir(parents=True, exist_ok=True)
+    os.chown(state.shared_dir, SERVICE_UID, SERVICE_UID)
 
 
 def _start_reconciler(state: TwinState) -> None:
