@@ -39,7 +39,12 @@ class Cluster(pulumi.ComponentResource):
 
         self.security_group = SecurityGroup(
             f"{name}-net",
-            SecurityGroupArgs(vpc_id=args.network.vpc_id, access=s.access, admin_cidrs=s.admin_cidrs),
+            SecurityGroupArgs(
+                vpc_id=args.network.vpc_id,
+                access=s.access,
+                admin_cidrs=s.admin_cidrs,
+                engines_as_clients=s.engines_as_clients,
+            ),
             child,
         )
         # No EC2 key pair: the login's key travels in user data to the ipfleet-admin user

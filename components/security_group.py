@@ -21,6 +21,8 @@ class SecurityGroupArgs:
     # controller's client ports from admin_cidrs (CurveZMQ required there).
     access: Access
     admin_cidrs: list[str] = field(default_factory=list)
+    # ipfleet:enginesAsClients: engines may also use the controller's client ports.
+    engines_as_clients: bool = False
 
 
 class SecurityGroup(pulumi.ComponentResource):
@@ -64,13 +66,15 @@ class SecurityGroup(pulumi.ComponentResource):
                 **target,
             )
 
-        # Inside the cluster: engines and in-cluster clients reach the controller,
-        # nodes reach the EFS mount targets (which carry this same group).
+        # Inside the cluster: engines reach the controller's engine-facing ports (the
+        # registration socket among them), and its client ports only when the stack lets
+        # engines act as clients; nodes reach the EFS mount targets (this same group).
+        cluster_ports = cluster_controller_ports(args.engines_as_clients)
         ingress(
             "ipyparallel",
             "ipyparallel controller, from cluster nodes",
-            ports.CONTROLLER_PORTS.first,
-            ports.CONTROLLER_PORTS.last,
+            cluster_ports.first,
+            cluster_ports.last,
             referenced_security_group_id=group_id,
         )
         ingress(
@@ -103,6 +107,11 @@ class SecurityGroup(pulumi.ComponentResource):
 
         self.id = group_id
         self.register_outputs({"id": group_id})
+
+
+def cluster_controller_ports(engines_as_clients: bool) -> ports.PortRange:
+    """The controller's ports open to the cluster's own nodes."""
+    return ports.CONTROLLER_PORTS if engines_as_clients else ports.ENGINE_PORTS
 
 
 def _cidr_source(cidr: str) -> dict:

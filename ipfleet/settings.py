@@ -257,6 +257,9 @@ class Settings(_Model):
     # Off: any node's user code could plant a module that every engine, and the
     # controller's notebook, would then import (README, "Who can do what").
     shared_imports: bool = False
+    # Engines may act as clients of the controller (tasks that submit tasks): its client
+    # ports open to the cluster's nodes. Off: engines reach its engine-facing ports only.
+    engines_as_clients: bool = False
     ipyparallel: IpyparallelSettings = Field(default_factory=IpyparallelSettings)
     vpc_id: str | None = None
     subnet_ids: list[str] = Field(default_factory=list)

@@ -23,12 +23,24 @@ def children_of(plan, parent: str) -> list:
 def test_security_group_ssm_mode_has_only_self_referencing_ingress():
     plan = declare(settings_of(), lambda: SecurityGroup("net", SecurityGroupArgs("vpc-1", "ssm", [])))
     ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
+    # Engines reach the engine-facing ports (registration first among them), not the
+    # client ports: holding the cluster's key does not make an engine a client.
     assert {(r["fromPort"], r["toPort"]) for r in ingress} == {
-        (ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last),
+        (ports.ENGINE_PORTS.first, ports.ENGINE_PORTS.last),
         (2049, 2049),
     }
+    assert ports.CLIENT_PORTS.last < ports.ENGINE_PORTS.first
     assert all(r["referencedSecurityGroupId"] == "<net-sg.id>" for r in ingress)
     assert {r.parent for r in plan.resources if r.custom} == {"net"}
+
+
+def test_engines_act_as_clients_only_when_the_stack_says_so():
+    args = SecurityGroupArgs("vpc-1", "ssm", [], engines_as_clients=True)
+    plan = declare(settings_of(), lambda: SecurityGroup("net", args))
+    ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
+    assert (ports.CONTROLLER_PORTS.first, ports.CONTROLLER_PORTS.last) in {
+        (r["fromPort"], r["toPort"]) for r in ingress
+    }
 
 
 def test_security_group_ignores_admin_cidrs_in_ssm_mode():

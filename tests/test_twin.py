@@ -198,6 +198,80 @@ def test_units_that_use_the_shared_storage_require_its_mount(twin):
     assert "shared.mount" in shown.stdout
 
 
+# -- trust boundaries on the nodes (README, "Who can do what") --------------------------
+
+
+def as_service_user(node, script: str):
+    """SCRIPT run by the service user, as user code on the node runs."""
+    return node.run("runuser", "-u", "ipfleet", "--", "sh", "-c", script)
+
+
+def test_no_image_default_user_and_no_sudo_for_anyone(twin):
+    for node in twin["state"].nodes:
+        name = node.run(
+            "python3",
+            "-c",
+            "import yaml; print(yaml.safe_load(open('/etc/cloud/cloud.cfg'))['system_info']['default_user']['name'])",
+        ).stdout.strip()
+        assert name, node.name
+        assert node.run("getent", "passwd", name).returncode == 2, f"{node.name}: {name} exists"
+        sudoers = node.run("sh", "-c", "cat /etc/sudoers.d/* 2>/dev/null").stdout
+        assert "NOPASSWD" not in sudoers, (node.name, sudoers)
+
+
+def test_root_runs_only_its_own_units_and_user_code_cannot_feed_them(twin):
+    """Of ipfleet's units only the watch (records, drain) and the keys run as root; the
+    keeper runs as the service user; root's folder and the keys file are read-only to it."""
+    controller = twin["state"].controller
+    users = {}
+    for unit in ("ipfleet-watch", "ipfleet-keys", "ipfleet-keeper", "ipcontroller", "ipfleet-publish"):
+        users[unit] = controller.run("systemctl", "show", "-p", "User", "--value", f"{unit}.service").stdout.strip()
+    assert users == {
+        "ipfleet-watch": "",
+        "ipfleet-keys": "",
+        "ipfleet-keeper": "ipfleet",
+        "ipcontroller": "ipfleet",
+        "ipfleet-publish": "ipfleet",
+    }
+    keys = controller.run("stat", "-c", "%U:%G %a", "/var/lib/ipfleet-node/keys.json").stdout.split()
+    assert keys == ["root:ipfleet", "640"]
+    assert as_service_user(controller, "cat /var/lib/ipfleet-node/keys.json >/dev/null").returncode == 0
+    for attempt in (
+        "echo '{}' > /var/lib/ipfleet-node/keys.json",
+        "echo 'not json' > /var/lib/ipfleet-node/bootstrap-failure.json",
+        "ln -s /etc/shadow /var/lib/ipfleet-node/keys.json.tmp",
+        "mv /var/lib/ipfleet-node/keys.json /var/lib/ipfleet-node/old",
+    ):
+        denied = as_service_user(controller, attempt)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, attempt
+    # Where root once read the failure file: user code may write there, root reads it no more.
+    planted = as_service_user(controller, "echo 'not json' > /var/lib/ipfleet/bootstrap-failure.json")
+    assert planted.returncode == 0
+    assert controller.run("systemctl", "is-active", "ipfleet-watch.service").stdout.strip() == "active"
+    assert controller.run("test", "-e", "/var/lib/ipfleet-node/bootstrap-failure.json").returncode == 1
+
+
+def test_engines_reach_the_engine_ports_and_not_the_client_ports(twin):
+    """The security group admits the cluster's nodes to the controller's engine-facing ports
+    only: an engine holds the cluster's key, but cannot submit tasks or read others' output."""
+    state = twin["state"]
+    engine, address = state.engine_nodes[0], state.controller.address
+    dial = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()"
+    assert engine.run("python3", "-c", dial, address, "10109").returncode == 0  # registration
+    for port in ("10101", "10104"):  # the client ports (mux, task, ...)
+        refused = engine.run("python3", "-c", dial, address, port)
+        assert refused.returncode != 0 and "timed out" in refused.stderr, (port, refused.stderr)
+
+
+def test_engines_do_not_run_in_the_shared_storage(twin):
+    """ipengine puts its working directory first on sys.path: it is the node's own state
+    folder, not the shared storage any node can write (ipfleet:sharedImports is off)."""
+    for engine in twin["state"].engine_nodes:
+        pid = engine.run("systemctl", "show", "-p", "MainPID", "--value", "ipengine@1.service").stdout.strip()
+        assert pid not in ("", "0"), engine.name
+        assert engine.run("readlink", f"/proc/{pid}/cwd").stdout.strip() == "/var/lib/ipfleet"
+
+
 def test_engines_follow_a_replaced_controller(twin):
     """`pulumi up` replaced the controller: new instance, new address, empty disk. Engines
     notice the old one is gone, re-read the rendezvous and register with the new one; the

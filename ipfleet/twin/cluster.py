@@ -85,6 +85,8 @@ class TwinState:
     public_ip: bool = False
     # The security group's CIDR ingress rules (cidr, first port, last port), from the plan.
     ingress: list = field(default_factory=list)
+    # Its rules for the group's own members (first port, last port): node to node.
+    cluster_ingress: list = field(default_factory=list)
     # Where nodes mount the shared storage (None without), and what the metadata says of each role.
     shared_mount_point: str | None = None
     instance_types: dict[str, str] = field(default_factory=dict)
@@ -372,7 +374,8 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
         net.attach(controller)
         net.attach_client(client)
         state.ingress = _cidr_ingress(plan)
-        net.apply_security_group(state.ingress, state.controller.address)
+        state.cluster_ingress = _cluster_ingress(plan)
+        net.apply_security_group(state.ingress, state.controller.address, state.cluster_ingress)
         for role, data in user_data.items():
             state.user_data_file(role).parent.mkdir(parents=True, exist_ok=True)
             state.user_data_file(role).write_bytes(data)
@@ -441,6 +444,17 @@ def _client_key(home: Path) -> str:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "twin-admin", "-f", str(private)], check=True
         )
     return (ssh / "id_ed25519.pub").read_text().strip()
+
+
+def _cluster_ingress(plan) -> list[tuple[int, int]]:
+    """The security group's rules that admit its own members (node to node), from the plan."""
+    from ipfleet.checks import INGRESS_RULE
+
+    return [
+        (int(rule.inputs["fromPort"]), int(rule.inputs["toPort"]))
+        for rule in plan.of_type(INGRESS_RULE)
+        if rule.inputs.get("referencedSecurityGroupId") and rule.inputs.get("ipProtocol") == "tcp"
+    ]
 
 
 def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
@@ -856,7 +870,11 @@ def retire_controller(state: TwinState, old: Node, log=print) -> None:
         state.nodes = [n for n in state.nodes if n.name != old.name]
         state.namespaces.remove(old.namespace)
         write_metadata(state)
-    net.apply_security_group([tuple(rule) for rule in state.ingress], state.controller.address)
+    net.apply_security_group(
+        [tuple(rule) for rule in state.ingress],
+        state.controller.address,
+        [tuple(rule) for rule in state.cluster_ingress],
+    )
     log(f"terminated {old.name} ({old.address})")
 
 

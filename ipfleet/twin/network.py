@@ -44,6 +44,23 @@ class NetworkError(IpfleetError, RuntimeError):
     pass
 
 
+def _node_to_node(cluster: list[tuple[int, int]] | None) -> str:
+    """Between nodes on the bridge: new TCP connections only to the ports the group admits."""
+    if cluster is None:
+        return ""
+    admitted = ", ".join(f"{first}-{last}" if first != last else str(first) for first, last in cluster)
+    refuse = f"tcp dport != {{ {admitted} }} " if admitted else ""
+    return f"""table bridge ipfleet_twin_sg
+delete table bridge ipfleet_twin_sg
+table bridge ipfleet_twin_sg {{
+  chain node_to_node {{
+    type filter hook forward priority filter; policy accept;
+    ether type ip ip saddr {CLUSTER_SUBNET} ip daddr {CLUSTER_SUBNET} tcp flags & (syn | ack) == syn {refuse}drop
+  }}
+}}
+"""
+
+
 def ip(*args: str, namespace: str | None = None) -> None:
     command = ["ip", *args] if namespace is None else ["ip", "-n", namespace, *args]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -119,12 +136,17 @@ class TwinNetwork:
         ip("link", "set", "eth0", "up", namespace=host.namespace)
         ip("route", "add", "default", "via", CLIENT_GATEWAY, namespace=host.namespace)
 
-    def apply_security_group(self, ingress: list[tuple[str, int, int]], controller: str) -> str:
+    def apply_security_group(
+        self, ingress: list[tuple[str, int, int]], controller: str, cluster: list[tuple[int, int]] | None = None
+    ) -> str:
         """Route between the subnets, filtered by the stack's CIDR ingress rules. Returns the ruleset.
 
         `ingress` holds (cidr, first_port, last_port) from the plan. Traffic from
         inside the VPC to the client subnet, and replies, pass; nothing else does.
         The instance metadata address answers the nodes only, as on EC2.
+        `cluster` holds the (first_port, last_port) the group admits from its own
+        members: on the bridge between nodes, a TCP connection to any other port is
+        refused, as EC2 drops what no rule admits.
         """
         accepts = "\n".join(
             f"    ip saddr {cidr} ip daddr {CLUSTER_SUBNET} tcp dport {first}-{last} accept"
@@ -150,7 +172,7 @@ table ip ipfleet_twin {{
 {accepts}
   }}
 }}
-"""
+{_node_to_node(cluster)}"""
         result = subprocess.run(
             in_namespace(self.router, ["nft", "-f", "-"]), input=ruleset, capture_output=True, text=True
         )
