@@ -259,3 +259,45 @@ def test_the_published_controller_is_parsed_once_into_a_typed_object():
         PublishedController.parse({"address": "10.0.0.1", "access": "vpn"})
     with pytest.raises(FetchError, match="names no controller address"):
         PublishedController.parse({"access": "ssm"})
+
+
+def test_a_symlinked_ssh_config_stays_a_link(tmp_path):
+    """A config kept in a dotfiles checkout and linked into ~/.ssh: the Include goes into
+    the file it points at, and the link stays."""
+    ssh = tmp_path / ".ssh"
+    ssh.mkdir(mode=0o700)
+    dotfiles = tmp_path / "dotfiles" / "ssh_config"
+    dotfiles.parent.mkdir()
+    dotfiles.write_text("Host work\n    User me\n")
+    (ssh / "config").symlink_to(dotfiles)
+    assert ensure_include(ssh) is True
+    assert (ssh / "config").is_symlink()
+    assert dotfiles.read_text().splitlines()[1] == include_line(ssh)
+    assert "Host work" in dotfiles.read_text()
+
+
+def test_the_notebook_token_goes_only_to_a_port_this_tunnel_holds(tmp_path):
+    """Something already listens on the local port: refused before ssh starts, so the
+    token is never printed for another program's listener."""
+    import socket
+
+    from ipfleet.connect import Connection
+    from ipfleet.notebook import NotebookError, forward
+
+    connection = Connection(
+        stack=STACK,
+        region="us-east-1",
+        access="ssm",
+        client_file=str(tmp_path / "client.json"),
+        ssh_host="ipfleet-lab",
+        identity=None,
+        versions={},
+        notebook={"port": 8888, "token": "t" * 43},
+    )
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        with pytest.raises(NotebookError, match=f"127.0.0.1:{port} is in use by another program"):
+            with forward(connection, port):
+                pass

@@ -221,11 +221,13 @@ def test_fetch_without_credentials_says_so(aws_env, monkeypatch):
     assert "no AWS credentials" in result.stderr
 
 
-def boot_controller(tmp_path: Path, aws_env: dict, access: str = "ssm") -> tuple[subprocess.Popen, dict]:
+def boot_controller(tmp_path: Path, aws_env: dict, access: str = "ssm", **extra_facts) -> tuple[subprocess.Popen, dict]:
     """What the controller's units do at boot: keys, ipcontroller, publish. Returns (process, published)."""
     profile = tmp_path / "controller" / "profile_default"
     controller_config_from_user_data(profile, tmp_path / "keys.json", access)
     facts = facts_file(tmp_path, "controller", profile, aws_env, access)
+    if extra_facts:
+        facts.write_text(json.dumps({**json.loads(facts.read_text()), **extra_facts}))
     keys = agent(facts, "keys")
     assert keys.returncode == 0, keys.stdout + keys.stderr
     process = start(
@@ -278,3 +280,23 @@ def test_direct_mode_requires_the_curve_server_key(aws_env, tmp_path):
             ipp.Client(stripped, timeout=3)
     finally:
         stop(process)
+
+
+def test_the_notebook_token_is_not_in_the_document_engines_read(aws_env, tmp_path):
+    """Engines read the connection document; the notebook's token has its own parameter,
+    which only the controller's role and laptops read."""
+    create_pending_parameter(aws_env)
+    notebook = "/ipfleet/rv/notebook"
+    ssm(aws_env).put_parameter(Name=notebook, Value="pending", Type="SecureString")
+    process, document = boot_controller(tmp_path, aws_env, notebook_port=8888, notebook_parameter=notebook)
+    stop(process)
+    assert document["notebook"] == {"port": 8888}
+    assert "token" not in json.dumps(document["notebook"])
+    stored = json.loads(ssm(aws_env).get_parameter(Name=KEYS_PARAMETER, WithDecryption=True)["Parameter"]["Value"])
+    token = ssm(aws_env).get_parameter(Name=notebook, WithDecryption=True)["Parameter"]["Value"]
+    assert token == stored["notebook_token"]
+    # The laptop puts the two together, checked.
+    from ipfleet.fetch import fetch
+
+    fetched = fetch("rv", "us-east-1", timeout=5)
+    assert fetched.notebook == {"port": 8888, "token": token}
