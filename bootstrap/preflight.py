@@ -35,15 +35,35 @@ def check_user_data(settings: Settings) -> None:
             ) from None
 
 
-def check_role_policy_size(settings: Settings) -> None:
-    """The controller's role carries the most: Session Manager, the rendezvous and the S3 mounts."""
-    from components.node_role import SESSION_MANAGER_STATEMENTS
-    from components.rendezvous import PUBLISH_ACTIONS
+# The account id in the ARNs of the stack's parameters: 12 digits.
+ACCOUNT = "123456789012"
+
+
+def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
+    """Every inline policy each role gets, by name, built by the same functions the
+    components use, with ARNs as long as AWS's will be. A test holds this to the plan's
+    RolePolicy resources, name for name and action for action, so the two cannot drift."""
+    from components.engine_fleet import (
+        CONTROLLER_ACTIONS,
+        CONTROLLER_DESCRIBE,
+        ENGINE_ACTIONS,
+        ENGINE_DESCRIBE,
+        group_arn_pattern,
+        group_policy,
+    )
+    from components.node_role import session_manager_statements
+    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, node_records_arn
     from components.rendezvous import policy_document as rendezvous_document
-    from components.s3_mounts import policy_document
+    from components.s3_mounts import policy_document as s3_document
+    from ipfleet.access import Access
     from ipfleet.settings import controller_record_parameter, keeper_parameter, notebook_parameter
 
-    arn = f"arn:aws:ssm:{settings.region}:123456789012:parameter"
+    partition = settings.partition
+
+    def parameter(name: str) -> str:
+        return partition.arn("ssm", settings.region, ACCOUNT, f"parameter{name}")
+
+    group = group_arn_pattern(partition, settings.region, f"{settings.stack}-engines")
     controller_parameters = [
         settings.rendezvous_parameter,
         settings.keys_parameter,
@@ -51,17 +71,46 @@ def check_role_policy_size(settings: Settings) -> None:
         controller_record_parameter(settings.stack),
         keeper_parameter(settings.stack),
     ]
-    documents = [
-        rendezvous_document([arn + name for name in controller_parameters], PUBLISH_ACTIONS),
-        {"Version": "2012-10-17", "Statement": SESSION_MANAGER_STATEMENTS},
-        policy_document(settings.s3_mounts),
-    ]
-    size = sum(len(json.dumps(d, separators=(",", ":"))) for d in documents)
-    if size > ROLE_POLICY_CHARACTERS:
-        raise SettingsError(
-            [
-                f"ipfleet:s3Mounts: {len(settings.s3_mounts)} mounts need IAM policies of {size} characters, "
-                f"over the {ROLE_POLICY_CHARACTERS} IAM allows a role; mount fewer buckets or whole buckets "
-                "instead of many prefixes"
-            ]
-        )
+    controller = {
+        "ipfleet-rendezvous-publish": rendezvous_document(
+            [parameter(name) for name in controller_parameters], PUBLISH_ACTIONS
+        ),
+        "ipfleet-engine-group": json.loads(group_policy(group, CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE)),
+    }
+    engine = {
+        "ipfleet-rendezvous-read": rendezvous_document(
+            [parameter(settings.rendezvous_parameter)], ["ssm:GetParameter"]
+        ),
+        "ipfleet-node-records": rendezvous_document(
+            [node_records_arn(partition, settings.region, settings.node_records_path)], NODE_RECORD_ACTIONS
+        ),
+        "ipfleet-drain": json.loads(group_policy(group, ENGINE_ACTIONS, ENGINE_DESCRIBE)),
+    }
+    for policies in (controller, engine):
+        if settings.access is Access.SSM:
+            policies["ipfleet-session-manager"] = {
+                "Version": "2012-10-17",
+                "Statement": session_manager_statements(partition),
+            }
+        if settings.s3_mounts:
+            policies["ipfleet-s3-mounts"] = s3_document(settings.s3_mounts, partition)
+    return {"controller": controller, "engine": engine}
+
+
+def policy_characters(document: dict) -> int:
+    """What IAM counts of a policy: its JSON without whitespace."""
+    return len(json.dumps(document, separators=(",", ":")))
+
+
+def check_role_policy_size(settings: Settings) -> None:
+    """Every role's inline policies, added up, within IAM's limit, before anything exists."""
+    for role, policies in role_policies(settings).items():
+        size = sum(policy_characters(document) for document in policies.values())
+        if size > ROLE_POLICY_CHARACTERS:
+            raise SettingsError(
+                [
+                    f"ipfleet:s3Mounts: the {role} role's inline policies would total {size} characters, "
+                    f"over the {ROLE_POLICY_CHARACTERS} IAM allows a role ({len(settings.s3_mounts)} S3 mounts "
+                    "among them); mount fewer buckets, or whole buckets instead of many prefixes"
+                ]
+            )

@@ -41,7 +41,8 @@ NOTEBOOK_PORT = 8888
 
 # AWS publishes the SSM agent for Debian per region and architecture; Ubuntu's
 # AMIs already carry it (as a snap).
-SSM_AGENT_URL = "https://s3.{region}.amazonaws.com/amazon-ssm-{region}/latest/debian_{arch}/amazon-ssm-agent.deb"
+# AWS's regional bucket of the agent, in the region's partition (ipfleet/partitions.py).
+SSM_AGENT_URL = "{s3}/amazon-ssm-{region}/latest/debian_{arch}/amazon-ssm-agent.deb"
 
 # EFS over NFS 4.1 with the options AWS documents for EFS clients.
 EFS_OPTIONS = "nfsvers=4.1,rsize=1048576,wsize=1048576,hard,timeo=600,retrans=2,noresvport,_netdev,nofail"
@@ -150,7 +151,7 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
             f"uid={SERVICE_UID}",
             f"gid={SERVICE_UID}",
             "umask=0022",
-            f"url={endpoint or f'https://s3.{settings.region}.amazonaws.com'}",
+            f"url={endpoint or settings.partition.endpoint('s3', settings.region)}",
             f"endpoint={settings.region}",
         ]
         if m.prefix:
@@ -232,7 +233,11 @@ def _ssm_agent_url(settings: Settings, role: Role) -> str | None:
     if settings.image.startswith("ubuntu"):
         return None
     architecture = settings.controller_architecture if role == "controller" else settings.engine_architecture
-    return SSM_AGENT_URL.format(region=settings.region, arch="arm64" if architecture == "arm64" else "amd64")
+    return SSM_AGENT_URL.format(
+        s3=settings.partition.endpoint("s3", settings.region),
+        region=settings.region,
+        arch="arm64" if architecture == "arm64" else "amd64",
+    )
 
 
 def _shared_mount(source: str, where: str, efs_dns_name: str | None) -> Mount:

@@ -52,9 +52,11 @@ class Cluster(pulumi.ComponentResource):
 
         session_manager = s.access is Access.SSM
         controller_role = NodeRole(
-            f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager), child
+            f"{name}-controller-iam", NodeRoleArgs(s.stack, "controller", session_manager, s.partition), child
         )
-        engine_role = NodeRole(f"{name}-engine-iam", NodeRoleArgs(s.stack, "engine", session_manager), child)
+        engine_role = NodeRole(
+            f"{name}-engine-iam", NodeRoleArgs(s.stack, "engine", session_manager, s.partition), child
+        )
         roles = [controller_role.role_name, engine_role.role_name]
         # What each role's nodes need before they boot: a node whose first AWS call is
         # refused, or whose file system's name does not resolve yet, fails its bootstrap.
@@ -71,14 +73,14 @@ class Cluster(pulumi.ComponentResource):
                 keeper_parameter_name=keeper_parameter(s.stack),
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
-                node_records_arn=node_records_arn(s.region, s.node_records_path),
+                node_records_arn=node_records_arn(s.partition, s.region, s.node_records_path),
             ),
             child,
         )
         controller_needs += self.rendezvous.publisher_policies
         engine_needs += self.rendezvous.reader_policies
         if s.s3_mounts:
-            s3 = S3Mounts(f"{name}-s3", S3MountsArgs(mounts=s.s3_mounts, roles=roles), child)
+            s3 = S3Mounts(f"{name}-s3", S3MountsArgs(mounts=s.s3_mounts, roles=roles, partition=s.partition), child)
             controller_needs.append(s3.policies[0])
             engine_needs.append(s3.policies[1])
 
@@ -136,6 +138,8 @@ class Cluster(pulumi.ComponentResource):
                 on_demand_base=s.on_demand_base,
                 spot_max_price=s.spot_max_price,
                 tags={"ipfleet:stack": s.stack, **s.tags},
+                partition=s.partition,
+                region=s.region,
                 # Engines wait for the controller anyway; starting them after it is
                 # created just saves spot hours spent waiting.
                 depends_on=[*engine_needs, self.controller.instance],

@@ -13,7 +13,14 @@ bounds by itself.
 
 Scale-in drains: a termination lifecycle hook holds a leaving node until its
 agent has stopped its engines (the controller retries their tasks elsewhere) and
-completed the hook, or for DRAIN_TIMEOUT at most.
+completed the hook, or for DRAIN_TIMEOUT at most. The hook is a resource of its own:
+the provider replaces a whole group for any change to its `initial_lifecycle_hooks`
+(terraform-provider-aws #34260), so a group declared before the hook existed, or a
+change to the hook, would otherwise start a second group and drain the first to zero.
+
+The roles' grants on the group name it by pattern (Pulumi names it NAME-group-XXXXXXX)
+rather than by its ARN, so they exist before it and go after it: `pulumi destroy`
+deletes the group while its nodes may still complete their hook.
 
 A new image or bootstrap makes a new launch template version, and the group
 rolls its nodes onto it with an instance refresh (half of them at a time);
@@ -30,6 +37,7 @@ import pulumi_aws as aws
 
 from bootstrap.spec import DRAIN_HOOK
 from components.hardening import IMDS_V2, encrypted_root_mapping
+from ipfleet.partitions import AWS, Partition
 
 TYPE = "ipfleet:cluster:EngineFleet"
 # Seconds a leaving node may take to drain before AWS terminates it anyway.
@@ -55,6 +63,8 @@ class EngineFleetArgs:
     on_demand_base: int = 0
     spot_max_price: float | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    partition: Partition = AWS
+    region: str = "*"
     # What must exist before a node boots (IAM grants, mount targets, the controller).
     depends_on: list[pulumi.Resource] = field(default_factory=list)
 
@@ -84,6 +94,22 @@ class EngineFleet(pulumi.ComponentResource):
         }
         if args.spot_max_price is not None:
             distribution["spot_max_price"] = f"{args.spot_max_price:g}"
+        # Least privilege on this one group: describing cannot be scoped (AWS
+        # evaluates Describe* on "*"), changing it can.
+        group_arn = group_arn_pattern(args.partition, args.region, name)
+        self.policies = [
+            aws.iam.RolePolicy(
+                f"{name}-{role}-scaling",
+                name=policy_name,
+                role=role_name,
+                policy=group_policy(group_arn, actions, describe),
+                opts=child,
+            )
+            for role, role_name, policy_name, actions, describe in (
+                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE),
+                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS, ENGINE_DESCRIBE),
+            )
+        ]
         self.group = aws.autoscaling.Group(
             f"{name}-group",
             min_size=args.minimum,
@@ -108,35 +134,25 @@ class EngineFleet(pulumi.ComponentResource):
                 "strategy": "Rolling",
                 "preferences": {"min_healthy_percentage": 50, "skip_matching": True},
             },
-            initial_lifecycle_hooks=[
-                {
-                    "name": DRAIN_HOOK,
-                    "lifecycle_transition": "autoscaling:EC2_INSTANCE_TERMINATING",
-                    "heartbeat_timeout": DRAIN_TIMEOUT,
-                    "default_result": "CONTINUE",
-                }
-            ],
             tags=[{"key": k, "value": v, "propagate_at_launch": True} for k, v in node_tags.items()],
-            opts=pulumi.ResourceOptions(parent=self, depends_on=args.depends_on, ignore_changes=["desiredCapacity"]),
+            # initialLifecycleHooks: a group deployed when the hook was declared here keeps it
+            # (the LifecycleHook below adopts it by name) instead of being replaced.
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[*args.depends_on, *self.policies],
+                ignore_changes=["desiredCapacity", "initialLifecycleHooks"],
+            ),
+        )
+        self.drain_hook = aws.autoscaling.LifecycleHook(
+            f"{name}-drain-hook",
+            autoscaling_group_name=self.group.name,
+            name=DRAIN_HOOK,
+            lifecycle_transition="autoscaling:EC2_INSTANCE_TERMINATING",
+            heartbeat_timeout=DRAIN_TIMEOUT,
+            default_result="CONTINUE",
+            opts=child,
         )
         self.group_name = self.group.name
-        # Least privilege on this one group: describing cannot be scoped (AWS
-        # evaluates Describe* on "*"), changing it can.
-        self.policies = [
-            aws.iam.RolePolicy(
-                f"{name}-{role}-scaling",
-                name=policy_name,
-                role=role_name,
-                policy=self.group.arn.apply(
-                    lambda arn, actions=actions, describe=describe: group_policy(arn, actions, describe)
-                ),
-                opts=child,
-            )
-            for role, role_name, policy_name, actions, describe in (
-                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE),
-                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS, ENGINE_DESCRIBE),
-            )
-        ]
         self.register_outputs({"group_name": self.group_name})
 
 
@@ -147,6 +163,12 @@ CONTROLLER_ACTIONS = ("autoscaling:SetDesiredCapacity",)
 ENGINE_ACTIONS = ("autoscaling:CompleteLifecycleAction",)
 CONTROLLER_DESCRIBE = ("autoscaling:DescribeAutoScalingGroups",)
 ENGINE_DESCRIBE = ("autoscaling:DescribeAutoScalingInstances",)
+
+
+def group_arn_pattern(partition: Partition, region: str, name: str) -> str:
+    """The group's ARN before it exists: Pulumi names the group NAME-group- and 7 random
+    characters, which `???????` matches exactly (no other stack's group, whatever its name)."""
+    return partition.arn("autoscaling", region, "*", f"autoScalingGroup:*:autoScalingGroupName/{name}-group-???????")
 
 
 def group_policy(group_arn: str, actions: tuple[str, ...], describe: tuple[str, ...]) -> str:

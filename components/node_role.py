@@ -13,6 +13,7 @@ import pulumi
 import pulumi_aws as aws
 
 from components.naming import iam_name_prefix
+from ipfleet.partitions import AWS, Partition
 
 TYPE = "ipfleet:cluster:NodeRole"
 
@@ -29,22 +30,28 @@ ASSUME_BY_EC2 = json.dumps(
     }
 )
 
-# What the SSM agent needs for Session Manager (access: ssm): report the
-# instance to Systems Manager (scoped to EC2 instances), and open the session
-# channels, actions for which AWS offers no resource type, hence "*".
-SESSION_MANAGER_STATEMENTS = [
-    {"Effect": "Allow", "Action": ["ssm:UpdateInstanceInformation"], "Resource": "arn:aws:ec2:*:*:instance/*"},
-    {
-        "Effect": "Allow",
-        "Action": [
-            "ssmmessages:CreateControlChannel",
-            "ssmmessages:CreateDataChannel",
-            "ssmmessages:OpenControlChannel",
-            "ssmmessages:OpenDataChannel",
-        ],
-        "Resource": "*",
-    },
-]
+
+def session_manager_statements(partition: Partition) -> list[dict]:
+    """What the SSM agent needs for Session Manager (access: ssm): report the instance to
+    Systems Manager (scoped to EC2 instances of the partition), and open the session
+    channels, actions for which AWS offers no resource type, hence "*"."""
+    return [
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:UpdateInstanceInformation"],
+            "Resource": partition.arn("ec2", "*", "*", "instance/*"),
+        },
+        {
+            "Effect": "Allow",
+            "Action": [
+                "ssmmessages:CreateControlChannel",
+                "ssmmessages:CreateDataChannel",
+                "ssmmessages:OpenControlChannel",
+                "ssmmessages:OpenDataChannel",
+            ],
+            "Resource": "*",
+        },
+    ]
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class NodeRoleArgs:
     stack: str
     role: str  # "controller" or "engine"
     session_manager: bool
+    partition: Partition = AWS
 
 
 class NodeRole(pulumi.ComponentResource):
@@ -76,7 +84,7 @@ class NodeRole(pulumi.ComponentResource):
                     policy=json.dumps(
                         {
                             "Version": "2012-10-17",
-                            "Statement": SESSION_MANAGER_STATEMENTS,
+                            "Statement": session_manager_statements(args.partition),
                         }
                     ),
                     opts=child,

@@ -30,6 +30,7 @@ import pulumi
 import pulumi_aws as aws
 
 from bootstrap.node.ipfleet_node import PENDING  # placeholder until the controller publishes
+from ipfleet.partitions import Partition
 
 TYPE = "ipfleet:cluster:Rendezvous"
 
@@ -43,7 +44,7 @@ class RendezvousArgs:
     keeper_parameter_name: str
     publisher_role: pulumi.Input[str]
     reader_roles: list[pulumi.Input[str]]
-    # arn:aws:ssm:REGION:*:parameter/ipfleet/STACK/nodes/*
+    # arn:PARTITION:ssm:REGION:*:parameter/ipfleet/STACK/nodes/*
     node_records_arn: str
 
 
@@ -117,9 +118,9 @@ class Rendezvous(pulumi.ComponentResource):
 NODE_RECORD_ACTIONS = ("ssm:PutParameter", "ssm:DeleteParameter")
 
 
-def node_records_arn(region: str, path: str) -> str:
+def node_records_arn(partition: Partition, region: str, path: str) -> str:
     """Any account: a role reaches only its own account's parameters anyway."""
-    return f"arn:aws:ssm:{region}:*:parameter{path}/*"
+    return partition.arn("ssm", region, "*", f"parameter{path}/*")
 
 
 PUBLISH_ACTIONS = ("ssm:PutParameter", "ssm:GetParameter")

@@ -10,6 +10,7 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 
+from ipfleet.partitions import AWS, Partition
 from ipfleet.settings import S3Mount
 
 TYPE = "ipfleet:cluster:S3Mounts"
@@ -22,12 +23,13 @@ WRITE = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
 class S3MountsArgs:
     mounts: list[S3Mount]
     roles: Sequence[pulumi.Input[str]]
+    partition: Partition = AWS
 
 
 class S3Mounts(pulumi.ComponentResource):
     def __init__(self, name: str, args: S3MountsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
-        policy = json.dumps(policy_document(args.mounts))
+        policy = json.dumps(policy_document(args.mounts, args.partition))
         # One per role, in the order of args.roles.
         self.policies = [
             aws.iam.RolePolicy(
@@ -42,11 +44,11 @@ class S3Mounts(pulumi.ComponentResource):
         self.register_outputs({})
 
 
-def policy_document(mounts: list[S3Mount]) -> dict:
+def policy_document(mounts: list[S3Mount], partition: Partition = AWS) -> dict:
     """One listing and one object statement per mount, scoped to its prefix."""
     statements = []
     for index, m in enumerate(mounts):
-        bucket_arn = f"arn:aws:s3:::{m.bucket}"
+        bucket_arn = partition.arn("s3", "", "", m.bucket)
         objects = f"{bucket_arn}/{m.prefix}/*" if m.prefix else f"{bucket_arn}/*"
         listing: dict[str, Any] = {
             "Sid": f"List{index}",

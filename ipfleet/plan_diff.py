@@ -33,6 +33,9 @@ USER_DATA_KEYS = ("userData", "userDataBase64")
 
 # What `pulumi up` does when these inputs change (the AWS provider's schema, and
 # the options ipfleet's components set).
+# The provider's schema, which marks these inputs ForceNew, ships inside its plugin
+# binary, which cannot be had here: this table holds the ForceNew inputs of the types
+# ipfleet declares, as the Terraform provider's documentation lists them.
 REPLACING_INPUTS = {
     INSTANCE: {
         "userDataBase64": "new user data replaces the controller (userDataReplaceOnChange)",
@@ -41,6 +44,33 @@ REPLACING_INPUTS = {
         "keyName": "a new key pair replaces the controller",
         "privateIp": "a new private address replaces the controller",
     },
+    "aws:autoscaling/group:Group": {
+        "initialLifecycleHooks": "a change to the group's initial hooks replaces the whole group",
+        "name": "a new name replaces the whole group",
+        "namePrefix": "a new name replaces the whole group",
+    },
+    "aws:autoscaling/lifecycleHook:LifecycleHook": {
+        "name": "a new name makes a new hook",
+        "autoscalingGroupName": "the hook moves to another group",
+    },
+    "aws:ec2/keyPair:KeyPair": {"publicKey": "a new public key replaces the key pair"},
+    "aws:ec2/securityGroup:SecurityGroup": {
+        "vpcId": "a security group cannot move VPCs: it (and every node using it) is replaced",
+        "description": "a new description replaces the security group",
+        "name": "a new name replaces the security group",
+        "namePrefix": "a new name replaces the security group",
+    },
+    "aws:efs/mountTarget:MountTarget": {
+        "subnetId": "a mount target cannot move subnets: it is replaced",
+        "fileSystemId": "a mount target cannot move file systems: it is replaced",
+    },
+    "aws:ssm/parameter:Parameter": {"name": "a new name makes a new parameter (the old one, and its value, go)"},
+    "aws:iam/role:Role": {"name": "a new name replaces the role", "namePrefix": "a new name replaces the role"},
+    "aws:iam/instanceProfile:InstanceProfile": {
+        "name": "a new name replaces the instance profile",
+        "namePrefix": "a new name replaces the instance profile",
+    },
+    "aws:iam/rolePolicy:RolePolicy": {"name": "a new name replaces the policy", "role": "the policy moves roles"},
 }
 # Inputs ipfleet's components tell `pulumi up` to leave alone, and why.
 IGNORED_NOTES = {
@@ -49,6 +79,10 @@ IGNORED_NOTES = {
         "desiredCapacity",
     ): "the group's size belongs to `ipfleet scale` and the keeper once it exists; `pulumi up` leaves it",
     (INSTANCE, "ami"): "a running controller keeps its image; raise ipfleet:controllerRevision to replace it",
+    (
+        "aws:autoscaling/group:Group",
+        "initialLifecycleHooks",
+    ): "the drain hook is a resource of its own (LifecycleHook, which adopts it by name); the group is kept",
 }
 CHANGE_NOTES = {
     LAUNCH_TEMPLATE: "a new launch template version: the engine group replaces its running nodes with it, "

@@ -34,6 +34,7 @@ from ipfleet.access import Access
 from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
 from ipfleet.names import STACK_NAME_RULE, is_stack_name
+from ipfleet.partitions import Partition, partition_of
 
 NAMESPACE = "ipfleet"
 
@@ -306,6 +307,7 @@ class Settings(_Model):
     def _region(cls, v: str) -> str:
         if not re.match(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$", v):
             raise ValueError("not an AWS region name such as us-east-1")
+        partition_of(v)  # UnsupportedPartition (a ValueError) says which and why
         return v
 
     @field_validator("engines_per_node", mode="before")
@@ -640,6 +642,11 @@ class Settings(_Model):
     @property
     def node_records_path(self) -> str:
         return node_records_path(self.stack)
+
+    @property
+    def partition(self) -> Partition:
+        """The region's partition: how ARNs begin and where endpoints live."""
+        return partition_of(self.region)
 
     @property
     def curve(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,17 @@ def _stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
 
 
+def twin_name(stack: str) -> str:
+    """The twin's name for STACK, given as `up` and `demo` take it: a stack name, or a path
+    to a stack file (whose name is its stack's)."""
+    from ipfleet.names import check_stack_name
+    from ipfleet.project import stack_name
+
+    if Path(stack).suffix in (".yaml", ".yml"):
+        stack = stack_name(Path(stack))
+    return check_stack_name(stack)
+
+
 def _running(stack: str | None):
     from ipfleet.twin.cluster import STATE_ROOT, TwinError, TwinState
 
@@ -45,6 +57,7 @@ def _running(stack: str | None):
         if len(up) != 1:
             _fail("no twin is up" if not up else f"several twins are up ({', '.join(up)}): name one", 2)
         stack = up[0]
+    stack = twin_name(stack)
     try:
         return TwinState.load(stack)
     except TwinError as e:  # no twin of that name: the name is the mistake

@@ -128,3 +128,25 @@ def test_the_cli_turns_an_ipfleet_error_into_one_line_and_its_code():
     assert result.exit_code == 2
     assert result.output.startswith("ipfleet: git knows no commit 'no-such-ref' here")
     assert "Traceback" not in result.output
+
+
+def test_twin_commands_take_a_stack_file_path_as_up_and_demo_do(tmp_path, monkeypatch):
+    """`twin exec` and `twin down` name the twin by the stack file as well as by its name."""
+    from typer.testing import CliRunner
+
+    from ipfleet.cli import app
+    from ipfleet.twin import cluster
+    from ipfleet.twin_cli import twin_name
+
+    assert twin_name("stacks/Pulumi.science.yaml") == "science"
+    assert twin_name("science") == "science"
+    monkeypatch.setattr(cluster, "STATE_ROOT", tmp_path)
+    for args in (
+        ["twin", "down", "stacks/Pulumi.science.yaml"],
+        ["twin", "exec", "stacks/Pulumi.science.yaml", "--", "true"],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        assert "science" in result.output and "Pulumi.science.yaml/state.json" not in result.output
+    refused = CliRunner().invoke(app, ["twin", "down", "--", "../etc"])
+    assert refused.exit_code == 2 and "is not a stack name" in refused.output

@@ -173,13 +173,20 @@ def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drai
     )
     group = plan.one("aws:autoscaling/group:Group")
     assert group.options["ignoreChanges"] == ["desiredCapacity"]
-    [hook] = group.inputs["initialLifecycleHooks"]
+    # The hook is a resource of its own: the provider replaces the whole group for any
+    # change to initialLifecycleHooks, and adding one to a group declared without it.
+    assert "initialLifecycleHooks" not in group.inputs
+    hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
     assert hook == {
+        "autoscalingGroupName": "<fleet-group.name>",
         "name": DRAIN_HOOK,
         "lifecycleTransition": "autoscaling:EC2_INSTANCE_TERMINATING",
         "heartbeatTimeout": DRAIN_TIMEOUT,
         "defaultResult": "CONTINUE",
     }
+    # The grants exist before the group and go after it: destroy deletes the group while
+    # a draining node may still complete its hook.
+    assert {"fleet-controller-scaling", "fleet-engine-scaling"} <= set(group.depends_on)
     policies = {p.inputs["role"]: json.loads(p.inputs["policy"]) for p in plan.of_type("aws:iam/rolePolicy:RolePolicy")}
     assert set(policies) == {"controller-role", "engine-role"}
     # The controller finds its group; an engine sees only which group its instance is in
@@ -190,4 +197,8 @@ def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drai
     ):
         describe, change = policies[role]["Statement"]
         assert describe == {"Effect": "Allow", "Action": [looks], "Resource": "*"}
-        assert change == {"Effect": "Allow", "Action": [action], "Resource": "<fleet-group.arn>"}
+        assert change == {
+            "Effect": "Allow",
+            "Action": [action],
+            "Resource": "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/fleet-group-???????",
+        }

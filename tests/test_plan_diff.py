@@ -163,3 +163,32 @@ def test_a_ref_is_never_an_option_to_git(tiny):
     assert target.read_text() == "kept\n"
     # A ref that resolves is used only as the commit it names.
     assert stacks_of(tiny, "--changed-since", "main").returncode == 0
+
+
+def _group(hooks: bool, ignore: list[str]) -> dict:
+    inputs = {"minSize": 0, "maxSize": 4, "desiredCapacity": 2}
+    if hooks:
+        inputs["initialLifecycleHooks"] = [{"name": "ipfleet-drain", "heartbeatTimeout": 120}]
+    return {
+        "type": "aws:autoscaling/group:Group",
+        "name": "x-engines-group",
+        "inputs": inputs,
+        "options": {"ignoreChanges": ignore},
+    }
+
+
+@pytest.mark.parametrize(
+    "old_hooks,new_hooks,ignore,action",
+    [
+        # From main before this change (the hook inside the group) to the hook as its own resource.
+        (True, False, ["desiredCapacity", "initialLifecycleHooks"], "ignored"),
+        # Without ignoreChanges, the provider replaces the group: the diff says so.
+        (True, False, ["desiredCapacity"], "replace"),
+        (False, True, ["desiredCapacity"], "replace"),
+    ],
+)
+def test_a_change_to_the_groups_initial_hooks_is_a_replacement_unless_ignored(old_hooks, new_hooks, ignore, action):
+    old = {"resources": [_group(old_hooks, ignore)], "outputs": {}}
+    new = {"resources": [_group(new_hooks, ignore)], "outputs": {}}
+    [change] = plan_diff.diff("x", "main", old, new).changes
+    assert change.action == action

@@ -276,7 +276,15 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
     assert "example-rendezvous-publish" not in group.depends_on
     assert all(
         by_name[d].type != "aws:iam/rolePolicy:RolePolicy"
-        or d in {"example-engine-iam-session-manager", "example-rendezvous-read-0", "example-rendezvous-report-0"}
+        or d
+        in {
+            "example-engine-iam-session-manager",
+            "example-rendezvous-read-0",
+            "example-rendezvous-report-0",
+            # The group's own grants: the engines' drain and the controller's sizing.
+            "example-engines-engine-scaling",
+            "example-engines-controller-scaling",
+        }
         for d in group.depends_on
     )
 
@@ -387,3 +395,89 @@ def test_the_longest_stack_name_fits_every_aws_name():
     roles = [r.inputs["namePrefix"] for r in plan.of_type("aws:iam/role:Role")]
     assert sorted(roles) == ["a-very-long-stack-name-xxx-controller-", "a-very-long-stack-name-xxxxxxx-engine-"]
     assert all(len(prefix) == 38 for prefix in roles)
+
+
+def _role_of(reference: str) -> str:
+    """Which node role a RolePolicy's `role` input (<NAME-controller-iam-role.name>) names."""
+    return "controller" if "-controller-" in reference else "engine"
+
+
+def _actions(document: dict) -> list[list[str]]:
+    return [sorted(statement["Action"]) for statement in document["Statement"]]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"access": "ssh", "adminCidrs": ["203.0.113.0/24"], "sshPublicKey": PUBLIC_KEY},
+        {"s3Mounts": [{"bucket": "data-bucket", "prefix": "in", "mountPoint": "/data"}]},
+    ],
+)
+def test_the_iam_size_check_knows_every_policy_each_role_gets(overrides):
+    """The preflight adds up what the program declares: the same policies per role, by
+    name and by action, so a policy added to a component cannot escape the check."""
+    from bootstrap.preflight import role_policies
+    from tests.conftest import settings_of
+
+    plan = plan_of(**overrides)
+    declared: dict[str, dict[str, dict]] = {"controller": {}, "engine": {}}
+    for r in plan.of_type(ROLE_POLICY):
+        declared[_role_of(r.inputs["role"])][r.inputs["name"]] = json.loads(r.inputs["policy"])
+    checked = role_policies(settings_of(**overrides))
+    for role in ("controller", "engine"):
+        assert set(declared[role]) == set(checked[role]), role
+        for name, document in declared[role].items():
+            assert _actions(document) == _actions(checked[role][name]), (role, name)
+
+
+def test_a_role_over_iams_limit_is_refused_counting_every_policy():
+    """Enough S3 prefixes that the mounts, the rendezvous and Session Manager fit, but not
+    with the engine group's policy too: refused before anything exists (it used to pass
+    and fail at the last policy of `pulumi up`)."""
+    from bootstrap.preflight import ROLE_POLICY_CHARACTERS, check_role_policy_size, policy_characters, role_policies
+    from ipfleet.settings import SettingsError
+    from tests.conftest import settings_of
+
+    for count in range(1, 80):
+        mounts = [
+            {"bucket": f"bucket-{i:03d}", "prefix": f"prefix-{i:03d}", "mountPoint": f"/m{i}"} for i in range(count)
+        ]
+        settings = settings_of(s3Mounts=mounts)
+        policies = role_policies(settings)["controller"]
+        total = sum(policy_characters(d) for d in policies.values())
+        without_group = total - policy_characters(policies["ipfleet-engine-group"])
+        if without_group <= ROLE_POLICY_CHARACTERS < total:
+            break
+    else:
+        pytest.fail("no mount count lands between the two totals")
+    with pytest.raises(SettingsError, match="the controller role's inline policies would total"):
+        check_role_policy_size(settings)
+
+
+def test_govcloud_arns_and_endpoints_follow_the_partition():
+    """ARNs begin with the region's partition and endpoints use its DNS suffix: in
+    GovCloud an `arn:aws:` policy grants nothing, and Session Manager could not register."""
+    plan = plan_of(
+        "gov",
+        **{"aws:region": "us-gov-west-1"},
+        engineInstanceTypes=["c5.large"],
+        s3Mounts=[{"bucket": "gov-data", "prefix": "in", "mountPoint": "/data"}],
+    )
+    resources = []
+    for r in plan.of_type(ROLE_POLICY):
+        for statement in json.loads(r.inputs["policy"])["Statement"]:
+            listed = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+            resources += [arn for arn in listed if arn.startswith("arn:")]
+    assert resources and all(arn.startswith("arn:aws-us-gov:") for arn in resources), resources
+    assert "https://s3.us-gov-west-1.amazonaws.com/amazon-ssm-us-gov-west-1/" in user_data(plan, "controller")
+
+
+@pytest.mark.parametrize("region,said", [("cn-north-1", "aws-cn partition"), ("us-isob-east-1", "ISO partition")])
+def test_partitions_ipfleet_does_not_support_are_refused_by_name(region, said):
+    from ipfleet.settings import SettingsError, parse_settings
+
+    with pytest.raises(SettingsError) as caught:
+        parse_settings("demo", {"aws:region": region})
+    assert caught.value.problems[0].startswith("aws:region:")
+    assert said in caught.value.problems[0] and region in caught.value.problems[0]

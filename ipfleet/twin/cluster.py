@@ -547,7 +547,7 @@ def _engine_group_spec(state: TwinState, plan) -> dict:
     from ipfleet.plan_view import encoded_user_data
 
     group = plan.one("aws:autoscaling/group:Group").inputs
-    [hook] = group["initialLifecycleHooks"]
+    hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
     return {
         "name": f"{state.stack}-engines-{state.tag}",
         "min": group["minSize"],
