@@ -172,7 +172,7 @@ def test_engine_group_size_belongs_to_the_running_cluster_and_leaving_nodes_drai
         ),
     )
     group = plan.one("aws:autoscaling/group:Group")
-    assert group.options["ignoreChanges"] == ["desiredCapacity"]
+    assert group.options["ignoreChanges"] == ["desiredCapacity", "initialLifecycleHooks"]
     # The hook is a resource of its own: the provider replaces the whole group for any
     # change to initialLifecycleHooks, and adding one to a group declared without it.
     assert "initialLifecycleHooks" not in group.inputs
