@@ -50,6 +50,25 @@ def find_image(settings: Settings, architecture: str, opts: pulumi.InvokeOptions
     return Image(id=ami.id, root_device_name=ami.root_device_name)
 
 
+def check_vpc_dns(vpc: Any) -> None:
+    """Nodes mount EFS by its DNS name, which resolves in a VPC only with DNS support and
+    DNS hostnames on; without them the mount waits out its bound and the controller never
+    starts. Refused before anything is created, naming the setting."""
+    missing = [
+        attribute
+        for attribute, on in (("DNS support", vpc.enable_dns_support), ("DNS hostnames", vpc.enable_dns_hostnames))
+        if not on
+    ]
+    if missing:
+        raise SettingsError(
+            [
+                f"ipfleet:vpcId: VPC {vpc.id} has {' and '.join(missing)} turned off, which mounting the stack's EFS "
+                f"by name needs (got {vpc.id!r}); turn them on (aws ec2 modify-vpc-attribute --vpc-id {vpc.id} "
+                "--enable-dns-support / --enable-dns-hostnames), or set ipfleet:sharedStorage.source to nfs: or bind:"
+            ]
+        )
+
+
 def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -> Network:
     """The stack's VPC and subnets, or the region's default VPC and its default subnets."""
     if settings.vpc_id is None:
@@ -58,6 +77,8 @@ def find_network(settings: Settings, opts: pulumi.InvokeOptions | None = None) -
     else:
         vpc_id = settings.vpc_id
         filters = [{"name": "vpc-id", "values": [vpc_id]}]
+        if settings.shared_storage.creates_efs:
+            check_vpc_dns(aws.ec2.get_vpc(id=vpc_id, opts=opts))
     subnet_ids = settings.subnet_ids or sorted(aws.ec2.get_subnets(filters=filters, opts=opts).ids)
     if not subnet_ids:
         raise SettingsError([f"ipfleet:vpcId: VPC {vpc_id} has no subnets ipfleet can use; set ipfleet:subnetIds"])

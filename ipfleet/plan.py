@@ -88,6 +88,8 @@ class _Answers(pulumi_mocks.Mocks):
     """
 
     unoffered: frozenset[tuple[str, str]] = frozenset()
+    # VPCs (by id) whose DNS support or hostnames are off: tests play a custom VPC so.
+    without_dns: frozenset[str] = frozenset()
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -100,7 +102,9 @@ class _Answers(pulumi_mocks.Mocks):
             label = f"<{self.settings.image} {arch} image>"
             return {"id": label, "imageId": label, "architecture": arch, "rootDeviceName": "/dev/xvda", "name": label}
         if token == "aws:ec2/getVpc:getVpc":
-            return {"id": "<default VPC>", "default": True}
+            vpc_id = a.get("id") or "<default VPC>"
+            dns = vpc_id not in self.without_dns
+            return {"id": vpc_id, "default": "id" not in a, "enableDnsSupport": dns, "enableDnsHostnames": dns}
         if token == "aws:ec2/getSubnets:getSubnets":
             return {"ids": [f"<default subnet {zone}>" for zone in "abc"]}
         if token == "aws:ec2/getSubnet:getSubnet":

@@ -481,3 +481,22 @@ def test_partitions_ipfleet_does_not_support_are_refused_by_name(region, said):
         parse_settings("demo", {"aws:region": region})
     assert caught.value.problems[0].startswith("aws:region:")
     assert said in caught.value.problems[0] and region in caught.value.problems[0]
+
+
+def test_a_custom_vpc_without_dns_is_refused_when_the_stack_makes_efs(monkeypatch):
+    """Mounting EFS by name needs the VPC's DNS support and hostnames: without them the
+    controller would wait 600 s for its mount and never start."""
+    import pulumi
+
+    from ipfleet.plan import _Answers
+
+    vpc = "vpc-0123456789abcdef0"
+    subnets = ["subnet-0123456789abcdef0", "subnet-0123456789abcdef1"]
+    monkeypatch.setattr(_Answers, "without_dns", frozenset({vpc}))
+    with pytest.raises(pulumi.RunError) as caught:
+        plan_of(vpcId=vpc, subnetIds=subnets)
+    assert f"ipfleet:vpcId: VPC {vpc} has DNS support and DNS hostnames turned off" in str(caught.value)
+    # Without an EFS of the stack's, nothing is mounted by name.
+    plan_of(vpcId=vpc, subnetIds=subnets, sharedStorage={"source": "bind:/srv/shared"})
+    monkeypatch.setattr(_Answers, "without_dns", frozenset())
+    plan_of(vpcId=vpc, subnetIds=subnets)
