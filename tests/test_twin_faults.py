@@ -83,7 +83,9 @@ def test_a_fault_in_the_middle_of_a_map_loses_nothing(twin, kind):
     elif kind == "controller-replace":
         assert result["reconnected"] and result["engines_after"] == result["engines_before"]
     else:
-        assert result["engines_after"] == result["engines_before"] - 2
+        # The group replaces the lost node, as EC2 Auto Scaling does: the cluster comes back
+        # to its size, and recovery_s is how long that took.
+        assert result["engines_after"] == result["engines_before"] == 6, result
         assert result["retried"] is not None
 
 

@@ -879,14 +879,14 @@ def retire_controller(state: TwinState, old: Node, log=print) -> None:
 
 
 def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
-    """A lost or interrupted engine node leaves its group, which shrinks by one (AWS
-    would launch a replacement; the twin leaves that to `ipfleet scale`). Returns
-    once the reconciler has taken the node away."""
+    """A lost or interrupted engine node leaves its group, which launches a replacement
+    to keep its desired capacity, as AWS does (the reconciler boots it). Returns once
+    the reconciler has taken the lost node away."""
     from ipfleet.twin.group import TwinGroup
 
     group = TwinGroup(state.namespaces[0], ENDPOINT, state.region, state.group_name)
     try:
-        group.detach(node.instance_id)
+        group.lose(node.instance_id)
     finally:
         group.close()
     deadline = time.monotonic() + timeout

@@ -15,8 +15,8 @@ fault is injected from outside, as AWS or an operator would:
 Reported: tasks, results_correct, lost, retried (tasks that started more than
 once, counted on the shared storage), sent_again (by the client), engines before
 and after, engine_ids_kept, and recovery_s: from the fault until the controller
-has every engine it should have again (all of them after a restart or a
-replacement; the survivors, with the lost ones dropped, after a loss).
+has every engine it had again (after a loss or an interruption, the group's
+replacement node booted and its engines registered).
 """
 
 from __future__ import annotations
@@ -60,10 +60,11 @@ def run_fault(
         folder.chmod(0o777)  # the engines' service user writes here
         (folder / f"{kind}.log").unlink(missing_ok=True)
         shared_log = f"{state.shared_mount_point}/{FAULT_LOG_DIR}/{kind}.log"
-    # What the cluster has now (an earlier fault may have taken a node), and after this one.
+    # What the cluster has now, and after the fault: as many again, since the group
+    # replaces a lost or interrupted node to keep its desired capacity.
     per_node = state.engines_per_node
     engines_now = per_node * len(state.engine_nodes)
-    engines_after = engines_now - (per_node if kind in ("engine-loss", "spot-interruption") else 0)
+    engines_after = engines_now
     spec = {
         "stack": state.stack,
         "region": state.region,

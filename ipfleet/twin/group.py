@@ -91,11 +91,13 @@ class TwinGroup:
             )
         )
 
-    def detach(self, instance_id: str) -> None:
-        """A node lost (or interrupted) leaves the group, and the group its size."""
+    def lose(self, instance_id: str) -> None:
+        """A node lost (or interrupted) leaves the group, which keeps its desired capacity
+        and so launches a replacement, as EC2 Auto Scaling does for an instance that
+        terminated or failed its health check."""
         self._call(
             lambda: self._client.detach_instances(
-                AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=True
+                AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=False
             )
         )
 
