@@ -192,3 +192,10 @@ def test_a_change_to_the_groups_initial_hooks_is_a_replacement_unless_ignored(ol
     new = {"resources": [_group(new_hooks, ignore)], "outputs": {}}
     [change] = plan_diff.diff("x", "main", old, new).changes
     assert change.action == action
+
+
+def test_the_readme_lists_every_replacement_the_diff_knows():
+    readme = (ROOT / "README.md").read_text()
+    for resource_type, inputs in plan_diff.REPLACING_INPUTS.items():
+        for name, why in inputs.items():
+            assert f"| `{resource_type.split(':')[-1]}` | `{name}` | {why} |" in readme, (resource_type, name)
