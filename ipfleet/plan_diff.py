@@ -35,7 +35,9 @@ USER_DATA_KEYS = ("userData", "userDataBase64")
 # the options ipfleet's components set).
 # The provider's schema, which marks these inputs ForceNew, ships inside its plugin
 # binary, which cannot be had here: this table holds the ForceNew inputs of the types
-# ipfleet declares, as the Terraform provider's documentation lists them.
+# ipfleet declares, as the Terraform provider under pulumi-aws declares them (the hook's
+# and the group's read in terraform-provider-aws's internal/service/autoscaling: a
+# hook's group changes in place, its name does not; any initial hook replaces a group).
 REPLACING_INPUTS = {
     INSTANCE: {
         "userDataBase64": "new user data replaces the controller (userDataReplaceOnChange)",
@@ -49,10 +51,7 @@ REPLACING_INPUTS = {
         "name": "a new name replaces the whole group",
         "namePrefix": "a new name replaces the whole group",
     },
-    "aws:autoscaling/lifecycleHook:LifecycleHook": {
-        "name": "a new name makes a new hook",
-        "autoscalingGroupName": "the hook moves to another group",
-    },
+    "aws:autoscaling/lifecycleHook:LifecycleHook": {"name": "a new name makes a new hook"},
     "aws:ec2/keyPair:KeyPair": {"publicKey": "a new public key replaces the key pair"},
     "aws:ec2/securityGroup:SecurityGroup": {
         "vpcId": "a security group cannot move VPCs: it (and every node using it) is replaced",
