@@ -59,6 +59,22 @@ REPLACING_INPUTS = {
         "name": "a new name replaces the security group",
         "namePrefix": "a new name replaces the security group",
     },
+    "aws:efs/fileSystem:FileSystem": {
+        "encrypted": "encryption is set when a file system is made: a new one (empty) replaces it",
+        "kmsKeyId": "a new key makes a new file system (empty)",
+        "performanceMode": "a new performance mode makes a new file system (empty)",
+        "creationToken": "a new creation token makes a new file system (empty)",
+    },
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": {
+        "securityGroupId": "the rule moves to another security group: it is replaced"
+    },
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": {
+        "securityGroupId": "the rule moves to another security group: it is replaced"
+    },
+    "aws:ec2/launchTemplate:LaunchTemplate": {
+        "name": "a new name makes a new launch template",
+        "namePrefix": "a new name makes a new launch template",
+    },
     "aws:efs/mountTarget:MountTarget": {
         "subnetId": "a mount target cannot move subnets: it is replaced",
         "fileSystemId": "a mount target cannot move file systems: it is replaced",
