@@ -500,3 +500,12 @@ def test_a_custom_vpc_without_dns_is_refused_when_the_stack_makes_efs(monkeypatc
     plan_of(vpcId=vpc, subnetIds=subnets, sharedStorage={"source": "bind:/srv/shared"})
     monkeypatch.setattr(_Answers, "without_dns", frozenset())
     plan_of(vpcId=vpc, subnetIds=subnets)
+
+
+def test_plan_diff_knows_what_replaces_every_type_the_program_declares():
+    """A resource type added to a component must say which of its inputs replace it."""
+    from ipfleet.plan_diff import REPLACING_INPUTS
+
+    plan = plan_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}], access="ssh", adminCidrs=["203.0.113.0/24"])
+    declared = {r.type for r in plan.resources if r.custom and not r.type.startswith("pulumi:providers:")}
+    assert declared - set(REPLACING_INPUTS) == set()
