@@ -506,6 +506,11 @@ def test_plan_diff_knows_what_replaces_every_type_the_program_declares():
     """A resource type added to a component must say which of its inputs replace it."""
     from ipfleet.plan_diff import REPLACING_INPUTS
 
-    plan = plan_of(s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}], access="ssh", adminCidrs=["203.0.113.0/24"])
+    plan = plan_of(
+        s3Mounts=[{"bucket": "b-1", "mountPoint": "/data"}],
+        access="ssh",
+        adminCidrs=["203.0.113.0/24"],
+        sshPublicKey=PUBLIC_KEY,
+    )
     declared = {r.type for r in plan.resources if r.custom and not r.type.startswith("pulumi:providers:")}
     assert declared - set(REPLACING_INPUTS) == set()
