@@ -214,3 +214,27 @@ def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("twin"):
             item.add_marker(pytest.mark.loopback)
+
+
+# `make test` says how long each tier took: the time of its tests, setups and teardowns
+# (a twin's boot is its first test's setup), printed before pytest's closing line.
+_TIER_SECONDS: dict[str, float] = {}
+
+
+def _tier(item_keywords) -> str:
+    if "twin" in item_keywords:
+        return "twin"
+    return "loopback" if "loopback" in item_keywords else "fast"
+
+
+def pytest_runtest_logreport(report) -> None:
+    tier = _tier(report.keywords)
+    _TIER_SECONDS[tier] = _TIER_SECONDS.get(tier, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _TIER_SECONDS:
+        times = ", ".join(
+            f"{tier} {_TIER_SECONDS[tier]:.0f} s" for tier in ("fast", "loopback", "twin") if tier in _TIER_SECONDS
+        )
+        terminalreporter.write_line(f"time by tier: {times}")
