@@ -7,11 +7,13 @@ libraries (pulumi, boto3, ipyparallel) are imported where they are used.
 __version__ = "0.1.0"
 
 
-def client(stack: str, **kwargs):
+def client(stack: str | None = None, **kwargs):
     """A ready `ipyparallel.Client` for a deployed stack (see `ipfleet connect --help`).
 
     import ipfleet
     rc = ipfleet.client("mystack")
+
+    Inside `ipfleet run STACK -- COMMAND`, `ipfleet.client()` is STACK's.
     """
     from ipfleet.connect import client as _client
 

@@ -395,6 +395,78 @@ def scale(
         )
 
 
+@app.command()
+def run(
+    stack: DeployedStackArg,
+    command: Annotated[
+        list[str] | None, typer.Argument(metavar="-- COMMAND...", help="What to run here, after `--`.")
+    ] = None,
+    nodes: Annotated[
+        int | None, typer.Option("--nodes", min=1, help="Engine nodes for the run; default: the stack's engineNodes.")
+    ] = None,
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the nodes up after COMMAND (no release).")] = False,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the nodes' engines.")] = 900.0,
+    region: RegionOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a batch job on N engine nodes, then give them back.
+
+    Scales STACK's engine group to N nodes and waits for their engines (with
+    progress), runs COMMAND here with the stack's connection ready (inside it,
+    `ipfleet.client()` needs no argument), streams its output, then scales the group
+    back to its minimum however COMMAND ended (exit, failure, Ctrl-C), prints the
+    node-hours used, and exits with COMMAND's code. Read inputs from and write
+    results to the stack's S3 mounts, and nothing stays running.
+
+    Example: ipfleet run science --nodes 8 -- python analyse.py
+    """
+    import boto3
+    import botocore.exceptions as boto_errors
+
+    from ipfleet.batch import check_request, run_batch
+    from ipfleet.scaling import find_group
+    from ipfleet.scaling import scale as do_scale
+
+    region = _region(stack, region)
+    autoscaling = boto3.client("autoscaling", region_name=region)
+    ssm = boto3.client("ssm", region_name=region)
+    report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
+    try:
+        group = find_group(autoscaling, stack)
+    except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
+        _fail(f"cannot find the engine group of {stack!r} in {region}: {e}")
+    wanted = nodes if nodes is not None else _engine_nodes(stack)
+    check_request(group, wanted, command or [])
+
+    def scale(count: int, wait: bool) -> None:
+        do_scale(autoscaling, ssm, stack, count, wait, timeout, report)
+
+    result = run_batch(stack, group, wanted, command or [], scale, keep=keep, report=report)
+    if as_json:
+        typer.echo(json.dumps(result.as_json(), indent=2))
+    else:
+        kept = "left up (--keep)" if keep else f"released (the group back to {result.minimum})"
+        typer.echo(
+            f"{stack}: {result.nodes} nodes for {result.seconds:.0f} s, {result.node_hours:.3f} node-hours; "
+            f"nodes {kept}; COMMAND exited {result.exit_code}.",
+            err=True,
+        )
+    raise typer.Exit(result.exit_code)
+
+
+def _engine_nodes(stack: str) -> int:
+    """The stack file's engineNodes, the size of a run when --nodes is not given."""
+    from ipfleet.project import StackNotFound, resolve_stack
+    from ipfleet.settings import parse_settings
+    from ipfleet.stack_config import read_stack_file
+
+    try:
+        ref = resolve_stack(stack)
+    except StackNotFound:
+        raise UsageError(f"no stack file for {stack!r} here to take engineNodes from: pass --nodes N") from None
+    return parse_settings(ref.name, read_stack_file(ref.path)).engine_nodes
+
+
 @app.command("restart-engines")
 def restart_engines(
     stack: DeployedStackArg,

@@ -385,8 +385,12 @@ def open_control_master(alias: str, timeout: float = 60.0) -> None:
         raise FetchError(f"ssh to the controller ({alias}) failed: {result.stderr.strip()[-500:]}")
 
 
+# Set by `ipfleet run` for its command: `ipfleet.client()` then needs no argument.
+STACK_VARIABLE = "IPFLEET_STACK"
+
+
 def client(
-    stack: str,
+    stack: str | None = None,
     *,
     region: str | None = None,
     timeout: float = 60.0,
@@ -395,6 +399,7 @@ def client(
     **kwargs,
 ):
     """A ready client for STACK: the right file, tunnel and key (an `ipyparallel.Client`).
+    Without STACK, the one `ipfleet run` names (IPFLEET_STACK).
 
     Uses what `ipfleet connect STACK` saved; connects first (AWS credentials
     needed) when nothing is saved. Warns (VersionMismatchWarning) when this
@@ -406,6 +411,12 @@ def client(
     """
     from ipfleet.fleet_client import DEFAULT_TASK_RETRIES, FleetClient
 
+    if stack is None:
+        stack = os.environ.get(STACK_VARIABLE)
+        if not stack:
+            raise FetchError(
+                f"ipfleet.client() needs a stack: client('NAME'), or run under `ipfleet run` ({STACK_VARIABLE})"
+            )
     connection = Connection.load(stack)
     if connection is None:
         if region is None:

@@ -3,8 +3,9 @@ grows it under a connected client, shrinks it in the middle of a map without
 losing a result, and the idle guard takes it to zero by itself, until the next
 client brings it back. Everything runs as the laptop, through `ipfleet twin exec`.
 
-One twin (ssm access, 1 to 3 engine nodes of 2 engines, idle after 1 minute),
-in this order: out, in, idle, wake.
+One twin (ssm access, 1 to 3 engine nodes of 2 engines, idle after 1 minute, a
+read-only and a writable S3 mount), in this order: out, in, idle, wake, and a batch
+run (`ipfleet run`) that reads from S3, writes to S3 and gives its nodes back.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ CONFIG = {
     "ipfleet:maxEngineNodes": 3,
     "ipfleet:enginesPerNode": 2,
     "ipfleet:idleMinutes": 1,
+    "ipfleet:s3Mounts": [
+        {"bucket": "elastic-data", "prefix": "in", "mountPoint": "/data/in"},
+        {"bucket": "elastic-data", "prefix": "out", "mountPoint": "/data/out", "readOnly": False},
+    ],
 }
 SCRIPT = str(Path(__file__).resolve().parent / "twin_scripts" / "elastic_client.py")
+JOB = str(Path(__file__).resolve().parent / "twin_scripts" / "batch_job.py")
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +102,33 @@ def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
     woken = laptop("wake", STACK, "2")
     print(f"\nidle -> woken by a client: engines registered {woken['seconds_to_registered']} s after it connected")
     assert woken["answer"] == 49
+
+
+def test_a_batch_run_reads_and_writes_s3_and_gives_its_nodes_back(twin):
+    from ipfleet.twin import cluster
+
+    files = [f"part-{i}.txt" for i in range(6)]
+    for name in files:
+        cluster.put_object(twin, "elastic-data", f"in/{name}", f"line of {name}\n")
+    done = twin_exec(STACK, "ipfleet", "run", STACK, "--nodes", "2", "--", "python", JOB, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"files"')))
+    assert job["files"] == files and len(job["hosts"]) == 2  # both nodes worked
+    assert "node-hours" in done.stderr and "released (the group back to 0)" in done.stderr
+    listed = twin_exec(
+        STACK,
+        "python",
+        "-c",
+        "import boto3, json; s3 = boto3.client('s3'); "
+        "objects = s3.list_objects_v2(Bucket='elastic-data', Prefix='out/')['Contents']; "
+        "print(json.dumps({o['Key']: s3.get_object(Bucket='elastic-data', Key=o['Key'])['Body'].read().decode() "
+        "for o in objects}))",
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {f"out/{name}.upper": f"LINE OF {name.upper()}\n" for name in files}
+    assert status()["group"]["desired"] == 0
+
+    # A command that fails: its exit code comes back, and the nodes go all the same.
+    failed = twin_exec(STACK, "ipfleet", "run", STACK, "--nodes", "1", "--", "python", "-c", "raise SystemExit(3)")
+    assert failed.returncode == 3, failed.stderr[-2000:]
+    assert status()["group"]["desired"] == 0
