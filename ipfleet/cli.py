@@ -607,6 +607,81 @@ def notebook(
 
 
 @app.command()
+def cost(
+    stack: StackArg,
+    offline: Annotated[
+        bool, typer.Option("--offline", help="Use only the prices cached on this machine; ask AWS for none.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """What STACK costs per hour and per month, before anything is created.
+
+    At engineNodes, at maxEngineNodes and when idle (the idle guard's floor,
+    minEngineNodes): the controller (on demand), the engines (spot, and the
+    on-demand base), their root volumes, and EFS per GB stored. Prices come from
+    AWS (the Pricing API; EC2's spot price history for the stack's types in its
+    region), each shown with its source and date, and are cached in
+    ~/.cache/ipfleet/prices.json. Without credentials or network the cache answers
+    and says how old it is; a price neither has is named, never guessed (exit 1).
+    """
+    from datetime import UTC, datetime
+
+    from ipfleet.cost import estimate
+    from ipfleet.prices import gather
+    from ipfleet.project import resolve_stack
+    from ipfleet.settings import parse_settings
+    from ipfleet.stack_config import read_stack_file
+
+    ref = resolve_stack(stack)
+    settings = parse_settings(ref.name, read_stack_file(ref.path))
+    gathered = gather(
+        settings.region,
+        settings.controller_instance_type,
+        settings.engine_instance_types,
+        settings.shared_storage.creates_efs,
+        offline=offline,
+    )
+    result = estimate(settings, gathered.prices)
+    now = datetime.now(UTC)
+    if as_json:
+        document = result.as_json()
+        document["fetchedNow"] = gathered.fetched
+        document["problems"] = gathered.problems
+        typer.echo(json.dumps(document, indent=2))
+    else:
+        typer.echo(_cost_text(result, gathered, now))
+    if result.missing:
+        raise typer.Exit(1)
+
+
+def _cost_text(result, gathered, now) -> str:
+    def usd(value: float | None, digits: int = 3) -> str:
+        return "?" if value is None else f"${value:,.{digits}f}"
+
+    lines = [f"Stack {result.stack} ({result.region}): cost before launch, USD"]
+    lines.append(f"  {'size':<16}{'engine nodes':>13}{'per hour':>12}{'per month':>13}   (spot + on-demand engines)")
+    for size in result.sizes:
+        lines.append(
+            f"  {size.label:<16}{size.engine_nodes:>13}{usd(size.per_hour):>12}{usd(size.per_month, 0):>13}"
+            f"   ({size.spot_nodes} spot {usd(size.engines_spot)}, {size.on_demand_nodes} on demand "
+            f"{usd(size.engines_on_demand)}, controller {usd(size.controller)}, root volumes {usd(size.volumes)})"
+        )
+    if result.efs_per_gb_month is not None:
+        lines.append(f"  EFS: {usd(result.efs_per_gb_month)} per GB-month stored (billed by use, not in the totals)")
+    lines.append("Prices:")
+    for price in result.prices:
+        age = price.age_days(now)
+        when = "fetched now" if age < 1 / 24 else f"cached, {age:.1f} days old"
+        lines.append(f"  {price.key}: ${price.usd:g}/{price.unit} ({price.source}, as of {price.as_of}; {when})")
+    for key in result.missing:
+        why = next((v for k, v in gathered.problems.items() if key.startswith(k) or k.startswith(key)), None)
+        lines.append(f"  MISSING {key}: not from AWS ({why or 'not asked'}) and not in {gathered.cache}")
+    if not gathered.fetched and not result.missing:
+        lines.append("(AWS was not asked or did not answer: every price is from the cache, with its age above.)")
+    return "\n".join(lines)
+
+
+@app.command()
 def check(
     stack: StackArg,
     as_json: JsonOpt = False,

@@ -1,0 +1,153 @@
+"""`ipfleet cost`: prices from AWS's answers (the Pricing API in responses of its own
+shape, fed through botocore's Stubber; spot prices from moto's EC2 where it serves
+them), the estimate at each size, the cache and its age offline, and missing prices
+named rather than guessed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from ipfleet import cost, prices
+from tests.conftest import ROOT, settings_of
+
+ANSWERS = Path(__file__).parent / "data" / "aws_responses"
+NOW = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+VOLUME_HOUR = 0.08 * 20 / 730  # a node's 20 GB gp3 root volume, per hour
+
+
+def answer(name: str) -> dict:
+    return json.loads((ANSWERS / name).read_text())
+
+
+def offline_clients():
+    pricing = boto3.client("pricing", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    ec2 = boto3.client("ec2", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    return pricing, ec2
+
+
+def fetch_all(settings, stub_pricing: list[str], spot: dict | None) -> prices.PriceFetcher:
+    pricing, ec2 = offline_clients()
+    fetcher = prices.PriceFetcher(pricing, ec2, now=NOW)
+    with Stubber(pricing) as p, Stubber(ec2) as e:
+        for name in stub_pricing:
+            p.add_response("get_products", answer(name))
+        if spot is not None:
+            e.add_response("describe_spot_price_history", spot)
+        found = [fetcher.on_demand("us-east-1", settings.controller_instance_type)]
+        if settings.on_demand_base:
+            found.append(fetcher.on_demand("us-east-1", settings.engine_instance_types[0]))
+        found += [fetcher.gp3("us-east-1"), fetcher.efs("us-east-1")]
+        found += fetcher.spot("us-east-1", settings.engine_instance_types)
+    fetcher.found = {f.key: f for f in found if f}  # type: ignore[attr-defined]
+    return fetcher
+
+
+def test_the_estimate_at_each_size_from_aws_answers():
+    settings = settings_of()  # t3.medium controller, 2 engine nodes (max 2, idle 0), EFS
+    fetcher = fetch_all(
+        settings,
+        ["pricing-ec2-t3.medium.json", "pricing-ec2-gp3.json", "pricing-efs-standard.json"],
+        answer("ec2-spot-price-history.json"),
+    )
+    found = fetcher.found  # type: ignore[attr-defined]
+    # The newest spot price of each type in each zone (c6i.large in 1a: 0.0363, not 0.0351).
+    assert {k: p.usd for k, p in found.items() if k.startswith("spot:")} == {
+        "spot:us-east-1:c6i.large:us-east-1a": 0.0363,
+        "spot:us-east-1:c6i.large:us-east-1b": 0.0407,
+        "spot:us-east-1:c5.large:us-east-1a": 0.0382,
+        "spot:us-east-1:m6i.large:us-east-1b": 0.0418,
+    }
+    assert found["ondemand:us-east-1:t3.medium"].as_of == "2025-11-01T00:00:00Z"
+    result = cost.estimate(settings, found)
+    assert result.missing == []
+    spot = (0.0363 + 0.0407 + 0.0382 + 0.0418) / 4
+    at_two = result.size("engineNodes")
+    assert at_two.per_hour == pytest.approx(0.0416 + 2 * spot + 3 * VOLUME_HOUR)
+    assert at_two.per_month == pytest.approx(at_two.per_hour * 730)
+    assert result.size("idle").per_hour == pytest.approx(0.0416 + VOLUME_HOUR)
+    assert result.efs_per_gb_month == 0.30
+
+
+def test_the_on_demand_base_is_billed_at_the_first_engine_type():
+    settings = settings_of(onDemandBase=1, engineNodes=3)
+    fetcher = fetch_all(
+        settings,
+        [
+            "pricing-ec2-t3.medium.json",
+            "pricing-ec2-c6i.large.json",
+            "pricing-ec2-gp3.json",
+            "pricing-efs-standard.json",
+        ],
+        answer("ec2-spot-price-history.json"),
+    )
+    size = cost.estimate(settings, fetcher.found).size("engineNodes")  # type: ignore[attr-defined]
+    assert (size.on_demand_nodes, size.spot_nodes) == (1, 2)
+    assert size.engines_on_demand == pytest.approx(0.085)
+
+
+def test_an_answer_that_is_not_a_price_is_no_price():
+    settings = settings_of()
+    bad = answer("pricing-ec2-t3.medium.json")
+    entry = json.loads(bad["PriceList"][0])
+    dimension = next(iter(next(iter(entry["terms"]["OnDemand"].values()))["priceDimensions"].values()))
+    dimension["pricePerUnit"]["USD"] = "NaN"
+    bad["PriceList"] = [json.dumps(entry), "not json"]
+    pricing, ec2 = offline_clients()
+    fetcher = prices.PriceFetcher(pricing, ec2, now=NOW)
+    with Stubber(pricing) as p:
+        p.add_response("get_products", bad)
+        assert fetcher.on_demand("us-east-1", settings.controller_instance_type) is None
+    assert "no AmazonEC2 price" in fetcher.problems["ondemand:us-east-1:t3.medium"]
+
+
+def ipfleet(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+    )
+
+
+def test_against_aws_then_offline_from_the_cache(aws_env, tmp_path):
+    """moto answers the spot prices and has no Pricing API: those prices are named
+    missing (exit 1). With on-demand prices in the cache (as an earlier run against AWS
+    leaves them), the same command offline answers from it and says how old it is."""
+    env = {**os.environ, **aws_env, "IPFLEET_CACHE_DIR": str(tmp_path / "cache"), "NO_COLOR": "1"}
+    first = ipfleet("cost", "example", "--json", env=env)
+    assert first.returncode == 1, first.stderr
+    document = json.loads(first.stdout)
+    assert document["fetchedNow"] is True  # the spot prices, from moto's EC2
+    assert "ondemand:us-east-1:t3.medium" in document["missing"]
+    assert any(p["key"].startswith("spot:us-east-1:c6i.large:") for p in document["prices"])
+
+    # What a run against AWS left in the cache two days ago.
+    two_days_ago = "2026-11-28T10:00:00+00:00"
+    pricing, ec2 = offline_clients()
+    fetcher = prices.PriceFetcher(pricing, ec2, now=datetime.fromisoformat(two_days_ago))
+    with Stubber(pricing) as p:
+        for name in ("pricing-ec2-t3.medium.json", "pricing-ec2-gp3.json", "pricing-efs-standard.json"):
+            p.add_response("get_products", answer(name))
+        cached = [fetcher.on_demand("us-east-1", "t3.medium"), fetcher.gp3("us-east-1"), fetcher.efs("us-east-1")]
+    prices.save_cache([c for c in cached if c], tmp_path / "cache" / "prices.json")
+
+    offline = ipfleet("cost", "example", "--offline", env=env)
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert "ondemand:us-east-1:t3.medium: $0.0416/hour (AWS Pricing API (AmazonEC2)" in offline.stdout
+    assert "days old" in offline.stdout
+    assert "engineNodes" in offline.stdout and "maxEngineNodes" in offline.stdout and "idle" in offline.stdout
+
+
+def test_no_price_at_all_names_every_missing_one(tmp_path):
+    env = {**os.environ, "IPFLEET_CACHE_DIR": str(tmp_path), "NO_COLOR": "1"}
+    result = ipfleet("cost", "example", "--offline", env=env)
+    assert result.returncode == 1
+    assert "MISSING ondemand:us-east-1:t3.medium" in result.stdout
+    assert "MISSING spot:us-east-1:c6i.large" in result.stdout
+    assert "$" not in result.stdout.split("Prices:")[0].replace("$0.000", "")  # no total guessed
