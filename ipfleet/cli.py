@@ -162,10 +162,34 @@ def _plan_diff(stack: str, ref: str, as_json: bool) -> None:
     if old is None and new is None:
         _fail(f"no stack {stack!r} at {ref} or in the working tree ({path})", 2)
     result = plan_diff.diff(name, ref, old, new)
+    change = _cost_of_change(name, ref, path)
     if as_json:
-        typer.echo(json.dumps(result.as_json(), indent=2, sort_keys=True))
+        typer.echo(json.dumps({**result.as_json(), "cost": change.as_json()}, indent=2, sort_keys=True))
     else:
-        typer.echo(plan_diff.render_text(result))
+        from ipfleet.cost_diff import render
+
+        typer.echo("\n".join([plan_diff.render_text(result), *render(change)]))
+
+
+def _cost_of_change(name: str, ref: str, path: Path):
+    """The change's cost per hour and month at the stack's bounds, from cached prices."""
+    from ipfleet import plan_diff
+    from ipfleet.cost_diff import cost_change
+    from ipfleet.prices import load_cache
+    from ipfleet.settings import SettingsError, parse_settings
+    from ipfleet.stack_config import read_stack_file
+
+    def settings(config: dict | None):
+        if config is None:
+            return None
+        try:
+            return parse_settings(name, config)
+        except SettingsError:  # a stack file of an older ipfleet: no cost for that side
+            return None
+
+    old = settings(plan_diff.stack_config_at(ref, path))
+    new = settings(read_stack_file(path)) if path.exists() else None
+    return cost_change(old, new, load_cache())
 
 
 @app.command()

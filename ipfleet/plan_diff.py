@@ -216,6 +216,19 @@ def plan_at(ref: str, stack_file: Path) -> dict | None:
     return json.loads(result.stdout)
 
 
+def stack_config_at(ref: str, stack_file: Path) -> dict | None:
+    """The `config:` of STACK_FILE at git REF (None where it did not exist)."""
+    from ipfleet.stack_config import read_stack_text
+
+    folder = stack_file.resolve().parent
+    top = Path(_git(folder, "rev-parse", "--show-toplevel").strip())
+    relative = stack_file.resolve().relative_to(top)
+    commit = resolve_commit(top, ref)
+    if not _git(top, "ls-tree", "--name-only", commit, "--", str(relative)).strip():
+        return None
+    return read_stack_text(_git(top, "show", f"{commit}:{relative.as_posix()}"), str(relative))
+
+
 def _project_relative(top: Path, folder: Path) -> Path:
     """The project folder (the one holding Pulumi.yaml) relative to the repository."""
     for candidate in (folder, *folder.parents):

@@ -49,25 +49,30 @@ def read_stack_file(path: Path) -> dict[str, Any]:
     A key set twice is a SettingsError: YAML keeps the last one silently, while the
     Pulumi CLI refuses the file, so `ipfleet plan` and `pulumi up` would disagree.
     """
-    text = _read_small(path)
+    return read_stack_text(_read_small(path), str(path), path.name)
+
+
+def read_stack_text(text: str, where: str, name: str | None = None) -> dict[str, Any]:
+    """The same, from a stack file's TEXT (WHERE names it in errors: a path, a git blob)."""
+    name = name or Path(where).name
     try:
         duplicates = _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
+        raise ValueError(f"{where}: not valid YAML ({e})") from None
     if duplicates:
         raise SettingsError(
             [
-                f"{key}: set twice in {path.name} ({where}); the Pulumi CLI refuses a "
+                f"{key}: set twice in {name} ({line}); the Pulumi CLI refuses a "
                 "stack file with a key twice, so keep one"
-                for key, where in duplicates
+                for key, line in duplicates
             ]
         )
     document = yaml.safe_load(text) or {}
     if not isinstance(document, dict):
-        raise ValueError(f"{path}: not a Pulumi stack file (expected a mapping)")
+        raise ValueError(f"{where}: not a Pulumi stack file (expected a mapping)")
     config = document.get("config") or {}
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: `config:` must be a mapping")
+        raise ValueError(f"{where}: `config:` must be a mapping")
     return {key: _decode(value) for key, value in config.items()}
 
 

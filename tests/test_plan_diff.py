@@ -199,3 +199,36 @@ def test_the_readme_lists_every_replacement_the_diff_knows():
     for resource_type, inputs in plan_diff.REPLACING_INPUTS.items():
         for name, why in inputs.items():
             assert f"| `{resource_type.split(':')[-1]}` | `{name}` | {why} |" in readme, (resource_type, name)
+
+
+def test_the_diff_shows_the_change_in_cost_at_the_stacks_bounds(repo):
+    """engineNodes 2 -> 3: one more spot node and root volume per hour at that size,
+    nothing at maxEngineNodes (4 either way) or idle; from prices `ipfleet cost` cached."""
+    from ipfleet import prices
+
+    cache = repo / ".cache" / "ipfleet" / "prices.json"
+    stamp = "2026-11-29T10:00:00+00:00"
+    book = [
+        prices.Price("ondemand:us-east-1:t3.medium", 0.0416, "hour", "AWS Pricing API (AmazonEC2)", stamp, stamp),
+        prices.Price("gp3:us-east-1", 0.08, "GB-month", "AWS Pricing API (AmazonEC2)", stamp, stamp),
+        prices.Price("efs:us-east-1", 0.30, "GB-month", "AWS Pricing API (AmazonEFS)", stamp, stamp),
+    ] + [
+        prices.Price(f"spot:us-east-1:{t}:us-east-1a", 0.04, "hour", "EC2 DescribeSpotPriceHistory", stamp, stamp)
+        for t in ("c6i.large", "c5.large", "m6i.large")
+    ]
+    prices.save_cache(book, cache)
+    edit_stack(repo, "example", **{"ipfleet:engineNodes": 3})
+    try:
+        result = ipfleet(repo, "plan", "example", "--diff", "main", "--json")
+        assert result.returncode == 0, result.stderr
+        sizes = {s["size"]: s for s in json.loads(result.stdout)["cost"]["sizes"]}
+        one_node = 0.04 + 0.08 * 20 / 730
+        assert sizes["engineNodes"]["perHour"]["change"] == pytest.approx(one_node, abs=1e-4)
+        assert sizes["engineNodes"]["perMonth"]["change"] == pytest.approx(one_node * 730, abs=0.01)
+        assert sizes["maxEngineNodes"]["perHour"]["change"] == sizes["idle"]["perHour"]["change"] == 0
+        text = ipfleet(repo, "plan", "example", "--diff", "main").stdout
+        assert "Cost (USD" in text
+        assert "engineNodes     per hour $0.13 -> $0.17 (+$0.04), per month $93.57 -> $124.37 (+$30.80)" in text, text
+    finally:
+        git(repo, "checkout", "-q", "--", "stacks")
+        cache.unlink()
