@@ -466,16 +466,39 @@ def run(
         do_scale(autoscaling, ssm, stack, count, wait, timeout, report)
 
     result = run_batch(stack, group, wanted, command or [], scale, keep=keep, report=report)
+    price = _node_hour_price(stack, wanted)
+    spent = None if price is None else round(price * result.node_hours, 4)
     if as_json:
-        typer.echo(json.dumps(result.as_json(), indent=2))
+        typer.echo(json.dumps({**result.as_json(), "estimated_usd": spent}, indent=2))
     else:
         kept = "left up (--keep)" if keep else f"released (the group back to {result.minimum})"
+        estimate_text = (
+            f"about ${spent:.4f} at ${price:.4f} per node-hour"
+            if price is not None and spent is not None
+            else "no cost estimate (`ipfleet cost STACK` caches the prices)"
+        )
         typer.echo(
-            f"{stack}: {result.nodes} nodes for {result.seconds:.0f} s, {result.node_hours:.3f} node-hours; "
-            f"nodes {kept}; COMMAND exited {result.exit_code}.",
+            f"{stack}: {result.nodes} nodes for {result.seconds:.0f} s, {result.node_hours:.3f} node-hours, "
+            f"{estimate_text}; nodes {kept}; COMMAND exited {result.exit_code}.",
             err=True,
         )
     raise typer.Exit(result.exit_code)
+
+
+def _node_hour_price(stack: str, nodes: int) -> float | None:
+    """An engine node-hour of STACK at the cached prices, when the stack file and prices are at hand."""
+    from ipfleet.cost import engine_node_hour
+    from ipfleet.prices import load_cache
+    from ipfleet.project import StackNotFound, resolve_stack
+    from ipfleet.settings import SettingsError, parse_settings
+    from ipfleet.stack_config import read_stack_file
+
+    try:
+        ref = resolve_stack(stack)
+        settings = parse_settings(ref.name, read_stack_file(ref.path))
+    except (StackNotFound, SettingsError, ValueError, OSError):
+        return None
+    return engine_node_hour(settings, load_cache(), nodes)
 
 
 def _engine_nodes(stack: str) -> int:

@@ -152,3 +152,15 @@ def estimate(settings: Settings, prices: dict[str, Price]) -> CostEstimate:
     ]
     unique = {p.key: p for p in used}
     return CostEstimate(settings.stack, region, sizes, efs, sorted(unique.values(), key=lambda p: p.key), missing)
+
+
+def engine_node_hour(settings: Settings, prices: dict[str, Price], nodes: int) -> float | None:
+    """What NODES engine nodes cost per hour (spot, on-demand base, root volumes), or None
+    when a price is missing: what `ipfleet run` prices its node-hours at."""
+    result = estimate(settings.model_copy(update={"engine_nodes": nodes}), prices)
+    size = result.size("engineNodes")
+    parts = (size.engines_spot, size.engines_on_demand, size.volumes)
+    if result.missing or any(part is None for part in parts) or size.volumes is None:
+        return None
+    volumes_engines = size.volumes * nodes / (nodes + 1)  # the controller's volume is not the run's
+    return ((size.engines_spot or 0.0) + (size.engines_on_demand or 0.0) + volumes_engines) / nodes

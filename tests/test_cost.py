@@ -151,3 +151,15 @@ def test_no_price_at_all_names_every_missing_one(tmp_path):
     assert "MISSING ondemand:us-east-1:t3.medium" in result.stdout
     assert "MISSING spot:us-east-1:c6i.large" in result.stdout
     assert "$" not in result.stdout.split("Prices:")[0].replace("$0.000", "")  # no total guessed
+
+
+def test_a_run_prices_its_node_hours_at_the_engines_rate():
+    settings = settings_of()
+    fetcher = fetch_all(
+        settings,
+        ["pricing-ec2-t3.medium.json", "pricing-ec2-gp3.json", "pricing-efs-standard.json"],
+        answer("ec2-spot-price-history.json"),
+    )
+    spot = (0.0363 + 0.0407 + 0.0382 + 0.0418) / 4
+    assert cost.engine_node_hour(settings, fetcher.found, 3) == pytest.approx(spot + VOLUME_HOUR)  # type: ignore[attr-defined]
+    assert cost.engine_node_hour(settings, {}, 3) is None
