@@ -120,6 +120,7 @@ class NodeSpec:
     loopback_forward_ports: tuple[int, ...] = ()
     # Download URL of the SSM agent's package; None: not installed by ipfleet.
     ssm_agent_url: str | None = None
+    ssm_agent_sha256: str | None = None
     notebook_port: int | None = None
     service_user: str = SERVICE_USER
     service_uid: int = SERVICE_UID
@@ -207,6 +208,7 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         forward_ports=tuple(ports.CLIENT_FACING_PORTS.as_list()) if tunnels else (),
         loopback_forward_ports=(NOTEBOOK_PORT,) if tunnels and notebook else (),
         ssm_agent_url=_ssm_agent_url(settings, role),
+        ssm_agent_sha256=settings.ssm_agent_sha256,
         notebook_port=NOTEBOOK_PORT if notebook else None,
         environment=(("AWS_DEFAULT_REGION", settings.region),)
         + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),

@@ -252,6 +252,8 @@ class Settings(_Model):
     # Where nodes download the SSM agent from (access: ssm). None: AWS's own
     # regional package; "": the image already has it (Ubuntu, or a baked AMI).
     ssm_agent_url: str | None = None
+    # The sha256 of the package at ssmAgentUrl (a fixed version): checked before dpkg.
+    ssm_agent_sha256: str | None = None
     # JupyterLab on the controller, bound to its localhost, reached by tunnel.
     notebook: bool = False
     # StarCluster's habit: engines run in the shared storage and import modules put there.
@@ -417,6 +419,13 @@ class Settings(_Model):
             "the endpoint receives the nodes' signed calls and the cluster's keys"
         )
 
+    @field_validator("ssm_agent_sha256")
+    @classmethod
+    def _agent_sha256(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be a sha256 in 64 lowercase hex digits")
+        return v
+
     @field_validator("ssm_agent_url")
     @classmethod
     def _agent_url(cls, v: str | None) -> str | None:
@@ -569,6 +578,13 @@ class Settings(_Model):
                 f"cannot work on image {self.image}: its s3fs gets no IAM role credentials when IMDSv2 is "
                 "required (fixed in s3fs 1.91), and ipfleet requires IMDSv2; use image debian-13 "
                 "(the default) or ubuntu-24.04",
+            )
+        if self.ssm_agent_sha256 and not self.ssm_agent_url:
+            raise _FieldError(
+                "ssmAgentSha256",
+                self.ssm_agent_sha256,
+                "needs ipfleet:ssmAgentUrl naming that exact package: AWS's default URL is its latest agent, "
+                "whose sha256 changes with every release",
             )
         self._check_mounts()
         return self

@@ -48,6 +48,10 @@ VARIATIONS = {
         "aptPackages": ["build-essential", "libopenblas-dev"],
         "pythonPackages": ["scipy>=1.11", "pandas[performance]==2.2.3"],
     },
+    "pinned-ssm-agent": {
+        "ssmAgentUrl": "https://mirror.example.org/ssm/3.3.1142.0/amazon-ssm-agent.deb",
+        "ssmAgentSha256": "0123456789abcdef" * 4,
+    },
 }
 
 
@@ -362,3 +366,20 @@ def test_the_high_water_mark_reaches_the_controller_config():
 
     assert "c.TaskScheduler.hwm = 1\n" in config_of()
     assert "c.TaskScheduler.hwm = 0\n" in config_of(ipyparallel={"highWaterMark": 0})
+
+
+def test_a_pinned_ssm_agent_is_checked_before_dpkg_sees_it(tmp_path):
+    """The script's own check: a package that is not the pinned one never reaches dpkg."""
+    import hashlib
+
+    spec = node_spec(settings_of(**VARIATIONS["pinned-ssm-agent"]), "controller", EFS)
+    script = render_bootstrap_script(spec)
+    line = next(line for line in script.splitlines() if "sha256sum --check" in line)
+    assert script.index("sha256sum --check") < script.index("dpkg -i")
+    package = tmp_path / "amazon-ssm-agent.deb"
+    package.write_bytes(b"the real package")
+    check = line.replace("${agent_dir}", str(tmp_path)).strip().removeprefix("&& ").rstrip(" \\")
+    wrong = subprocess.run(["bash", "-c", check], capture_output=True, text=True)
+    assert wrong.returncode != 0  # the stack pinned another sha256
+    right = check.replace("0123456789abcdef" * 4, hashlib.sha256(b"the real package").hexdigest())
+    assert subprocess.run(["bash", "-c", right], capture_output=True, text=True).returncode == 0

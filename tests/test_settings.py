@@ -341,3 +341,13 @@ def test_a_stack_file_that_is_no_regular_file_is_refused_before_it_is_read(tmp_p
     big.write_text("config:\n" + "  # padding\n" * 200_000)
     with pytest.raises(ValueError, match="larger than 1024 KiB"):
         read_stack_file(big)
+
+
+def test_a_pinned_ssm_agent_needs_its_exact_url():
+    with pytest.raises(SettingsError) as caught:
+        parse_settings("demo", {**BASE, "ipfleet:ssmAgentSha256": "ab" * 32})
+    assert caught.value.problems[0].startswith("ipfleet:ssmAgentSha256:") and "ssmAgentUrl" in caught.value.problems[0]
+    with pytest.raises(SettingsError, match="64 lowercase hex"):
+        parse_settings(
+            "demo", {**BASE, "ipfleet:ssmAgentUrl": "https://x.example/a.deb", "ipfleet:ssmAgentSha256": "xyz"}
+        )
