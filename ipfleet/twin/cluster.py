@@ -586,6 +586,8 @@ def client_env(state: TwinState) -> dict[str, str]:
             "HOME": str(state.client_home),
             # The laptop's Python has ipfleet's dependencies; ipfleet itself is a copy of this one.
             "PYTHONPATH": str(client_source()),
+            # And it is the `python` the laptop's commands find (`ipfleet run ... -- python job.py`).
+            "PATH": os.pathsep.join([str(Path(state.client_python).parent), env.get("PATH", "/usr/bin:/bin")]),
         }
     )
     return env

@@ -63,7 +63,9 @@ def main() -> None:
             # (a task finished since the fault took hold).
             done_after_fault = done if done_after_fault is None else done_after_fault
             try:
-                if len(rc.engine_ids(timeout=2)) == fault["engines_after"] and done > done_after_fault:
+                ids = rc.engine_ids(timeout=2)
+                replaced = len(set(ids) - set(ids_before)) >= fault.get("new_engines", 0)
+                if len(ids) == fault["engines_after"] and replaced and done > done_after_fault:
                     recovered_at = time.time()
             except ControllerUnreachable:
                 if fault.get("reconnect") and not reconnected:

@@ -87,7 +87,16 @@ def run_fault(
         _wait_for_progress(laptop, run_dir, tasks // 4, timeout)
         fault_at = time.time()
         (run_dir / "fault.json").write_text(
-            json.dumps({"at": fault_at, "engines_after": engines_after, "reconnect": kind == "controller-replace"})
+            json.dumps(
+                {
+                    "at": fault_at,
+                    "engines_after": engines_after,
+                    # Engines the recovered cluster has that it did not before: the
+                    # replacement node's, after a loss or an interruption.
+                    "new_engines": per_node if kind in ("engine-loss", "spot-interruption") else 0,
+                    "reconnect": kind == "controller-replace",
+                }
+            )
         )
         log(f"{kind}: injecting the fault a quarter of the way through {tasks} tasks")
         victim = _inject(state, kind, old_controller, log)
