@@ -514,3 +514,11 @@ def test_plan_diff_knows_what_replaces_every_type_the_program_declares():
     )
     declared = {r.type for r in plan.resources if r.custom and not r.type.startswith("pulumi:providers:")}
     assert declared - set(REPLACING_INPUTS) == set()
+
+
+def test_the_controller_unit_lifts_the_descriptor_limit(example):
+    """Two descriptors per engine in the heart monitor: systemd's soft limit of 1,024
+    stopped a controller at about 480 engines, silently."""
+    document = yaml.safe_load(user_data(example, "controller"))
+    unit = next(f["content"] for f in document["write_files"] if f["path"].endswith("/ipcontroller.service"))
+    assert "LimitNOFILE=65536" in unit.splitlines()

@@ -263,6 +263,14 @@ def test_engines_reach_the_engine_ports_and_not_the_client_ports(twin):
         assert refused.returncode != 0 and "timed out" in refused.stderr, (port, refused.stderr)
 
 
+def test_the_running_controller_has_the_descriptor_limit_its_unit_asks(twin):
+    controller = twin["state"].controller
+    pid = controller.run("systemctl", "show", "-p", "MainPID", "--value", "ipcontroller.service").stdout.strip()
+    limits = controller.run("cat", f"/proc/{pid}/limits").stdout
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == ["65536", "65536"], line
+
+
 def test_engines_do_not_run_in_the_shared_storage(twin):
     """ipengine puts its working directory first on sys.path: it is the node's own state
     folder, not the shared storage any node can write (ipfleet:sharedImports is off)."""
