@@ -264,11 +264,20 @@ def test_engines_reach_the_engine_ports_and_not_the_client_ports(twin):
 
 
 def test_the_running_controller_has_the_descriptor_limit_its_unit_asks(twin):
+    """65536, or as much of it as the node's own init may hand out: a twin node inherits
+    this machine's hard limit (20,000 on some), an EC2 instance has the kernel's."""
     controller = twin["state"].controller
+
+    def open_files(pid: str) -> list[int]:
+        limits = controller.run("cat", f"/proc/{pid}/limits").stdout
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        return [int(value) for value in line.split()[3:5]]
+
+    ceiling = open_files("1")[1]
     pid = controller.run("systemctl", "show", "-p", "MainPID", "--value", "ipcontroller.service").stdout.strip()
-    limits = controller.run("cat", f"/proc/{pid}/limits").stdout
-    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
-    assert line.split()[3:5] == ["65536", "65536"], line
+    expected = min(65536, ceiling)
+    assert open_files(pid) == [expected, expected]
+    assert expected > 4 * 1024  # far above the soft limit that stopped it at about 480 engines
 
 
 def test_engines_do_not_run_in_the_shared_storage(twin):
