@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.node.ipfleet_node import PENDING
+from bootstrap.node.ipfleet_node import FORMAT, PENDING
 from ipfleet import remote
 from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
@@ -291,8 +291,8 @@ def _parse(name: str, value: str, stack: str) -> remote.PublishedDocument:
         data = json.loads(value)
     except json.JSONDecodeError:
         raise FetchError(f"{name} does not hold ipfleet connection info (not JSON)") from None
-    if not isinstance(data, dict) or data.get("format") != 1:
-        raise FetchError(f"{name} does not hold ipfleet connection info (format 1 expected)")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FetchError(f"{name} does not hold ipfleet connection info (format {FORMAT} expected)")
     try:
         document = remote.parse(remote.PublishedDocument, data, name)
     except remote.RemoteDataError as e:

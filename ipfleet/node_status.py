@@ -11,12 +11,10 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from bootstrap.node.ipfleet_node import PENDING
 from ipfleet import remote
 from ipfleet.remote import printable
 from ipfleet.settings import controller_record_parameter, keeper_parameter, node_records_path
-
-# What the stack's own parameters hold until the controller writes them.
-PENDING = "pending"
 
 
 @dataclass(frozen=True)

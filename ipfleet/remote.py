@@ -19,6 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from bootstrap.node.ipfleet_node import FORMAT, RECORD_FORMAT
+
 # EC2's two id lengths (8 hex digits before 2016, 17 since).
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}(?:[0-9a-f]{9})?$"
 # A POSIX login name as useradd takes it: what the ssh config's `User` may be.
@@ -172,9 +174,9 @@ class NotebookInfo(_Strict):
 
 
 class PublishedDocument(_Strict):
-    """The rendezvous parameter's document (format 1)."""
+    """The rendezvous parameter's document (the agent's `publish`)."""
 
-    format: Literal[1]
+    format: Literal[FORMAT]  # type: ignore[valid-type]
     stack: Annotated[str, StringConstraints(max_length=128)]
     published_at: Timestamp
     controller: ControllerFacts
@@ -220,7 +222,7 @@ class KeeperSummary(_Strict):
 class NodeRecordDocument(_Strict):
     """One node's record under /ipfleet/STACK/nodes/ (the agent's `node_record`)."""
 
-    format: Literal[1]
+    format: Literal[RECORD_FORMAT]  # type: ignore[valid-type]
     role: Literal[ROLES]  # type: ignore[valid-type]
     instanceId: InstanceId
     phase: Literal[PHASES]  # type: ignore[valid-type]
