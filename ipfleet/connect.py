@@ -28,7 +28,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ipfleet.access import Access
-from ipfleet.fetch import Fetched, FetchError, PublishedController, client_file_path, fetch, write_private
+from ipfleet.fetch import (
+    Fetched,
+    FetchError,
+    PublishedController,
+    client_file_path,
+    fetch,
+    replace_file,
+    write_private,
+)
 from ipfleet.names import check_stack_name
 from ipfleet.remote import SSH_KEY_PATTERN, printable
 from ipfleet.versions import VersionMismatchWarning, mismatches
@@ -211,13 +219,7 @@ def ensure_include(directory: Path) -> bool:
     if any(existing_line.strip() == line for existing_line in existing.splitlines()):
         return False
     header = f"# Added by ipfleet: one entry per stack, written by `ipfleet connect`.\n{line}\n\n"
-    tmp = config.with_name("config.ipfleet-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(header + existing)
-    if config.exists():
-        os.chmod(tmp, config.stat().st_mode & 0o777)
-    os.replace(tmp, config)
+    replace_file(config, header + existing, config.stat().st_mode & 0o777 if config.exists() else 0o600)
     return True
 
 
@@ -260,18 +262,8 @@ def write_known_hosts(tunnel: Tunnel, host_keys: list[str]) -> Path:
         if not re.match(SSH_KEY_PATTERN, key):
             raise FetchError(f"refusing the published host key {printable(key, 80)!r}: not `TYPE BASE64`")
     tunnel.known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_file(tunnel.known_hosts, "".join(f"{tunnel.alias} {key}\n" for key in host_keys))
+    replace_file(tunnel.known_hosts, "".join(f"{tunnel.alias} {key}\n" for key in host_keys))
     return tunnel.known_hosts
-
-
-def _write_file(path: Path, text: str, mode: int = 0o600) -> None:
-    """Replace `path` whole (a new file renamed over it), never writing through a link."""
-    tmp = path.with_name(path.name + ".ipfleet-tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_ssh_files(
@@ -279,7 +271,7 @@ def write_ssh_files(
 ) -> list[Path]:
     """The stack's entry and pinned host keys; returns the files written."""
     entry = write_known_hosts(tunnel, host_keys).with_name(f"{check_stack_name(stack)}.conf")
-    _write_file(entry, tunnel.config_entry(stack))
+    replace_file(entry, tunnel.config_entry(stack))
     written = [entry, tunnel.known_hosts]
     if include and ensure_include(directory):
         written.append(directory / "config")

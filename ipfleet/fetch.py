@@ -303,11 +303,20 @@ def _parse(name: str, value: str, stack: str) -> remote.PublishedDocument:
 
 
 def write_private(path: Path, content: dict) -> None:
-    """Write the file owner-only from its first byte: it holds the cluster's key."""
+    """Write the file owner-only from its first byte, in an owner-only folder: it holds
+    the cluster's key."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    replace_file(path, json.dumps(content, indent=2))
+
+
+def replace_file(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace PATH whole with TEXT: a new file with exactly MODE from its first byte,
+    renamed over it, never written through a link someone planted at its temporary name."""
+    tmp = path.with_name(path.name + ".ipfleet-tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "w") as f:
-        json.dump(content, f, indent=2)
+        f.write(text)
     os.replace(tmp, path)
