@@ -26,6 +26,7 @@ from bootstrap.render import decode_user_data
 from ipfleet.errors import UsageError
 from ipfleet.names import check_stack_name
 from ipfleet.project import stack_name
+from ipfleet.stack_config import read_stack_text
 
 INSTANCE = "aws:ec2/instance:Instance"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
@@ -184,16 +185,33 @@ def resolve_commit(top: Path, ref: str) -> str:
     return commit
 
 
+@dataclass(frozen=True)
+class _AtCommit:
+    """A stack file as git REF has it: the repository, the file's path in it, the commit."""
+
+    top: Path
+    relative: Path
+    commit: str
+
+
+def _file_at(ref: str, stack_file: Path) -> _AtCommit | None:
+    """STACK_FILE at REF, or None where the commit does not hold it."""
+    top = Path(_git(stack_file.resolve().parent, "rev-parse", "--show-toplevel").strip())
+    relative = stack_file.resolve().relative_to(top)
+    commit = resolve_commit(top, ref)
+    if not _git(top, "ls-tree", "--name-only", commit, "--", str(relative)).strip():
+        return None
+    return _AtCommit(top, relative, commit)
+
+
 def plan_at(ref: str, stack_file: Path) -> dict | None:
     """The offline plan (as `ipfleet plan --json` prints it) of STACK_FILE at git REF,
     run by the program of that commit; None if the stack did not exist there."""
-    folder = stack_file.resolve().parent
-    top = Path(_git(folder, "rev-parse", "--show-toplevel").strip())
-    relative = stack_file.resolve().relative_to(top)
-    commit = resolve_commit(top, ref)
-    listed = _git(top, "ls-tree", "--name-only", commit, "--", str(relative)).strip()
-    if not listed:
+    at = _file_at(ref, stack_file)
+    if at is None:
         return None
+    top, relative, commit = at.top, at.relative, at.commit
+    folder = stack_file.resolve().parent
     with tempfile.TemporaryDirectory(prefix="ipfleet-diff-") as tmp:
         archive = Path(tmp) / "tree.tar"
         archive.write_bytes(_git(top, "archive", "--format=tar", commit, binary=True))
@@ -218,15 +236,10 @@ def plan_at(ref: str, stack_file: Path) -> dict | None:
 
 def stack_config_at(ref: str, stack_file: Path) -> dict | None:
     """The `config:` of STACK_FILE at git REF (None where it did not exist)."""
-    from ipfleet.stack_config import read_stack_text
-
-    folder = stack_file.resolve().parent
-    top = Path(_git(folder, "rev-parse", "--show-toplevel").strip())
-    relative = stack_file.resolve().relative_to(top)
-    commit = resolve_commit(top, ref)
-    if not _git(top, "ls-tree", "--name-only", commit, "--", str(relative)).strip():
+    at = _file_at(ref, stack_file)
+    if at is None:
         return None
-    return read_stack_text(_git(top, "show", f"{commit}:{relative.as_posix()}"), str(relative))
+    return read_stack_text(_git(at.top, "show", f"{at.commit}:{at.relative.as_posix()}"), str(at.relative))
 
 
 def _project_relative(top: Path, folder: Path) -> Path:
