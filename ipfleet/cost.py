@@ -92,18 +92,6 @@ class CostEstimate:
         }
 
 
-def needed_keys(settings: Settings) -> list[str]:
-    """The prices a stack's estimate needs (spot prices come per zone, found by type)."""
-    region = settings.region
-    keys = [f"ondemand:{region}:{settings.controller_instance_type}", f"gp3:{region}"]
-    if settings.on_demand_base:
-        keys.append(f"ondemand:{region}:{settings.engine_instance_types[0]}")
-    keys += [f"spot:{region}:{t}" for t in settings.engine_instance_types]
-    if settings.shared_storage.creates_efs:
-        keys.append(f"efs:{region}")
-    return list(dict.fromkeys(keys))
-
-
 def estimate(settings: Settings, prices: dict[str, Price]) -> CostEstimate:
     region = settings.region
     used: list[Price] = []
@@ -159,8 +147,7 @@ def engine_node_hour(settings: Settings, prices: dict[str, Price], nodes: int) -
     when a price is missing: what `ipfleet run` prices its node-hours at."""
     result = estimate(settings.model_copy(update={"engine_nodes": nodes}), prices)
     size = result.size("engineNodes")
-    parts = (size.engines_spot, size.engines_on_demand, size.volumes)
-    if result.missing or any(part is None for part in parts) or size.volumes is None:
+    if result.missing or size.volumes is None:
         return None
     volumes_engines = size.volumes * nodes / (nodes + 1)  # the controller's volume is not the run's
     return ((size.engines_spot or 0.0) + (size.engines_on_demand or 0.0) + volumes_engines) / nodes
