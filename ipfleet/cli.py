@@ -91,6 +91,23 @@ def _plan(stack: str):
     return _plan_with_settings(stack)[1]
 
 
+def _settings(stack: str):
+    """STACK's settings, from its file (STACK is a name or a path). A missing, unreadable
+    or invalid file is the user's to fix: exit 2, saying which."""
+    from ipfleet.project import resolve_stack
+    from ipfleet.settings import SettingsError, parse_settings
+    from ipfleet.stack_config import read_stack_file
+
+    ref = resolve_stack(stack)
+    try:
+        return parse_settings(ref.name, read_stack_file(ref.path))
+    except SettingsError as e:
+        e.stack = e.stack or ref.name
+        raise
+    except (ValueError, OSError) as e:  # an unreadable stack file
+        raise UsageError(str(e)) from e
+
+
 def _plan_with_settings(stack: str):
     from bootstrap.preflight import preflight
     from ipfleet.project import resolve_stack
@@ -459,14 +476,33 @@ def run(
         group = find_group(autoscaling, stack)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
         _fail(f"cannot find the engine group of {stack!r} in {region}: {e}")
-    wanted = nodes if nodes is not None else _engine_nodes(stack)
+    from ipfleet.project import StackNotFound
+
+    settings = None  # the stack file, when it is at hand: the run's default size and its price
+    try:
+        settings = _settings(stack)
+    except StackNotFound:
+        pass
+    except UsageError:  # a stack file that does not parse: needed only without --nodes
+        if nodes is None:
+            raise
+    wanted = nodes
+    if wanted is None:
+        if settings is None:
+            raise UsageError(f"no stack file for {stack!r} here to take engineNodes from: pass --nodes N")
+        wanted = settings.engine_nodes
     check_request(group, wanted, command or [])
 
     def scale(count: int, wait: bool) -> None:
         do_scale(autoscaling, ssm, stack, count, wait, timeout, report)
 
     result = run_batch(stack, group, wanted, command or [], scale, keep=keep, report=report)
-    price = _node_hour_price(stack, wanted)
+    price = None
+    if settings is not None:
+        from ipfleet.cost import engine_node_hour
+        from ipfleet.prices import load_cache
+
+        price = engine_node_hour(settings, load_cache(), wanted)
     spent = None if price is None else round(price * result.node_hours, 4)
     if as_json:
         typer.echo(json.dumps({**result.as_json(), "estimated_usd": spent}, indent=2))
@@ -483,35 +519,6 @@ def run(
             err=True,
         )
     raise typer.Exit(result.exit_code)
-
-
-def _node_hour_price(stack: str, nodes: int) -> float | None:
-    """An engine node-hour of STACK at the cached prices, when the stack file and prices are at hand."""
-    from ipfleet.cost import engine_node_hour
-    from ipfleet.prices import load_cache
-    from ipfleet.project import StackNotFound, resolve_stack
-    from ipfleet.settings import SettingsError, parse_settings
-    from ipfleet.stack_config import read_stack_file
-
-    try:
-        ref = resolve_stack(stack)
-        settings = parse_settings(ref.name, read_stack_file(ref.path))
-    except (StackNotFound, SettingsError, ValueError, OSError):
-        return None
-    return engine_node_hour(settings, load_cache(), nodes)
-
-
-def _engine_nodes(stack: str) -> int:
-    """The stack file's engineNodes, the size of a run when --nodes is not given."""
-    from ipfleet.project import StackNotFound, resolve_stack
-    from ipfleet.settings import parse_settings
-    from ipfleet.stack_config import read_stack_file
-
-    try:
-        ref = resolve_stack(stack)
-    except StackNotFound:
-        raise UsageError(f"no stack file for {stack!r} here to take engineNodes from: pass --nodes N") from None
-    return parse_settings(ref.name, read_stack_file(ref.path)).engine_nodes
 
 
 @app.command("restart-engines")
@@ -675,12 +682,8 @@ def cost(
 
     from ipfleet.cost import estimate
     from ipfleet.prices import gather
-    from ipfleet.project import resolve_stack
-    from ipfleet.settings import parse_settings
-    from ipfleet.stack_config import read_stack_file
 
-    ref = resolve_stack(stack)
-    settings = parse_settings(ref.name, read_stack_file(ref.path))
+    settings = _settings(stack)
     gathered = gather(
         settings.region,
         settings.controller_instance_type,
@@ -754,12 +757,8 @@ def check(
 
     if policy_config:
         from ipfleet.policy import pack_config
-        from ipfleet.project import resolve_stack
-        from ipfleet.settings import parse_settings
-        from ipfleet.stack_config import read_stack_file
 
-        ref = resolve_stack(stack)
-        typer.echo(pack_config(parse_settings(ref.name, read_stack_file(ref.path)).admin_cidrs))
+        typer.echo(pack_config(_settings(stack).admin_cidrs))
         return
 
     settings_and_plan = _plan_with_settings(stack)
