@@ -52,11 +52,10 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
         group_policy,
     )
     from components.node_role import session_manager_statements
-    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, node_records_arn
+    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, READ_ACTIONS, node_records_arn
     from components.rendezvous import policy_document as rendezvous_document
     from components.s3_mounts import policy_document as s3_document
     from ipfleet.access import Access
-    from ipfleet.settings import controller_record_parameter, keeper_parameter, notebook_parameter
 
     partition = settings.partition
 
@@ -64,23 +63,14 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
         return partition.arn("ssm", settings.region, ACCOUNT, f"parameter{name}")
 
     group = group_arn_pattern(partition, settings.region, f"{settings.stack}-engines")
-    controller_parameters = [
-        settings.rendezvous_parameter,
-        settings.keys_parameter,
-        notebook_parameter(settings.stack),
-        controller_record_parameter(settings.stack),
-        keeper_parameter(settings.stack),
-    ]
     controller = {
         "ipfleet-rendezvous-publish": rendezvous_document(
-            [parameter(name) for name in controller_parameters], PUBLISH_ACTIONS
+            [parameter(name) for name in settings.controller_parameters], PUBLISH_ACTIONS
         ),
         "ipfleet-engine-group": json.loads(group_policy(group, CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE)),
     }
     engine = {
-        "ipfleet-rendezvous-read": rendezvous_document(
-            [parameter(settings.rendezvous_parameter)], ["ssm:GetParameter"]
-        ),
+        "ipfleet-rendezvous-read": rendezvous_document([parameter(settings.rendezvous_parameter)], READ_ACTIONS),
         "ipfleet-node-records": rendezvous_document(
             [node_records_arn(partition, settings.region, settings.node_records_path)], NODE_RECORD_ACTIONS
         ),

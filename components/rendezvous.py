@@ -91,7 +91,7 @@ class Rendezvous(pulumi.ComponentResource):
                 f"{name}-read-{index}",
                 name="ipfleet-rendezvous-read",
                 role=role,
-                policy=_policy([self.parameter.arn], ["ssm:GetParameter"]),
+                policy=_policy([self.parameter.arn], READ_ACTIONS),
                 opts=child,
             )
             for index, role in enumerate(args.reader_roles)
@@ -124,6 +124,7 @@ def node_records_arn(partition: Partition, region: str, path: str) -> str:
 
 
 PUBLISH_ACTIONS = ("ssm:PutParameter", "ssm:GetParameter")
+READ_ACTIONS = ("ssm:GetParameter",)
 
 
 def policy_document(resources: list, actions: Sequence[str]) -> dict:

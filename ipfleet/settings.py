@@ -412,8 +412,10 @@ class Settings(_Model):
         # address inside the VPC (a stand-in such as the twin's), nothing else.
         if scheme == "https" and host.endswith(AWS_DOMAINS):
             return v.rstrip("/")
-        if _looks_like_ip(host) and (ipaddress.ip_address(host).is_private or ipaddress.ip_address(host).is_loopback):
-            return v.rstrip("/")
+        if _looks_like_ip(host):
+            address = ipaddress.ip_address(host)
+            if address.is_private or address.is_loopback:
+                return v.rstrip("/")
         raise ValueError(
             "must be https:// to an AWS host (" + ", ".join(AWS_DOMAINS) + ") or an address inside the VPC: "
             "the endpoint receives the nodes' signed calls and the cluster's keys"
@@ -658,6 +660,19 @@ class Settings(_Model):
     @property
     def node_records_path(self) -> str:
         return node_records_path(self.stack)
+
+    @property
+    def controller_parameters(self) -> tuple[str, ...]:
+        """Every parameter only the controller's role writes, in the order its policy lists
+        them (components/rendezvous.py): rendezvous, keys, notebook token, record, keeper."""
+        stack = self.stack
+        return (
+            self.rendezvous_parameter,
+            self.keys_parameter,
+            notebook_parameter(stack),
+            controller_record_parameter(stack),
+            keeper_parameter(stack),
+        )
 
     @property
     def partition(self) -> Partition:
