@@ -252,7 +252,9 @@ def render(
 
 
 def _region(stack: str, given: str | None) -> str:
-    region = given or default_region(stack)
+    from ipfleet.names import check_region
+
+    region = check_region(given, "--region") if given else default_region(stack)
     if not region:
         _fail("no AWS region: pass --region, or set AWS_REGION", 2)
     return region

@@ -37,7 +37,7 @@ from ipfleet.fetch import (
     replace_file,
     write_private,
 )
-from ipfleet.names import check_stack_name
+from ipfleet.names import check_region, check_stack_name
 from ipfleet.remote import SSH_KEY_PATTERN, printable
 from ipfleet.versions import VersionMismatchWarning, mismatches
 
@@ -76,7 +76,9 @@ def _path_token(path: Path | str) -> str:
 
 
 def ssm_proxy_command(region: str) -> str:
-    """ssh's ProxyCommand for Session Manager (needs the AWS CLI and its session-manager-plugin)."""
+    """ssh's ProxyCommand for Session Manager (needs the AWS CLI and its session-manager-plugin).
+    ssh runs it through a shell: REGION is checked to be a region name, nothing else."""
+    check_region(region)
     return (
         f"aws ssm start-session --target %h --document-name AWS-StartSSHSession "
         f"--parameters portNumber=%p --region {region}"

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from ipfleet.errors import UsageError
-from ipfleet.names import check_stack_name
+from ipfleet.names import check_region, check_stack_name
 
 STACK_FILE = "Pulumi.{name}.yaml"
 
@@ -81,18 +81,20 @@ def _is_ipfleet_project(folder: Path) -> bool:
 
 
 def default_region(stack: str) -> str | None:
-    """The stack file's aws:region when it is at hand, else the AWS configuration's."""
+    """The stack file's aws:region when it is at hand, else the AWS configuration's;
+    whichever it is, checked (it reaches ssh's ProxyCommand, a shell command)."""
     from ipfleet.stack_config import read_stack_file
 
     try:
         region = read_stack_file(resolve_stack(stack).path).get("aws:region")
-        if region:
-            return str(region)
     except (StackNotFound, ValueError, OSError):
-        pass
+        region = None
+    if region:
+        return check_region(str(region), f"aws:region of stack {stack!r}:")
     for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
         if os.environ.get(variable):
-            return os.environ[variable]
+            return check_region(os.environ[variable], f"{variable}:")
     import boto3
 
-    return boto3.session.Session().region_name
+    configured = boto3.session.Session().region_name
+    return check_region(configured, "the AWS configuration's region:") if configured else None

@@ -33,7 +33,7 @@ from pydantic.alias_generators import to_camel
 from ipfleet.access import Access
 from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
-from ipfleet.names import STACK_NAME_RULE, is_stack_name
+from ipfleet.names import REGION, STACK_NAME_RULE, is_stack_name
 from ipfleet.partitions import Partition, partition_of
 
 NAMESPACE = "ipfleet"
@@ -307,7 +307,7 @@ class Settings(_Model):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str) -> str:
-        if not re.match(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$", v):
+        if not REGION.match(v):
             raise ValueError("not an AWS region name such as us-east-1")
         partition_of(v)  # UnsupportedPartition (a ValueError) says which and why
         return v

@@ -298,3 +298,46 @@ def test_a_public_key_in_the_stack_file_is_only_two_fields_on_the_laptop():
 
     login = SshLogin.model_validate({"user": "ipfleet-admin", "authorized_key": PUBLIC_KEY, "host_keys": []})
     assert login.authorized_key == " ".join(PUBLIC_KEY.split()[:2])
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["stack file", "--region", "AWS_REGION"],
+)
+def test_a_hostile_region_never_reaches_the_ssh_config(aws_env, tmp_path, source):
+    """The region goes into the Session Manager ProxyCommand, which ssh runs through a
+    shell: a stack file a pull request changed, an option or the environment is refused
+    before anything is written, whichever carried it."""
+    home = tmp_path / "home"
+    _, public = keypair(home / ".ssh")
+    publish(aws_env, published("ssm", public))
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text("name: ipfleet\nruntime: python\nstackConfigDir: stacks\n")
+    hostile = f"us-east-1; touch {mark(home)} #"
+    region = hostile if source == "stack file" else "us-east-1"
+    (project / "stacks" / f"Pulumi.{STACK}.yaml").write_text(json.dumps({"config": {"aws:region": region}}))
+    env = {**os.environ, **aws_env, "HOME": str(home), "NO_COLOR": "1"}
+    env.pop("AWS_DEFAULT_REGION", None)
+    args = ["connect", STACK, "--timeout", "5"]
+    if source == "--region":
+        args += ["--region", hostile]
+    if source == "AWS_REGION":
+        (project / "stacks" / f"Pulumi.{STACK}.yaml").write_text("config: {}\n")
+        env["AWS_REGION"] = hostile
+    before = tree(home)
+    result = subprocess.run(
+        [sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True, cwd=project, env=env, timeout=60
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "is not an AWS region name" in result.stderr
+    assert tree(home) == before and not mark(home).exists()
+
+
+def test_the_proxy_command_takes_only_a_region_name():
+    from ipfleet.connect import ssm_proxy_command
+    from ipfleet.names import InvalidRegion
+
+    assert ssm_proxy_command("us-gov-west-1").endswith("--region us-gov-west-1")
+    with pytest.raises(InvalidRegion):
+        ssm_proxy_command("eu-west-1 && id")
