@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from ipfleet.remote import printable
+from ipfleet.remote import ZONE_PATTERN, printable
 
 PRICING_REGION = "us-east-1"  # where the Pricing API answers for every region
 SPOT_PRODUCT = "Linux/UNIX"
@@ -85,7 +86,7 @@ def _on_demand_usd(product_json: str) -> tuple[float, str] | None:
         for dimension in (term.get("priceDimensions") or {}).values():
             usd = _usd((dimension.get("pricePerUnit") or {}).get("USD"))
             if usd is not None and usd > 0:
-                return usd, str(term.get("effectiveDate") or product.get("publicationDate") or "")[:40]
+                return usd, printable(term.get("effectiveDate") or product.get("publicationDate") or "", 40)
     return None
 
 
@@ -167,8 +168,11 @@ class PriceFetcher:
         newest: dict[tuple[str, str], dict] = {}
         for h in history:
             pair = (str(h.get("InstanceType")), str(h.get("AvailabilityZone")))
-            if pair[0] in instance_types and (
-                pair not in newest or str(h["Timestamp"]) > str(newest[pair]["Timestamp"])
+            # Only the types asked for, in zones that look like zones: keys and text from AWS.
+            if (
+                pair[0] in instance_types
+                and re.fullmatch(ZONE_PATTERN, pair[1])
+                and (pair not in newest or str(h["Timestamp"]) > str(newest[pair]["Timestamp"]))
             ):
                 newest[pair] = h
         prices = []
@@ -176,7 +180,7 @@ class PriceFetcher:
             usd = _usd(h.get("SpotPrice"))
             if usd is not None:
                 stamp = h["Timestamp"]
-                as_of = stamp.isoformat(timespec="seconds") if isinstance(stamp, datetime) else str(stamp)[:40]
+                as_of = stamp.isoformat(timespec="seconds") if isinstance(stamp, datetime) else printable(stamp, 40)
                 prices.append(
                     Price(
                         f"spot:{region}:{instance_type}:{zone}",

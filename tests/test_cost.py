@@ -163,3 +163,32 @@ def test_a_run_prices_its_node_hours_at_the_engines_rate():
     spot = (0.0363 + 0.0407 + 0.0382 + 0.0418) / 4
     assert cost.engine_node_hour(settings, fetcher.found, 3) == pytest.approx(spot + VOLUME_HOUR)  # type: ignore[attr-defined]
     assert cost.engine_node_hour(settings, {}, 3) is None
+
+
+def test_what_aws_says_reaches_the_terminal_and_the_cache_as_inert_text():
+    """Zones and dates are AWS's text: a zone of another shape is no price, a date with
+    escape sequences is cleaned."""
+    settings = settings_of()
+    spot = answer("ec2-spot-price-history.json")
+    spot["SpotPriceHistory"].append(
+        {
+            "AvailabilityZone": "us-east-1a\x1b]52;c;cm0gLXJmIH4=\x07",
+            "InstanceType": "c6i.large",
+            "ProductDescription": "Linux/UNIX",
+            "SpotPrice": "0.0001",
+            "Timestamp": "2026-11-30T09:59:00+00:00",
+        }
+    )
+    priced = answer("pricing-ec2-t3.medium.json")
+    entry = json.loads(priced["PriceList"][0])
+    next(iter(entry["terms"]["OnDemand"].values()))["effectiveDate"] = "2025-11-01\x1b[2J"
+    priced["PriceList"] = [json.dumps(entry)]
+    pricing, ec2 = offline_clients()
+    fetcher = prices.PriceFetcher(pricing, ec2, now=NOW)
+    with Stubber(pricing) as p, Stubber(ec2) as e:
+        p.add_response("get_products", priced)
+        e.add_response("describe_spot_price_history", spot)
+        on_demand = fetcher.on_demand("us-east-1", settings.controller_instance_type)
+        found = fetcher.spot("us-east-1", settings.engine_instance_types)
+    assert on_demand is not None and "\x1b" not in on_demand.as_of
+    assert all("\x1b" not in p.key for p in found) and len(found) == 4
