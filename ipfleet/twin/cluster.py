@@ -312,8 +312,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     from ipfleet.twin.wheelhouse import ensure_wheelhouse
 
     ref = resolve_stack(stack)
-    if (STATE_ROOT / ref.name / "state.json").exists():
-        raise TwinError(f"a twin of {ref.name!r} is already up; `ipfleet twin down {ref.name}` first")
+    clear_left_behind(ref.name, log)
     admin_key = _client_key(WORK_ROOT / ref.name / "client-home")
     config = twin_config(read_stack_file(ref.path), admin_key)
     if engine_nodes is not None:
@@ -901,6 +900,27 @@ def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
 def next_host_number(state: TwinState) -> int:
     """A free address for a new node: above every node there is (and ever was, for engines)."""
     return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes] + [network.FIRST_NODE_HOST + state.launched]) + 1
+
+
+def clear_left_behind(stack: str, log=print) -> None:
+    """Refuse to boot over a running twin of STACK; take down one whose processes have all ended.
+
+    A twin outlives `twin up` by design, so only its processes say whether it is in use. When
+    every one has ended (its maker was killed, the machine's processes were stopped), nothing
+    runs that a teardown could stop by mistake, and its namespaces and mounts are only in the way."""
+    if not (STATE_ROOT / stack / "state.json").exists():
+        return
+    left = TwinState.load(stack)
+    if any(process_alive(pid) for pid in recorded_processes(left)):
+        raise TwinError(f"a twin of {stack!r} is already up; `ipfleet twin down {stack}` first")
+    log(f"a twin of {stack!r} was left behind with all its processes ended; taking it down first")
+    down(left, log=log)
+
+
+def recorded_processes(state: TwinState) -> list[int]:
+    """Every process the twin started and recorded: nodes, moto, metadata, reconciler."""
+    pids = [n.pid for n in state.nodes] + [state.moto_pid, state.metadata_pid, state.reconciler_pid]
+    return [pid for pid in pids if pid]
 
 
 def down(state: TwinState, log=print) -> list[str]:
