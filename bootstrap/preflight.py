@@ -43,6 +43,8 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
     """Every inline policy each role gets, by name, built by the same functions the
     components use, with ARNs as long as AWS's will be. A test holds this to the plan's
     RolePolicy resources, name for name and action for action, so the two cannot drift."""
+    from bootstrap.runtime_wheel import runtime_wheel
+    from bootstrap.spec import RUNTIME_BUCKET_PLACEHOLDER
     from components.engine_fleet import (
         CONTROLLER_ACTIONS,
         CONTROLLER_DESCRIBE,
@@ -52,6 +54,8 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
         group_policy,
     )
     from components.node_role import session_manager_statements
+    from components.node_runtime import POLICY_NAME as RUNTIME_POLICY
+    from components.node_runtime import policy_document as runtime_document
     from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, READ_ACTIONS, node_records_arn
     from components.rendezvous import policy_document as rendezvous_document
     from components.s3_mounts import policy_document as s3_document
@@ -77,6 +81,7 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
         "ipfleet-drain": json.loads(group_policy(group, ENGINE_ACTIONS, ENGINE_DESCRIBE)),
     }
     for policies in (controller, engine):
+        policies[RUNTIME_POLICY] = runtime_document(RUNTIME_BUCKET_PLACEHOLDER, runtime_wheel(), partition)
         if settings.access is Access.SSM:
             policies["ipfleet-session-manager"] = {
                 "Version": "2012-10-17",

@@ -12,21 +12,23 @@ import ast
 import base64
 import dataclasses
 import gzip
+import io
 import json
 import shlex
+import tokenize
 from functools import cache
 from pathlib import Path
 
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bootstrap import paths
-from bootstrap.spec import DRAIN_HOOK, NodeSpec
+from bootstrap.ipfleet_node import paths
+from bootstrap.runtime_wheel import runtime_wheel
+from bootstrap.spec import NodeSpec
 
 HERE = Path(__file__).parent
-AGENT_SOURCE = HERE / "node" / "ipfleet_node.py"
-KEEPER_SOURCE = HERE / "node" / "ipfleet_keeper.py"
-PYENV_SOURCE = HERE / "node" / "ipfleet_pyenv.py"
+# The one node program user data carries: it makes the venv the runtime is installed into.
+PYENV_SOURCE = HERE / "ipfleet_node" / "pyenv.py"
 
 # What each role's long-running services import, compiled to bytecode at boot.
 WARM_MODULES = {
@@ -51,7 +53,7 @@ KNOWN_TOP_LEVEL_KEYS = frozenset(
     }
 )
 
-# Fixed paths on every node (bootstrap/paths.py); templates and the agent share them.
+# Fixed paths on every node (bootstrap/ipfleet_node/paths.py); templates and the agent share them.
 VENV, AGENT, STATE_DIR, IPYTHON_DIR = paths.VENV, paths.AGENT, paths.STATE_DIR, paths.IPYTHON_DIR
 PROFILE_DIR, FACTS_FILE, KEYS_FILE = paths.PROFILE_DIR, paths.FACTS_FILE, paths.KEYS_FILE
 BOOTSTRAP_SCRIPT = paths.BOOTSTRAP_SCRIPT
@@ -89,19 +91,17 @@ def python_list(numbers) -> str:
 def facts(spec: NodeSpec) -> dict:
     """/etc/ipfleet/node.json: what the node agent reads at boot, and only what the
     node's role reads (user data is 16 KB in all)."""
+    wheel = runtime_wheel()
     common = {
         "role": spec.role,
         "stack": spec.stack,
         "region": spec.region,
         "rendezvous_parameter": spec.rendezvous_parameter,
-        "state_dir": STATE_DIR,
-        "node_state_dir": paths.NODE_STATE_DIR,
-        "profile_dir": PROFILE_DIR,
         "aws_endpoint_url": spec.aws_endpoint_url,
         "mounts": [{"what": m.what, "where": m.where, "type": m.type, "unit": m.unit} for m in spec.mounts],
-        # What the bootstrap installs when the image lacks it (the twin's image reads it too).
-        "apt_packages": list(spec.apt_packages),
-        # For bootstrap/node/ipfleet_pyenv.py.
+        # The node runtime's wheel (bootstrap/runtime_wheel.py), checked against its sha256.
+        "runtime": {"bucket": spec.runtime_bucket, "key": wheel.key, "sha256": wheel.sha256},
+        # For bootstrap/ipfleet_node/pyenv.py.
         "python": {
             "venv": VENV,
             "index_url": spec.package_index_url,
@@ -113,12 +113,10 @@ def facts(spec: NodeSpec) -> dict:
             **common,
             "node_records_path": spec.node_records_path,
             "engines_per_node": spec.engines_per_node,
-            "drain_hook": DRAIN_HOOK,
         }
     return {
         **common,
         "keys_parameter": spec.keys_parameter,
-        "keys_file": KEYS_FILE,
         "controller_record_parameter": spec.controller_record_parameter,
         "keeper_parameter": spec.keeper_parameter,
         "notebook_parameter": spec.notebook_parameter,
@@ -128,7 +126,6 @@ def facts(spec: NodeSpec) -> dict:
         "ssh_public_key": spec.ssh_public_key,
         "notebook_port": spec.notebook_port,
         # Where the controller's sshd lets tunnels go: its own client-facing ports (and the notebook).
-        "forward_ports": list(spec.forward_ports),
         "loopback_forward_ports": list(spec.loopback_forward_ports),
         "keeper": dict(spec.keeper),
     }
@@ -144,9 +141,7 @@ def render_user_data(spec: NodeSpec) -> str:
     template = _environment().get_template(f"{spec.role}.yaml.j2")
     context = _context(spec)
     context["bootstrap_script"] = render_bootstrap_script(spec)
-    context["agent_source"] = node_program(AGENT_SOURCE, spec.role)
-    context["keeper_source"] = node_program(KEEPER_SOURCE)
-    context["pyenv_source"] = node_program(PYENV_SOURCE)
+    context["pyenv_source"] = inline_program(PYENV_SOURCE.read_text())
     text = template.render(**context)
     # Fail here, with the template's name, rather than at boot.
     parsed = yaml.safe_load(text)
@@ -156,46 +151,34 @@ def render_user_data(spec: NodeSpec) -> str:
     return text
 
 
-@cache
-def node_program(path: Path, role: str | None = None) -> str:
-    """A node program as the node gets it: the same code without comments, docstrings
-    and argparse's help texts, which EC2's 16 KB of user data has no room for (about a
-    quarter of the compressed size), and, for ROLE, without the functions the module's
-    ROLE_ONLY names for the other role. Tracebacks on a node name the lines of this text."""
-    tree = ast.parse(path.read_text())
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            node.keywords = [k for k in node.keywords if k.arg not in ("help", "description")]
+def inline_program(source: str) -> str:
+    """SOURCE as user data carries it: comments and docstrings blanked out, every line
+    where it was (a traceback on a node names the source's lines). Where they are comes
+    from the tokenizer and the syntax tree, facts of the text itself, so the result is
+    the same whatever Python renders it. Only the environment script travels this way."""
+    lines = source.split("\n")
+    comments = [
+        token.start
+        for token in tokenize.generate_tokens(io.StringIO(source).readline)
+        if token.type == tokenize.COMMENT and token.start[0] > 1  # the #! line stays
+    ]
+    for row, column in comments:
+        lines[row - 1] = lines[row - 1][:column].rstrip()
+    for node in ast.walk(ast.parse(source)):
         body = getattr(node, "body", None)
-        if (
-            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-            and body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-    if role is not None:
-        others = {name for owner, names in role_only(tree).items() if owner != role for name in names}
-        # The table itself is for this renderer only.
-        tree.body = [
-            node
-            for node in tree.body
-            if not (isinstance(node, ast.FunctionDef) and node.name in others) and not _is_role_only(node)
-        ]
-    return f"#!/usr/bin/env python3\n# {path.name} from ipfleet's source (bootstrap/node/).\n{ast.unparse(tree)}\n"
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and body and _is_docstring(body[0]):
+            first, last = body[0].lineno, body[0].end_lineno or body[0].lineno
+            lines[first - 1] = " " * body[0].col_offset + '""'
+            lines[first:last] = [""] * (last - first)
+    return "\n".join(lines)
 
 
-def role_only(tree: ast.Module) -> dict[str, tuple[str, ...]]:
-    """The module's ROLE_ONLY table: {role: names of functions only that role runs}."""
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and _is_role_only(node):
-            return ast.literal_eval(node.value)
-    return {}
-
-
-def _is_role_only(node: ast.stmt) -> bool:
-    return isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "ROLE_ONLY" for t in node.targets)
+def _is_docstring(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Constant)
+        and isinstance(statement.value.value, str)
+    )
 
 
 def _context(spec: NodeSpec) -> dict:

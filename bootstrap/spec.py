@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.pins import closure_pins, pinned
 from ipfleet import ports
 from ipfleet.access import Access
@@ -33,7 +34,7 @@ LOGIN_USER = "ipfleet-admin"
 # a laptop's client and the engines must agree on ipyparallel, pyzmq and
 # cloudpickle (`ipfleet connect` compares them).
 NODE_PACKAGES = ("ipyparallel", "pyzmq", "cloudpickle", "boto3")
-# What installs them on the node (bootstrap/node/ipfleet_pyenv.py), also pinned.
+# What installs them on the node (bootstrap/ipfleet_node/pyenv.py), also pinned.
 UV = "uv"
 NOTEBOOK_PACKAGES = ("jupyterlab",)
 # JupyterLab listens here on the controller's loopback only.
@@ -65,7 +66,7 @@ class Mount:
 
 # The engine group's termination lifecycle hook: a leaving engine node drains, then
 # completes it (components/engine_fleet.py declares it, the agent completes it).
-DRAIN_HOOK = "ipfleet-drain"
+DRAIN_HOOK = wire.DRAIN_HOOK
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,6 @@ class NodeSpec:
     admin_sudo: bool = False
     # Where the login may forward to (sshd PermitOpen): these ports on the controller's
     # own address (what the client file names), and these on its loopback (the notebook).
-    forward_ports: tuple[int, ...] = ()
     loopback_forward_ports: tuple[int, ...] = ()
     # Download URL of the SSM agent's package; None: not installed by ipfleet.
     ssm_agent_url: str | None = None
@@ -126,13 +126,21 @@ class NodeSpec:
     service_uid: int = SERVICE_UID
     # Environment of the ipfleet services, and so of user code on the engines.
     environment: tuple[tuple[str, str], ...] = field(default=())
-    # The controller's keeper (bootstrap/node/ipfleet_keeper.py): the idle guard and
+    # The controller's keeper (bootstrap/ipfleet_node/keeper.py): the idle guard and
     # the autoscaler, within the engine group's floor. Engine nodes leave these empty.
     keeper: tuple[tuple[str, float | int | bool], ...] = ()
+    # The stack's bucket holding the node runtime's wheel (components/node_runtime.py).
+    runtime_bucket: str = ""
 
 
-def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeSpec:
-    """The spec of one role's nodes. `efs_dns_name` is known only after deploy."""
+# A bucket name as long as S3 allows, for what is checked or rendered before deploy.
+RUNTIME_BUCKET_PLACEHOLDER = "ipfleet-runtime-" + "0" * 47
+
+
+def node_spec(
+    settings: Settings, role: Role, efs_dns_name: str | None, runtime_bucket: str = RUNTIME_BUCKET_PLACEHOLDER
+) -> NodeSpec:
+    """The spec of one role's nodes. `efs_dns_name` and `runtime_bucket` are known only after deploy."""
     mounts: list[Mount] = []
     # No python3-venv: uv makes the venv. iproute2: the agent's `ip`, the keeper's `ss`.
     apt = ["iproute2"]
@@ -205,11 +213,11 @@ def node_spec(settings: Settings, role: Role, efs_dns_name: str | None) -> NodeS
         curve=settings.curve,
         ssh_public_key=settings.ssh_public_key if tunnels else None,
         admin_sudo=settings.admin_sudo and tunnels,
-        forward_ports=tuple(ports.CLIENT_FACING_PORTS.as_list()) if tunnels else (),
         loopback_forward_ports=(NOTEBOOK_PORT,) if tunnels and notebook else (),
         ssm_agent_url=_ssm_agent_url(settings, role),
         ssm_agent_sha256=settings.ssm_agent_sha256,
         notebook_port=NOTEBOOK_PORT if notebook else None,
+        runtime_bucket=runtime_bucket,
         environment=(("AWS_DEFAULT_REGION", settings.region),)
         + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),
         keeper=_keeper(settings) if role == "controller" else (),

@@ -7,11 +7,14 @@ from dataclasses import dataclass
 
 import pulumi
 
-from bootstrap import Role, encode_user_data, node_spec, render_user_data
+from bootstrap.render import encode_user_data, render_user_data
+from bootstrap.runtime_wheel import runtime_wheel
+from bootstrap.spec import Role, node_spec
 from components.controller import Controller, ControllerArgs
 from components.engine_fleet import EngineFleet, EngineFleetArgs
 from components.lookups import Image, Network, Placement
 from components.node_role import NodeRole, NodeRoleArgs
+from components.node_runtime import NodeRuntime, NodeRuntimeArgs
 from components.rendezvous import Rendezvous, RendezvousArgs, node_records_arn
 from components.s3_mounts import S3Mounts, S3MountsArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
@@ -77,6 +80,14 @@ class Cluster(pulumi.ComponentResource):
             ),
             child,
         )
+        # The agent and keeper reach the nodes as a wheel in S3, not inside user data.
+        self.runtime = NodeRuntime(
+            f"{name}-runtime",
+            NodeRuntimeArgs(stack=s.stack, roles=roles, partition=s.partition, tags={"ipfleet:stack": s.stack}),
+            child,
+        )
+        controller_needs += [self.runtime.policies[0], self.runtime.wheel]
+        engine_needs += [self.runtime.policies[1], self.runtime.wheel]
         controller_needs += self.rendezvous.publisher_policies
         engine_needs += self.rendezvous.reader_policies
         if s.s3_mounts:
@@ -101,7 +112,9 @@ class Cluster(pulumi.ComponentResource):
             engine_needs += self.shared_storage.mount_targets
 
         def user_data(role: Role) -> pulumi.Output[str]:
-            return efs_dns_name.apply(lambda dns: encode_user_data(render_user_data(node_spec(s, role, dns))))
+            return pulumi.Output.all(efs_dns_name, self.runtime.bucket_name).apply(
+                lambda found: encode_user_data(render_user_data(node_spec(s, role, found[0], found[1])))
+            )
 
         self.controller = Controller(
             f"{name}-controller",
@@ -159,5 +172,7 @@ class Cluster(pulumi.ComponentResource):
             "securityGroupId": self.security_group.id,
             "sharedFileSystemId": self.shared_storage.file_system_id if self.shared_storage else None,
             "connectCommand": f"ipfleet connect {s.stack}",
+            # Which node runtime the nodes install: its wheel's sha256 (bootstrap/runtime_wheel.py).
+            "nodeRuntime": runtime_wheel().sha256,
         }
         self.register_outputs(self.outputs)

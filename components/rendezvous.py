@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
-from bootstrap.node.ipfleet_node import PENDING  # placeholder until the controller publishes
+from bootstrap.ipfleet_node.wire import PENDING  # placeholder until the controller publishes
 from ipfleet.partitions import Partition
 
 TYPE = "ipfleet:cluster:Rendezvous"

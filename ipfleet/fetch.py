@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bootstrap.node.ipfleet_node import FORMAT, PENDING
+from bootstrap.ipfleet_node.wire import FORMAT, PENDING
 from ipfleet import remote
 from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
@@ -41,7 +41,7 @@ class SshLogin:
 @dataclass(frozen=True)
 class PublishedController:
     """The controller as it describes itself in the published document (the agent's
-    `publish`, bootstrap/node/ipfleet_node.py), parsed once where `fetch` reads it,
+    `publish`, bootstrap/ipfleet_node/agent.py), parsed once where `fetch` reads it,
     against ipfleet/remote.py's schema: every field here has the shape it claims."""
 
     address: str

@@ -1,5 +1,5 @@
 """What each node of a stack says about itself: its record under /ipfleet/STACK/nodes/,
-written by the node's agent (bootstrap/node/ipfleet_node.py: `report`, `watch`).
+written by the node's agent (bootstrap/ipfleet_node/agent.py: `report`, `watch`).
 
 Read with the user's own AWS credentials: nobody logs in to learn that a bootstrap
 failed, at which step, and why.
@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from bootstrap.node.ipfleet_node import PENDING
+from bootstrap.ipfleet_node.wire import PENDING
 from ipfleet import remote
 from ipfleet.remote import printable
 from ipfleet.settings import controller_record_parameter, keeper_parameter, node_records_path

@@ -10,6 +10,7 @@ show as `<name.attribute>`. Secret inputs are masked.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import runpy
 import sys
 from collections.abc import Callable
@@ -135,6 +136,10 @@ class _Answers(pulumi_mocks.Mocks):
         for attr in COMPUTED:
             state.setdefault(attr, f"<{name}.{attr}>")
         state.setdefault("name", f"<{name}.name>")
+        if args.typ == "aws:s3/bucket:Bucket" and "bucketPrefix" in state:
+            # AWS completes a prefix with 26 characters of its own: these depend on the
+            # resource's name only, so a plan (and the twin's bucket) is repeatable.
+            state.setdefault("bucket", state["bucketPrefix"] + hashlib.sha256(name.encode()).hexdigest()[:26])
         return f"<{name}.id>", state
 
 

@@ -87,6 +87,18 @@ REPLACING_INPUTS = {
         "namePrefix": "a new name replaces the instance profile",
     },
     "aws:iam/rolePolicy:RolePolicy": {"name": "a new name replaces the policy", "role": "the policy moves roles"},
+    "aws:s3/bucket:Bucket": {
+        "bucket": "a new name makes a new bucket (the runtime bucket holds only ipfleet's wheel)",
+        "bucketPrefix": "a new name makes a new bucket (the runtime bucket holds only ipfleet's wheel)",
+    },
+    "aws:s3/bucketObjectv2:BucketObjectv2": {
+        "bucket": "the object moves buckets: it is stored again",
+        "key": "a new node runtime is a new object under its own sha256; the old one goes after the nodes move",
+    },
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": {"bucket": "the block moves buckets: it is replaced"},
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": {
+        "bucket": "the configuration moves buckets: it is replaced"
+    },
 }
 # Inputs ipfleet's components tell `pulumi up` to leave alone, and why.
 IGNORED_NOTES = {

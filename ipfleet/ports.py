@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bootstrap.ipfleet_node import wire
+
 
 @dataclass(frozen=True)
 class PortRange:
@@ -25,14 +27,14 @@ class PortRange:
 
 
 # Sockets that clients (a laptop's ipyparallel.Client) connect to.
-CLIENT_PORTS = PortRange(10101, 10108)
+CLIENT_PORTS = PortRange(*wire.CLIENT_PORTS)
 # Sockets that engines connect to (registration, heartbeat, tasks, IOPub...).
 # ipyparallel takes the registration socket, which clients use too, first from
 # this pool: starting it right after CLIENT_PORTS keeps the client-facing ports
 # one contiguous range.
-ENGINE_PORTS = PortRange(CLIENT_PORTS.last + 1, CLIENT_PORTS.last + 16)
+ENGINE_PORTS = PortRange(*wire.ENGINE_PORTS)
 # What a client outside the cluster needs (access: direct): client sockets + registration.
-CLIENT_FACING_PORTS = PortRange(CLIENT_PORTS.first, ENGINE_PORTS.first)
+CLIENT_FACING_PORTS = PortRange(*wire.CLIENT_FACING_PORTS)
 # Internal sockets between the controller's own processes, plus spare ports.
 INTERNAL_PORTS = PortRange(ENGINE_PORTS.last + 1, ENGINE_PORTS.last + 20)
 

@@ -57,6 +57,13 @@ def args_class_for(token: str) -> type | None:
     module_path, _, name = rest.partition(":")
     module = module_path.split("/", 1)[0]
     sdk = importlib.import_module("pulumi_aws" if module == "index" else f"pulumi_aws.{module}")
+    resource = getattr(sdk, name, None)
+    # Where a nested type has the resource's name (BucketServerSideEncryptionConfiguration is
+    # both), the SDK calls the resource's own arguments `NameInitArgs`, in the resource's module.
+    own = sys.modules.get(getattr(resource, "__module__", ""))
+    for candidate in (f"{name}InitArgs", f"{name}Args"):
+        if own is not None and candidate in vars(own):
+            return vars(own)[candidate]
     return getattr(sdk, f"{name}Args", None)
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from bootstrap.node.ipfleet_node import FORMAT, RECORD_FORMAT
+from bootstrap.ipfleet_node.wire import FORMAT, RECORD_FORMAT
 
 # EC2's two id lengths (8 hex digits before 2016, 17 since).
 INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}(?:[0-9a-f]{9})?$"

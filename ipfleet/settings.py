@@ -30,6 +30,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from bootstrap.ipfleet_node import wire
+from bootstrap.ipfleet_node.paths import NODE_PATHS
 from ipfleet.access import Access
 from ipfleet.errors import UsageError
 from ipfleet.images import DEFAULT_IMAGE, IMAGES
@@ -315,7 +317,7 @@ class Settings(_Model):
     @field_validator("engines_per_node", mode="before")
     @classmethod
     def _engines_per_node(cls, v: Any) -> int | str:
-        if v == "auto":
+        if v == wire.ENGINES_PER_VCPU:
             return v
         try:
             number = int(v)
@@ -592,8 +594,6 @@ class Settings(_Model):
         return self
 
     def _check_mounts(self) -> None:
-        from bootstrap.paths import NODE_PATHS  # here: bootstrap's package imports this module
-
         seen: dict[str, str] = {}
         wanted = [(f"s3Mounts[{i}].mountPoint", m.mount_point) for i, m in enumerate(self.s3_mounts)]
         if self.shared_storage.enabled:
@@ -689,35 +689,13 @@ class Settings(_Model):
         return self.access.curve
 
 
-def rendezvous_parameter(stack: str) -> str:
-    """One path per stack, known to the nodes, the CLI and the IAM policies alike."""
-    return f"/ipfleet/{stack}/connection"
-
-
-def keys_parameter(stack: str) -> str:
-    """Where the controller keeps the cluster's keys (readable by the controller only)."""
-    return f"/ipfleet/{stack}/keys"
-
-
-def node_records_path(stack: str) -> str:
-    """Where each engine node reports its phase, failure and engines (one String parameter
-    per instance, written by the node and deleted at its shutdown): read by `ipfleet status`."""
-    return f"/ipfleet/{stack}/nodes"
-
-
-def controller_record_parameter(stack: str) -> str:
-    """The controller's own record: outside the engines' path, so no engine can write it."""
-    return f"/ipfleet/{stack}/controller"
-
-
-def keeper_parameter(stack: str) -> str:
-    """What the controller's keeper says of the engine group (idle guard, autoscaler)."""
-    return f"/ipfleet/{stack}/keeper"
-
-
-def notebook_parameter(stack: str) -> str:
-    """The notebook's token (a SecureString): the controller and laptops read it, engines not."""
-    return f"/ipfleet/{stack}/notebook"
+# The stack's parameter paths: the wire contract's (bootstrap/ipfleet_node/wire.py).
+rendezvous_parameter = wire.connection_parameter
+keys_parameter = wire.keys_parameter
+node_records_path = wire.node_records_path
+controller_record_parameter = wire.controller_record_parameter
+keeper_parameter = wire.keeper_parameter
+notebook_parameter = wire.notebook_parameter
 
 
 def architecture(instance_type: str) -> str:

@@ -4,29 +4,28 @@ from __future__ import annotations
 
 import ast
 import base64
-import importlib
 import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bootstrap import (
-    ROLES,
+from bootstrap.ipfleet_node import paths
+from bootstrap.preflight import check_user_data
+from bootstrap.render import (
+    KNOWN_TOP_LEVEL_KEYS,
     USER_DATA_LIMIT,
     decode_user_data,
     encode_user_data,
-    node_spec,
-    paths,
+    inline_program,
     render_bootstrap_script,
     render_user_data,
 )
-from bootstrap.preflight import check_user_data
-from bootstrap.render import KNOWN_TOP_LEVEL_KEYS
+from bootstrap.runtime_wheel import runtime_wheel
+from bootstrap.spec import ROLES, node_spec
 from ipfleet.settings import SettingsError
 from tests.conftest import settings_of
 
@@ -101,54 +100,49 @@ def test_shellcheck_passes_the_bootstrap_script(variation, role, spec, tmp_path)
 
 @pytest.mark.parametrize("variation,role,spec", CASES, ids=IDS)
 def test_embedded_files_are_what_the_sources_say(variation, role, spec):
+    """User data carries one program, the environment script, as it is in the source;
+    the agent and keeper come as the runtime wheel, named by its sha256 in the facts."""
     document = yaml.safe_load(render_user_data(spec))
-    files = {f["path"]: f for f in document["write_files"]}
-    programs = Path(__file__).resolve().parent.parent / "bootstrap" / "node"
-    files = {path: f["content"] for path, f in files.items()}
-
-    def same_code(embedded: str, source: Path, leave_out: set[str] = frozenset()) -> bool:
-        """The node's copy is the source's code: the same syntax tree, docstrings,
-        argparse's help texts and the functions LEAVE_OUT aside."""
-        tree = ast.parse(source.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                node.keywords = [k for k in node.keywords if k.arg not in ("help", "description")]
-            body = getattr(node, "body", None)
-            if (
-                isinstance(body, list)
-                and body
-                and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)
-            ):
-                node.body = body[1:] or [ast.Pass()]
-        tree.body = [
-            n
-            for n in tree.body
-            if not (isinstance(n, ast.FunctionDef) and n.name in leave_out)
-            and not (leave_out and isinstance(n, ast.Assign) and n.targets[0].id == "ROLE_ONLY")
-        ]
-        return ast.dump(ast.parse(embedded)) == ast.dump(tree)
-
-    # The agent: all of it but what only the other role runs (EC2's 16 KB).
-    sys.path.insert(0, str(programs))
-    try:
-        role_only = importlib.import_module("ipfleet_node").ROLE_ONLY
-    finally:
-        sys.path.remove(str(programs))
-    others = {name for owner, names in role_only.items() if owner != role for name in names}
-    embedded = files.pop("/usr/local/lib/ipfleet/ipfleet_node.py")
-    assert same_code(embedded, programs / "ipfleet_node.py", others)
-    defined = {n.name for n in ast.parse(embedded).body if isinstance(n, ast.FunctionDef)}
-    assert not defined & others and set(role_only[role]) <= defined
-    assert "def watch(" in embedded and '"""' not in embedded.split("def watch(")[1][:200]
-    keeper = files.pop("/usr/local/lib/ipfleet/ipfleet_keeper.py", None)
-    assert same_code(keeper, programs / "ipfleet_keeper.py") if role == "controller" else keeper is None
-    assert same_code(files.pop("/usr/local/lib/ipfleet/ipfleet_pyenv.py"), programs / "ipfleet_pyenv.py")
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    source = Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node"
+    assert files[paths.PYENV] == inline_program((source / "pyenv.py").read_text())
+    programs = [path for path, content in files.items() if content.startswith("#!/usr/bin/env python")]
+    assert programs == [paths.PYENV]
+    assert not any("def watch(" in content or "def keep(" in content for content in files.values())
+    wheel = runtime_wheel()
+    runtime = json.loads(files[paths.FACTS_FILE])["runtime"]
+    assert runtime == {"bucket": spec.runtime_bucket, "key": wheel.key, "sha256": wheel.sha256}
     assert files["/usr/local/lib/ipfleet/bootstrap.sh"] == render_bootstrap_script(spec)
     for mount in spec.mounts:
         unit = files[f"/etc/systemd/system/{mount.unit}"]
         assert f"What={mount.what}\n" in unit and f"Where={mount.where}\n" in unit
+
+
+def without_docstrings(tree: ast.AST) -> str:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree)
+
+
+def test_the_inlined_environment_script_is_the_sources_code_line_for_line():
+    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
+    inlined = inline_program(source)
+    assert without_docstrings(ast.parse(inlined)) == without_docstrings(ast.parse(source))
+    assert inlined.count("\n") == source.count("\n") and "#" not in inlined.split("\n", 1)[1].replace('"#"', "")
+    # Lines stay where they were: a traceback's line number points into the source.
+    for number, line in enumerate(inlined.split("\n")):
+        assert not line.strip() or source.split("\n")[number].startswith(line.rstrip()) or line.strip() == '""', number
+    # And what it does to code that is not a docstring or a comment: nothing.
+    tricky = 'def f(x):\n    """Doc."""\n    return "a  # b", x  # note\n'
+    assert inline_program(tricky) == 'def f(x):\n    ""\n    return "a  # b", x\n'
 
 
 def test_mount_unit_names_follow_systemd_escaping():
@@ -198,9 +192,7 @@ def test_tunnel_login_forwards_only_to_the_controllers_own_ports_and_has_no_sudo
     # Fails closed: until (or unless) the bootstrap writes the node's destinations, none.
     assert "PermitOpen none" in dropin and "AllowTcpForwarding local" in dropin
     facts = json.loads(files["/etc/ipfleet/node.json"])
-    from ipfleet import ports
-
-    assert facts["forward_ports"] == ports.CLIENT_FACING_PORTS.as_list()
+    # Its own client-facing ports come from the wire contract the node runs (test_node_agent).
     assert facts["loopback_forward_ports"] == [8888]
     login = next(u for u in document["users"] if isinstance(u, dict) and u["name"] == "ipfleet-admin")
     assert "sudo" not in login
@@ -222,7 +214,7 @@ def test_units_that_use_the_shared_storage_require_it():
 def test_engines_reread_the_rendezvous_whenever_they_start():
     files, _ = _files(settings_of(), "engine")
     unit = files["/etc/systemd/system/ipengine@.service"]
-    assert "ExecStartPre=/opt/ipfleet/venv/bin/python /usr/local/lib/ipfleet/ipfleet_node.py wait-connection" in unit
+    assert "ExecStartPre=/opt/ipfleet/venv/bin/python -I -m ipfleet_node wait-connection" in unit
     assert "Restart=always\n" in unit and "StartLimitIntervalSec=0\n" in unit
     assert "TimeoutStopSec=5\n" in unit  # the nanny would otherwise hold a restart back 90 s
     config = files["/var/lib/ipfleet/ipython/profile_default/ipengine_config.py"]
@@ -231,7 +223,7 @@ def test_engines_reread_the_rendezvous_whenever_they_start():
 
 def test_bootstrap_mounts_through_the_agent_with_a_bound():
     script = render_bootstrap_script(node_spec(settings_of(), "engine", EFS))
-    assert "ipfleet_node.py mount shared.mount --timeout 600" in script
+    assert "-m ipfleet_node mount shared.mount --timeout 600" in script
 
 
 # Shapes of secrets that must never reach user data.
@@ -273,12 +265,12 @@ def test_user_data_that_fits_stays_plain_text():
     assert base64.b64decode(encode_user_data(text)) == text.encode()
 
 
-def test_default_user_data_leaves_room_for_packages():
-    """The agent rides in user data: after compression, a quarter of EC2's 16 KB stays free."""
-
+def test_user_data_is_configuration_not_programs():
+    """The example stack's user data, as EC2 takes it, is at most 40 % of EC2's 16 KB:
+    the agent and keeper travel as the runtime wheel, leaving the room to settings."""
     for role in ("controller", "engine"):
         encoded = encode_user_data(render_user_data(node_spec(settings_of(), role, EFS)))
-        assert len(base64.b64decode(encoded)) < USER_DATA_LIMIT * 0.8, role
+        assert len(base64.b64decode(encoded)) <= USER_DATA_LIMIT * 0.4, role
 
 
 def test_user_data_over_the_limit_is_a_settings_error():
@@ -323,7 +315,7 @@ def test_s3_prefixes_mount_without_a_directory_object():
 
 def test_the_environment_program_reads_the_files_the_user_data_writes():
     # ipfleet_pyenv.py runs before ipfleet's modules are anywhere: it has its own copy.
-    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "node" / "ipfleet_pyenv.py").read_text()
+    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
     assert f'REQUIREMENTS = "{paths.PYTHON_REQUIREMENTS}"' in source
     assert f'CONSTRAINTS = "{paths.PYTHON_CONSTRAINTS}"' in source
     assert f'UV_HOME = Path("{paths.UV_HOME}")' in source

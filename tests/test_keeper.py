@@ -3,27 +3,14 @@ autoscaler, step by step on a clock the test controls."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-NODE_DIR = Path(__file__).resolve().parent.parent / "bootstrap" / "node"
+from bootstrap.ipfleet_node import keeper as keeper_module
 
 
 @pytest.fixture(scope="module")
 def keeper():
-    sys.path.insert(0, str(NODE_DIR))
-    try:
-        spec = importlib.util.spec_from_file_location("ipfleet_keeper", NODE_DIR / "ipfleet_keeper.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["ipfleet_keeper"] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.modules.pop("ipfleet_keeper", None)
-        sys.path.remove(str(NODE_DIR))
+    return keeper_module
 
 
 def policy(keeper, idle=10.0, autoscale=False, minimum=0, per_engine=2, cooldown=60):

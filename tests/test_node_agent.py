@@ -13,7 +13,7 @@ import time
 import boto3
 import pytest
 
-from bootstrap.node import ipfleet_node as agent
+from bootstrap.ipfleet_node import agent
 
 
 @pytest.fixture
@@ -74,12 +74,13 @@ def test_mount_gives_up_at_its_bound_and_says_why(facts, monkeypatch):
 
 
 def test_sshd_forwarding_names_this_nodes_own_address(facts, monkeypatch, tmp_path):
-    facts(forward_ports=[10101, 10102], loopback_forward_ports=[8888])
+    facts(loopback_forward_ports=[8888])
     target = tmp_path / "10-ipfleet-forwarding.conf"
     monkeypatch.setattr(agent, "SSHD_FORWARDING", target)
     monkeypatch.setattr(agent, "private_address", lambda: "10.0.3.7")
     agent.sshd_forwarding()
-    assert target.read_text().splitlines()[-1] == "PermitOpen 10.0.3.7:10101 10.0.3.7:10102 127.0.0.1:8888"
+    own = " ".join(f"10.0.3.7:{port}" for port in range(10101, 10110))  # client ports and registration
+    assert target.read_text().splitlines()[-1] == f"PermitOpen {own} 127.0.0.1:8888"
 
 
 RENDEZVOUS = "/ipfleet/mv/connection"

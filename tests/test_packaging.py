@@ -52,8 +52,9 @@ def test_the_wheel_holds_the_node_side_and_no_tests(installed):
         "components/cluster.py",
         "bootstrap/templates/controller.yaml.j2",
         "bootstrap/templates/bootstrap.sh.j2",
-        "bootstrap/node/ipfleet_node.py",
-        "bootstrap/node/ipfleet_pyenv.py",
+        "bootstrap/ipfleet_node/agent.py",
+        "bootstrap/ipfleet_node/keeper.py",
+        "bootstrap/ipfleet_node/pyenv.py",
     ):
         assert needed in names, needed
     assert not any(name.startswith(("tests/", "stacks/", "benchmarks/")) for name in names)
@@ -74,7 +75,8 @@ def test_installed_ipfleet_works_away_from_any_checkout(installed, tmp_path):
     stack.write_text((ROOT / "stacks" / "Pulumi.example.yaml").read_text())
     script = (
         "import ipfleet, bootstrap, components\n"
-        "from bootstrap import node_spec, render_user_data\n"
+        "from bootstrap.render import render_user_data\n"
+        "from bootstrap.spec import node_spec\n"
         "from ipfleet.settings import parse_settings\n"
         "from ipfleet.stack_config import read_stack_file\n"
         "settings = parse_settings('away', read_stack_file(__import__('pathlib').Path('Pulumi.away.yaml')))\n"

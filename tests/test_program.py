@@ -9,6 +9,7 @@ import yaml
 
 from bootstrap.render import decode_user_data
 from ipfleet.plan_view import user_data
+from ipfleet.twin.cluster import apt_packages_of, written_files
 from tests.conftest import PUBLIC_KEY, plan_of
 
 SG_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
@@ -187,8 +188,7 @@ def test_shared_storage_is_retained_unless_asked_and_can_be_disabled():
     off = plan_of(sharedStorage={"enabled": False})
     assert not off.of_type("aws:efs/fileSystem:FileSystem")
     document = yaml.safe_load(user_data(off, "engine"))
-    facts = json.loads(next(f["content"] for f in document["write_files"] if f["path"] == "/etc/ipfleet/node.json"))
-    assert "nfs-common" not in facts["apt_packages"]
+    assert "nfs-common" not in apt_packages_of(written_files(user_data(off, "engine").encode()))
     assert not [f for f in document["write_files"] if "Type=nfs" in f["content"]]
     assert off.outputs["sharedFileSystemId"] is None
 
@@ -262,6 +262,8 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-controller-iam-profile",
         "example-controller-iam-session-manager",
         "example-rendezvous-publish",
+        "example-runtime-read-0",
+        "example-runtime-wheel",
     } <= set(controller.depends_on)
     group = example.one(GROUP)
     assert targets <= set(group.depends_on)
@@ -271,6 +273,8 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-rendezvous-read-0",
         "example-rendezvous-report-0",
         "example-controller-node",
+        "example-runtime-read-1",
+        "example-runtime-wheel",
     } <= set(group.depends_on)
     # The engines' grants are theirs, not the controller's.
     assert "example-rendezvous-publish" not in group.depends_on
@@ -281,6 +285,7 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
             "example-engine-iam-session-manager",
             "example-rendezvous-read-0",
             "example-rendezvous-report-0",
+            "example-runtime-read-1",
             # The group's own grants: the engines' drain and the controller's sizing.
             "example-engines-engine-scaling",
             "example-engines-controller-scaling",

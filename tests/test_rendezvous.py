@@ -17,12 +17,13 @@ from pathlib import Path
 import boto3
 import pytest
 
-from bootstrap import node_spec
+from bootstrap.spec import node_spec
 from ipfleet import remote
 from ipfleet.twin.loopback import loopback_controller_config
-from tests.conftest import ROOT, run_cli, settings_of
+from tests.conftest import run_cli, settings_of
 
-AGENT = ROOT / "bootstrap" / "node" / "ipfleet_node.py"
+# The node agent as its units run it (python -m), from this checkout.
+AGENT = [sys.executable, "-m", "bootstrap.ipfleet_node"]
 STACK = "rv"
 PARAMETER = f"/ipfleet/{STACK}/connection"
 KEYS_PARAMETER = f"/ipfleet/{STACK}/keys"
@@ -68,7 +69,7 @@ NO_METADATA = "http://127.0.0.1:9/latest"
 
 def agent(facts: Path, *args: str, timeout: float = 60, metadata: str = NO_METADATA) -> subprocess.CompletedProcess:
     env = {**os.environ, "IPFLEET_NODE_FACTS": str(facts), "IPFLEET_METADATA_URL": metadata}
-    return subprocess.run([sys.executable, str(AGENT), *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*AGENT, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def ipfleet(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -248,7 +248,7 @@ def test_the_longest_valid_stack_name_parses():
 
 
 def _mount_variants():
-    from bootstrap.paths import NODE_PATHS
+    from bootstrap.ipfleet_node.paths import NODE_PATHS
 
     for used in NODE_PATHS:
         parent = used.rsplit("/", 1)[0]

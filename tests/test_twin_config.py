@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bootstrap import node_spec
 from bootstrap.render import render_user_data
+from bootstrap.spec import node_spec
 from ipfleet.settings import SettingsError, parse_settings
 from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_config, written_files
 from ipfleet.twin.network import CLIENT_SUBNET

@@ -1,17 +1,19 @@
 """Runs inside a twin namespace: readies the AWS stand-in as `pulumi up` would leave it.
 
-Usage: python -m ipfleet.twin.aws SPEC_JSON
+Usage: python -m ipfleet.twin.aws SPEC_JSON|@SPEC_FILE
 SPEC_JSON: {"region", "parameters": [{"name", "type", "value"}], "buckets": [...],
-            "objects": [{"bucket", "key", "body"}], "group": {see create_engine_group}}
+            "objects": [{"bucket", "key", "body" or "body_base64"}], "group": {see create_engine_group}}
 Prints what it made: {"group": NAME} with a group.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 
 def wait_ready(endpoint: str, timeout: float = 30) -> None:
@@ -76,7 +78,9 @@ def create_engine_group(autoscaling, ec2, group: dict) -> str:
 def main() -> None:
     import os
 
-    spec = json.loads(sys.argv[1])
+    # A spec too long for one argument (a wheel inside) comes as @FILE.
+    argument = sys.argv[1]
+    spec = json.loads(Path(argument[1:]).read_text() if argument.startswith("@") else argument)
     endpoint = os.environ["AWS_ENDPOINT_URL"]
     wait_ready(endpoint)
     import boto3
@@ -91,7 +95,8 @@ def main() -> None:
         else:
             s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": spec["region"]})
     for o in spec.get("objects", []):
-        s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=o["body"].encode())
+        body = base64.b64decode(o["body_base64"]) if "body_base64" in o else o["body"].encode()
+        s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=body)
     made = {}
     if spec.get("group"):
         made["group"] = create_engine_group(

@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from bootstrap.ipfleet_node import wire
 from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.twin import network
@@ -242,14 +244,20 @@ def written(files: dict[str, str], path: str) -> str:
 
 def node_facts_of(files: dict[str, str]) -> dict:
     """The node's facts file, from its user data's written files."""
-    from bootstrap import paths
+    from bootstrap.ipfleet_node import paths
 
     return json.loads(written(files, paths.FACTS_FILE))
 
 
 def apt_packages_of(files: dict[str, str]) -> list[str]:
-    """The Debian packages a node's bootstrap installs if its image lacks them."""
-    return list(node_facts_of(files).get("apt_packages") or [])
+    """The Debian packages a node's bootstrap installs if its image lacks them: its
+    `wanted=(...)` line (bootstrap.sh.j2), read the way bash reads it."""
+    from bootstrap.ipfleet_node import paths
+
+    for line in written(files, paths.BOOTSTRAP_SCRIPT).splitlines():
+        if line.startswith("wanted=(") and line.endswith(")"):
+            return shlex.split(line.removeprefix("wanted=(").removesuffix(")"))
+    raise TwinError(f"{paths.BOOTSTRAP_SCRIPT} in the user data names no packages (no wanted=(...) line)")
 
 
 def python_lines_of(files: dict[str, str], path: str) -> list[str]:
@@ -330,7 +338,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     files = {role: written_files(data) for role, data in user_data.items()}
     image = ensure_rootfs(suite, apt_packages_of(files["controller"]) + apt_packages_of(files["engine"]), log)
     # What the nodes' user data asks for, uv included, is what the package index holds.
-    from bootstrap import paths
+    from bootstrap.ipfleet_node import paths
 
     requirements = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_REQUIREMENTS)}
     constraints = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_CONSTRAINTS)}
@@ -345,7 +353,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     client_python = ensure_client_python(".".join(python_version.split(".")[:2]), log)
     prepare_seconds = time.monotonic() - started
 
-    per_node = (os.cpu_count() or 1) if settings.engines_per_node == "auto" else settings.engines_per_node
+    per_node = wire.engines_on(settings.engines_per_node, os.cpu_count() or 1)
     state = TwinState(
         stack=ref.name,
         tag=secrets.token_hex(2),
@@ -529,14 +537,22 @@ def _start_aws(state: TwinState, plan, settings) -> None:
         {"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
         for p in plan.of_type("aws:ssm/parameter:Parameter")
     ]
+    # What the stack stores in S3 (the node runtime's wheel), byte for byte, in the bucket
+    # the plan names; the S3 mounts' buckets are the user's, made empty.
+    objects = [
+        {"bucket": o.inputs["bucket"], "key": o.inputs["key"], "body_base64": o.inputs["contentBase64"]}
+        for o in plan.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
+    ]
     spec = {
         "region": settings.region,
         "parameters": parameters,
-        "buckets": sorted({m.bucket for m in settings.s3_mounts}),
-        "objects": [],
+        "buckets": sorted({m.bucket for m in settings.s3_mounts} | {o["bucket"] for o in objects}),
+        "objects": objects,
         "group": _engine_group_spec(state, plan),
     }
-    made = client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
+    spec_file = state.work_dir / "aws-spec.json"
+    spec_file.write_text(json.dumps(spec))
+    made = client_python(state, ["-m", "ipfleet.twin.aws", f"@{spec_file}"], timeout=60)
     state.group_name = json.loads(made.stdout)["group"]
     state.save()
 

@@ -8,8 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from bootstrap import node_spec, paths, render_user_data
-from bootstrap.render import AGENT_SOURCE
+from bootstrap.ipfleet_node import paths
+from bootstrap.render import render_user_data
+from bootstrap.spec import node_spec
 from ipfleet.settings import Settings
 from ipfleet.twin.cluster import written, written_files
 
@@ -19,14 +20,14 @@ PLACEHOLDER_EFS = "fs-0.efs.example.invalid"
 
 def loopback_controller_config(settings: Settings, keys_file: Path, state_dir: Path) -> str:
     """SETTINGS' controller config with the keys in KEYS_FILE, the task database in
-    STATE_DIR, this Python and this checkout's agent, listening on 127.0.0.1 only."""
+    STATE_DIR, this Python and this checkout's node package, listening on 127.0.0.1 only."""
     files = written_files(render_user_data(node_spec(settings, "controller", PLACEHOLDER_EFS)).encode())
     text = written(files, f"{paths.PROFILE_DIR}/ipcontroller_config.py")
     # The keys file lies in the state folder: replaced first, then the folder as a whole string.
     for node_path, here in (
         (paths.KEYS_FILE, str(keys_file)),
-        (f"{paths.VENV}/bin/python", sys.executable),
-        (paths.AGENT, str(AGENT_SOURCE)),
+        # The agent's command, as a list in the config: this Python and this checkout's package.
+        (json.dumps(paths.AGENT.split())[1:-1], json.dumps([sys.executable, "-m", "bootstrap.ipfleet_node"])[1:-1]),
         (json.dumps(paths.STATE_DIR), json.dumps(str(state_dir))),
     ):
         if node_path not in text:

@@ -148,11 +148,11 @@ def ensure_baked_image(
 ) -> Path:
     """IMAGE with the nodes' Python environment already in it, as a baked AMI holds it.
 
-    Made by running the nodes' own bootstrap/node/ipfleet_pyenv.py in a copy of the
+    Made by running the nodes' own bootstrap/ipfleet_node/pyenv.py in a copy of the
     image, with the package index the nodes use, and the bytecode compiled (time is
     free here). Cached per image, requirements and program.
     """
-    from bootstrap import paths
+    from bootstrap.ipfleet_node import paths
     from ipfleet.twin.node import WHEELHOUSE_MOUNT
 
     requirements, constraints = sorted(requirements), sorted(constraints)

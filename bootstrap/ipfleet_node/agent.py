@@ -24,30 +24,13 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import paths
+from .wire import CLIENT_FACING_PORTS, DRAIN_HOOK, FORMAT, KEYS_FORMAT, PENDING, RECORD_FORMAT, engines_on
+
 FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json"))
-# What a parameter holds before the controller has published (set by the stack).
-PENDING = "pending"
-FORMAT = 1
-KEYS_FORMAT = 1
 # EC2's instance metadata service (tests point this at a stand-in on loopback).
 METADATA = os.environ.get("IPFLEET_METADATA_URL", "http://169.254.169.254/latest")
 SSH_HOST_KEYS = Path("/etc/ssh")
-# Functions one role never runs: the other role's user data leaves them out
-# (bootstrap/render.py), for EC2 gives user data 16 KB in all.
-ROLE_ONLY = {
-    "controller": (
-        "host_keys",
-        "new_keys",
-        "ensure_keys",
-        "load_keys",
-        "run_notebook",
-        "_versions",
-        "wait_for_files",
-        "publish",
-        "sshd_forwarding",
-    ),
-    "engine": ("read_published", "wait_connection", "interruption", "drain", "complete_drain"),
-}
 
 
 def log(message: str) -> None:
@@ -58,8 +41,22 @@ def load_facts() -> dict:
     return json.loads(FACTS_FILE.read_text())
 
 
+# ipfleet's folders and files on a node (paths.py); a facts file may move one (the
+# loopback tests keep theirs in a temporary folder).
+NODE_PATHS = {
+    "state_dir": paths.STATE_DIR,
+    "node_state_dir": paths.NODE_STATE_DIR,
+    "profile_dir": paths.PROFILE_DIR,
+    "keys_file": paths.KEYS_FILE,
+}
+
+
+def node_path(facts: dict, name: str) -> Path:
+    return Path(facts.get(name) or NODE_PATHS[name])
+
+
 def security_dir(facts: dict) -> Path:
-    return Path(facts["profile_dir"]) / "security"
+    return node_path(facts, "profile_dir") / "security"
 
 
 def aws_client(facts: dict, service: str, patient: bool = False):
@@ -154,7 +151,7 @@ def ensure_keys() -> None:
     fails here (and systemd retries) instead of running with keys nobody kept.
     """
     facts = load_facts()
-    local = Path(facts["keys_file"])
+    local = node_path(facts, "keys_file")
     if local.exists():
         log(f"keeping the keys in {local}")
         return
@@ -178,7 +175,7 @@ def ensure_keys() -> None:
 
 
 def load_keys(facts: dict) -> dict:
-    return json.loads(Path(facts["keys_file"]).read_text())
+    return json.loads(node_path(facts, "keys_file").read_text())
 
 
 def run_notebook() -> None:
@@ -192,9 +189,7 @@ def run_notebook() -> None:
 
 
 def engine_count(facts: dict) -> int:
-    wanted = facts["engines_per_node"]
-    # `auto` is StarCluster's rule: one engine per vCPU.
-    return (os.cpu_count() or 1) if wanted == "auto" else int(wanted)
+    return engines_on(facts["engines_per_node"], os.cpu_count() or 1)
 
 
 def _versions() -> dict:
@@ -359,7 +354,6 @@ def mount(unit: str, timeout: float) -> None:
 
 # -- what this node tells `ipfleet status` -------------------------------------------
 
-RECORD_FORMAT = 1
 # SSM's standard parameters hold 4 KB: the log tail is cut to fit.
 RECORD_LIMIT = 4000
 BOOT_LOG = Path("/var/log/cloud-init-output.log")
@@ -393,7 +387,7 @@ def log_tail(unit: str | None = None, lines: int = 15) -> list[str]:
 def engines_now(facts: dict) -> dict:
     """Controller: the engines it has registered (its restore file); engine node: engines running."""
     if facts["role"] == "controller":
-        state = Path(facts["profile_dir"]) / "log" / "engines.json"
+        state = node_path(facts, "profile_dir") / "log" / "engines.json"
         try:
             return {"registered": len(json.loads(state.read_text())["engines"])}
         except (OSError, ValueError, KeyError):
@@ -427,7 +421,7 @@ def node_record(facts: dict, identity: dict, phase: str, error: dict | None = No
 def failure_file(facts: dict) -> Path:
     """Where a failed bootstrap leaves its error, so later reports keep saying it: root's
     own folder, which the service user cannot write."""
-    return Path(facts["node_state_dir"]) / "bootstrap-failure.json"
+    return node_path(facts, "node_state_dir") / "bootstrap-failure.json"
 
 
 def read_failure(facts: dict) -> dict | None:
@@ -522,11 +516,11 @@ def complete_drain(facts: dict, identity: dict) -> bool:
             return True  # not (or no longer) in a group
         autoscaling.complete_lifecycle_action(
             AutoScalingGroupName=groups[0],
-            LifecycleHookName=facts["drain_hook"],
+            LifecycleHookName=DRAIN_HOOK,
             InstanceId=identity["instanceId"],
             LifecycleActionResult="CONTINUE",
         )
-        log(f"drain hook {facts['drain_hook']} of {groups[0]} completed")
+        log(f"drain hook {DRAIN_HOOK} of {groups[0]} completed")
         return True
     except Exception as e:  # the hook times out by itself: the node goes a little later
         log(f"could not complete the drain hook: {type(e).__name__}: {e}")
@@ -582,7 +576,8 @@ def sshd_forwarding() -> None:
     """
     facts = load_facts()
     address = private_address()
-    destinations = [f"{address}:{port}" for port in facts["forward_ports"]]
+    first, last = CLIENT_FACING_PORTS
+    destinations = [f"{address}:{port}" for port in range(first, last + 1)]
     destinations += [f"127.0.0.1:{port}" for port in facts.get("loopback_forward_ports", [])]
     SSHD_FORWARDING.write_text(
         "# ipfleet: where the ipfleet-admin login's tunnels may go (written at boot).\n"

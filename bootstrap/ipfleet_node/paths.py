@@ -1,15 +1,15 @@
 """Where ipfleet puts its own files on a node: one list for the templates, the
-agent's facts and the settings check that keeps mounts from hiding them.
+agent and the settings check that keeps mounts from hiding them.
 
-No imports: `ipfleet.settings` reads this module, and `bootstrap.spec` reads
-the settings.
+Part of the node runtime (the agent reads it on the node); no imports.
 """
 
 VENV = "/opt/ipfleet/venv"
 AGENT_DIR = "/usr/local/lib/ipfleet"
-AGENT = f"{AGENT_DIR}/ipfleet_node.py"
-# The controller's keeper: idle guard and autoscaler (imports the agent beside it).
-KEEPER = f"{AGENT_DIR}/ipfleet_keeper.py"
+# The node runtime (bootstrap/ipfleet_node/) is installed in the venv: the agent's and
+# the keeper's commands. -I: no current directory and no PYTHON* variables on the path.
+AGENT = f"{VENV}/bin/python -I -m ipfleet_node"
+KEEPER = f"{VENV}/bin/python -I -m ipfleet_node.keeper"
 BOOTSTRAP_SCRIPT = f"{AGENT_DIR}/bootstrap.sh"
 # Makes the venv with uv (system python3, before the venv exists).
 PYENV = f"{AGENT_DIR}/ipfleet_pyenv.py"

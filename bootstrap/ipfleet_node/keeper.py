@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """ipfleet's keeper, on the controller: sizes the engine group to the work.
 
 Every few seconds it asks the controller (ipyparallel's hub, through its query
@@ -31,13 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import ipfleet_node as node  # noqa: E402 (the agent beside this file)
+from . import agent as node
+from .wire import CLIENT_PORTS as CLIENT_PORT_RANGE
 
-# The controller's client-facing sockets (ipfleet/ports.py CLIENT_PORTS): a TCP
-# connection to one of them is a client; the keeper's own query goes to the
-# registration socket, which is not among them.
-CLIENT_PORTS = range(10101, 10109)
+# The controller's client-facing sockets: a TCP connection to one of them is a client;
+# the keeper's own query goes to the registration socket, which is not among them.
+CLIENT_PORTS = range(CLIENT_PORT_RANGE[0], CLIENT_PORT_RANGE[1] + 1)
 INTERVAL = 5.0
 
 
@@ -219,7 +217,7 @@ def find_group(autoscaling, stack: str) -> dict | None:
 
 
 def keeper_file(facts: dict) -> Path:
-    return Path(facts["state_dir"]) / "keeper.json"
+    return node.node_path(facts, "state_dir") / "keeper.json"
 
 
 def _iso(at: float | None) -> str | None:

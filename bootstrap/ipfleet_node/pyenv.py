@@ -9,7 +9,10 @@ matches the pins, installing whatever differs. Otherwise uv itself comes from th
 stack's package index, as a wheel, checked against the index's sha256.
 
 Runs with the system python3, before the venv exists: standard library only.
-Usage: ipfleet_pyenv.py [--compile-bytecode]   (compiling is for baking images)
+Then, with the venv's python (boto3 is there), `--runtime` installs ipfleet's node
+runtime: the wheel the stack stores in S3 under its sha256, checked against it.
+Usage: pyenv.py [--compile-bytecode]   (compiling is for baking images)
+       pyenv.py --runtime
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -109,6 +113,15 @@ def venv_works(venv: Path) -> bool:
     return python.exists() and subprocess.run([python, "-c", ""], capture_output=True).returncode == 0
 
 
+def find_uv() -> Path | None:
+    found = UV_HOME / "uv" if (UV_HOME / "uv").is_file() else shutil.which("uv")
+    return Path(found) if found else None
+
+
+def uv_env() -> dict:
+    return {**os.environ, "UV_CACHE_DIR": UV_CACHE, "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+
+
 def run(command: list, env: dict) -> None:
     code = subprocess.run([str(part) for part in command], env=env).returncode
     if code != 0:
@@ -118,10 +131,10 @@ def run(command: list, env: dict) -> None:
 def ensure(python: dict, compile_bytecode: bool = False) -> None:
     """Make or check the environment the facts' python section describes."""
     venv, index_url = Path(python["venv"]), python.get("index_url") or PYPI
-    env = {**os.environ, "UV_CACHE_DIR": UV_CACHE, "UV_NO_CONFIG": "1", "UV_PYTHON_DOWNLOADS": "never"}
+    env = uv_env()
     started = time.monotonic()
-    found = UV_HOME / "uv" if (UV_HOME / "uv").is_file() else shutil.which("uv")
-    uv = Path(found) if found else fetch_uv(index_url, python["uv"])
+    found = find_uv()
+    uv = found or fetch_uv(index_url, python["uv"])
     fetched = time.monotonic()
     if not venv_works(venv):
         run([uv, "venv", "--quiet", "--clear", "--python", sys.executable, venv], env)
@@ -152,9 +165,60 @@ def ensure(python: dict, compile_bytecode: bool = False) -> None:
     )
 
 
+def download_runtime(facts: dict, attempts: int = 12) -> bytes:
+    """The runtime's wheel from the stack's bucket, with the node's role. Retried: on a
+    fresh stack, IAM may take a few seconds before the role's new policy holds."""
+    import boto3  # the venv's: this part runs after `ensure`
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    where = facts["runtime"]
+    s3 = boto3.client("s3", region_name=facts["region"], endpoint_url=facts.get("aws_endpoint_url"))
+    for attempt in range(attempts):
+        try:
+            return s3.get_object(Bucket=where["bucket"], Key=where["key"])["Body"].read()
+        except (BotoCoreError, ClientError) as e:
+            if attempt == attempts - 1:
+                raise PythonEnvError(f"cannot read s3://{where['bucket']}/{where['key']}: {e}") from e
+            log(f"node runtime not readable yet ({e}); retrying")
+            time.sleep(min(2**attempt, 15))
+    raise AssertionError("unreachable")
+
+
+def install_runtime(facts: dict) -> None:
+    """The node runtime into the venv, unless that very wheel is there already."""
+    venv, where = Path(facts["python"]["venv"]), facts["runtime"]
+    marker = venv / "ipfleet-node-runtime.sha256"
+    if marker.is_file() and marker.read_text().strip() == where["sha256"]:
+        log("node runtime already installed")
+        return
+    data = download_runtime(facts)
+    if hashlib.sha256(data).hexdigest() != where["sha256"]:
+        raise PythonEnvError(f"s3://{where['bucket']}/{where['key']} does not match the sha256 the stack gives for it")
+    uv = find_uv()
+    if uv is None:
+        raise PythonEnvError("no uv to install the node runtime with")
+    folder = Path(tempfile.mkdtemp(prefix="ipfleet-runtime-"))
+    try:
+        wheel = folder / where["key"].rsplit("/", 1)[-1]
+        wheel.write_bytes(data)
+        env = uv_env()
+        run(
+            [uv, "pip", "install", "--quiet", "--python", venv / "bin" / "python", "--no-deps", "--reinstall", wheel],
+            env,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    marker.write_text(where["sha256"] + "\n")
+    log(f"node runtime {where['sha256'][:12]} installed")
+
+
 if __name__ == "__main__":
     try:
-        ensure(json.loads(FACTS_FILE.read_text())["python"], "--compile-bytecode" in sys.argv[1:])
+        facts = json.loads(FACTS_FILE.read_text())
+        if "--runtime" in sys.argv[1:]:
+            install_runtime(facts)
+        else:
+            ensure(facts["python"], "--compile-bytecode" in sys.argv[1:])
     except PythonEnvError as e:
         log(f"error: {e}")
         sys.exit(1)
