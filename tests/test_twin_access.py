@@ -26,7 +26,7 @@ BASE = {
     "aws:region": "us-east-1",
     "ipfleet:engineNodes": 1,
     "ipfleet:enginesPerNode": 2,
-    # The adminCidrs the twin replaces with the client's subnet (README, "The twin").
+    # The adminCidrs the twin replaces with the client's subnet (docs/twin.md).
     "ipfleet:adminCidrs": ["203.0.113.0/24"],
 }
 

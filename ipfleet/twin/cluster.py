@@ -54,7 +54,7 @@ REQUIRED_TOOLS = (
 )
 
 # The only differences between what AWS nodes get and what twin nodes get: settings
-# users have reasons to want too (README, "The twin").
+# users have reasons to want too (docs/twin.md).
 TWIN_KNOBS = {
     "ipfleet:awsEndpointUrl": ENDPOINT,
     "ipfleet:packageIndexUrl": f"file://{WHEELHOUSE_MOUNT}/simple",
