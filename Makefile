@@ -53,6 +53,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every tier: fast (settings, program, bootstrap, CLI), loopback (real servers on
 # 127.0.0.1), twin (real nodes; root). `make test-fast` runs the first alone.
@@ -66,6 +67,9 @@ test-fast: venv
 lock: venv
 	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip compile pyproject.toml --extra twin --extra policy --extra test --universal \
 	  --python-version 3.11 --no-header --no-annotate -q -o requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip sync --quiet requirements.lock
+	VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install --quiet --no-deps -e .
+	$(BIN)/python -m bootstrap.pins
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,9 +8,9 @@ declare the cluster, export what `ipfleet fetch` and users need.
 import pulumi
 import pulumi_aws as aws
 
-from bootstrap.preflight import preflight
 from components.cluster import Cluster, ClusterArgs
 from components.lookups import find_image, find_network, place
+from components.preflight import preflight
 from ipfleet.settings import SettingsError, parse_settings
 from ipfleet.stack_config import from_pulumi
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from bootstrap.ipfleet_node import wire
-from bootstrap.pins import closure_pins, pinned
+from bootstrap.pins import MSGPACK, NODE_PACKAGES, NOTEBOOK_PACKAGES, UV, locked, locked_closure
 from ipfleet import ports
 from ipfleet.access import Access
 from ipfleet.settings import Settings, controller_record_parameter, keeper_parameter, notebook_parameter
@@ -30,13 +30,6 @@ SERVICE_UID = 2001
 # name on every image, unlike the images' default users (admin, ubuntu...).
 LOGIN_USER = "ipfleet-admin"
 
-# The Python packages every node runs, pinned to the versions this project runs:
-# a laptop's client and the engines must agree on ipyparallel, pyzmq and
-# cloudpickle (`ipfleet connect` compares them).
-NODE_PACKAGES = ("ipyparallel", "pyzmq", "cloudpickle", "boto3")
-# What installs them on the node (bootstrap/ipfleet_node/pyenv.py), also pinned.
-UV = "uv"
-NOTEBOOK_PACKAGES = ("jupyterlab",)
 # JupyterLab listens here on the controller's loopback only.
 NOTEBOOK_PORT = 8888
 
@@ -179,11 +172,11 @@ def node_spec(
         apt.append("openssh-server")
     own = list(NODE_PACKAGES)
     if settings.ipyparallel.packer == "msgpack":
-        own.append("msgpack")
+        own.append(MSGPACK)
     notebook = settings.notebook and role == "controller"
     if notebook:
         own += NOTEBOOK_PACKAGES
-    python = [pinned(name) for name in own]
+    python = [locked(name) for name in own]
     return NodeSpec(
         role=role,
         stack=settings.stack,
@@ -193,8 +186,8 @@ def node_spec(
         node_records_path=settings.node_records_path,
         access=settings.access,
         python_requirements=tuple(python + list(settings.python_packages)),
-        python_constraints=closure_pins(own),
-        uv_requirement=pinned(UV),
+        python_constraints=locked_closure(own),
+        uv_requirement=locked(UV),
         apt_packages=tuple(dict.fromkeys(apt + list(settings.apt_packages))),
         package_index_url=settings.package_index_url,
         engines_per_node=settings.engines_per_node,

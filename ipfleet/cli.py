@@ -109,7 +109,7 @@ def _settings(stack: str):
 
 
 def _plan_with_settings(stack: str):
-    from bootstrap.preflight import preflight
+    from components.preflight import preflight
     from ipfleet.project import resolve_stack
     from ipfleet.settings import SettingsError, parse_settings
     from ipfleet.stack_config import read_stack_file

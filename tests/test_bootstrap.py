@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from bootstrap.ipfleet_node import paths
-from bootstrap.preflight import check_user_data
 from bootstrap.render import (
     KNOWN_TOP_LEVEL_KEYS,
     USER_DATA_LIMIT,
@@ -26,6 +25,7 @@ from bootstrap.render import (
 )
 from bootstrap.runtime_wheel import runtime_wheel
 from bootstrap.spec import ROLES, node_spec
+from components.preflight import check_user_data
 from ipfleet.settings import SettingsError
 from tests.conftest import settings_of
 

@@ -5,6 +5,7 @@ project, and finds nothing of this checkout on its path."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -86,3 +87,39 @@ def test_installed_ipfleet_works_away_from_any_checkout(installed, tmp_path):
     )
     where = run(str(python), "-c", script, cwd=tmp_path, env=env).stdout.split()
     assert all("site-packages" in path and str(ROOT) not in path for path in where), where
+
+
+PLAN_SCRIPT = """
+import json, sys
+from importlib.metadata import version
+from pathlib import Path
+from ipfleet.plan import run_plan
+from ipfleet.plan_view import user_data
+from ipfleet.settings import parse_settings
+from ipfleet.stack_config import read_stack_file
+project = Path(sys.argv[1])
+config = read_stack_file(project / "stacks" / "Pulumi.example.yaml")
+plan = run_plan(project, "example", config, parse_settings("example", config))
+print(json.dumps({"jmespath": version("jmespath"), **{r: user_data(plan, r) for r in ("controller", "engine")}}))
+"""
+
+
+def test_a_plan_is_the_same_from_an_environment_with_other_versions(installed, tmp_path):
+    """What `pulumi up` runs may resolve other versions than the lock (a newer botocore,
+    say): the user data, and so the controller, must not change with them. The nodes'
+    pins come from the repository (bootstrap/node-pins.json), not the interpreter.
+    (Last in this file: it changes the shared venv.)"""
+    _, other = installed
+    uv = str(Path(sys.executable).with_name("uv"))
+    env = {**os.environ, "VIRTUAL_ENV": str(other.parent.parent)}
+    env.pop("PYTHONPATH", None)
+    run(uv, "pip", "install", "-q", "jmespath==1.0.1", cwd=tmp_path, env=env)  # the lock says 1.1.0
+    project = tmp_path / "project"
+    (project / "stacks").mkdir(parents=True)
+    for name in ("__main__.py", "Pulumi.yaml", "stacks/Pulumi.example.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    here = json.loads(run(sys.executable, "-c", PLAN_SCRIPT, str(project), cwd=tmp_path).stdout)
+    away = json.loads(run(str(other), "-c", PLAN_SCRIPT, str(project), cwd=tmp_path, env=env).stdout)
+    assert here["jmespath"] != away["jmespath"] == "1.0.1"
+    assert here["controller"] == away["controller"] and here["engine"] == away["engine"]
+    assert "jmespath==1.1.0" in here["engine"]

@@ -422,7 +422,7 @@ def _actions(document: dict) -> list[list[str]]:
 def test_the_iam_size_check_knows_every_policy_each_role_gets(overrides):
     """The preflight adds up what the program declares: the same policies per role, by
     name and by action, so a policy added to a component cannot escape the check."""
-    from bootstrap.preflight import role_policies
+    from components.preflight import role_policies
     from tests.conftest import settings_of
 
     plan = plan_of(**overrides)
@@ -440,7 +440,7 @@ def test_a_role_over_iams_limit_is_refused_counting_every_policy():
     """Enough S3 prefixes that the mounts, the rendezvous and Session Manager fit, but not
     with the engine group's policy too: refused before anything exists (it used to pass
     and fail at the last policy of `pulumi up`)."""
-    from bootstrap.preflight import ROLE_POLICY_CHARACTERS, check_role_policy_size, policy_characters, role_policies
+    from components.preflight import ROLE_POLICY_CHARACTERS, check_role_policy_size, policy_characters, role_policies
     from ipfleet.settings import SettingsError
     from tests.conftest import settings_of
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from bootstrap.ipfleet_node import wire
+from bootstrap.ipfleet_node import paths, wire
 from ipfleet.access import Access
 from ipfleet.errors import IpfleetError
 from ipfleet.twin import network
@@ -244,16 +244,12 @@ def written(files: dict[str, str], path: str) -> str:
 
 def node_facts_of(files: dict[str, str]) -> dict:
     """The node's facts file, from its user data's written files."""
-    from bootstrap.ipfleet_node import paths
-
     return json.loads(written(files, paths.FACTS_FILE))
 
 
 def apt_packages_of(files: dict[str, str]) -> list[str]:
     """The Debian packages a node's bootstrap installs if its image lacks them: its
     `wanted=(...)` line (bootstrap.sh.j2), read the way bash reads it."""
-    from bootstrap.ipfleet_node import paths
-
     for line in written(files, paths.BOOTSTRAP_SCRIPT).splitlines():
         if line.startswith("wanted=(") and line.endswith(")"):
             return shlex.split(line.removeprefix("wanted=(").removesuffix(")"))
@@ -326,7 +322,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     if engine_nodes is not None:
         config["ipfleet:engineNodes"] = engine_nodes
     settings = parse_settings(ref.name, config)
-    from bootstrap.preflight import preflight
+    from components.preflight import preflight
 
     preflight(settings)
     plan = run_plan(ref.project_dir, ref.name, config, settings)
@@ -338,8 +334,6 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     files = {role: written_files(data) for role, data in user_data.items()}
     image = ensure_rootfs(suite, apt_packages_of(files["controller"]) + apt_packages_of(files["engine"]), log)
     # What the nodes' user data asks for, uv included, is what the package index holds.
-    from bootstrap.ipfleet_node import paths
-
     requirements = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_REQUIREMENTS)}
     constraints = {line for role in files for line in python_lines_of(files[role], paths.PYTHON_CONSTRAINTS)}
     python_facts = node_facts_of(files["controller"])["python"]

@@ -18,6 +18,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
+from bootstrap.ipfleet_node import paths
 from ipfleet.errors import IpfleetError
 
 CACHE = Path("/var/cache/ipfleet/twin")
@@ -152,7 +153,6 @@ def ensure_baked_image(
     image, with the package index the nodes use, and the bytecode compiled (time is
     free here). Cached per image, requirements and program.
     """
-    from bootstrap.ipfleet_node import paths
     from ipfleet.twin.node import WHEELHOUSE_MOUNT
 
     requirements, constraints = sorted(requirements), sorted(constraints)

@@ -5,7 +5,23 @@ from __future__ import annotations
 import json
 
 from bootstrap.render import UserDataTooLarge, encode_user_data, render_user_data
-from bootstrap.spec import ROLES, node_spec
+from bootstrap.runtime_wheel import runtime_wheel
+from bootstrap.spec import ROLES, RUNTIME_BUCKET_PLACEHOLDER, node_spec
+from components.engine_fleet import (
+    CONTROLLER_ACTIONS,
+    CONTROLLER_DESCRIBE,
+    ENGINE_ACTIONS,
+    ENGINE_DESCRIBE,
+    group_arn_pattern,
+    group_policy,
+)
+from components.node_role import session_manager_statements
+from components.node_runtime import POLICY_NAME as RUNTIME_POLICY
+from components.node_runtime import policy_document as runtime_document
+from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, READ_ACTIONS, node_records_arn
+from components.rendezvous import policy_document as rendezvous_document
+from components.s3_mounts import policy_document as s3_document
+from ipfleet.access import Access
 from ipfleet.settings import Settings, SettingsError
 
 # EFS DNS names are known only after deploy, and all have this length.
@@ -43,23 +59,6 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
     """Every inline policy each role gets, by name, built by the same functions the
     components use, with ARNs as long as AWS's will be. A test holds this to the plan's
     RolePolicy resources, name for name and action for action, so the two cannot drift."""
-    from bootstrap.runtime_wheel import runtime_wheel
-    from bootstrap.spec import RUNTIME_BUCKET_PLACEHOLDER
-    from components.engine_fleet import (
-        CONTROLLER_ACTIONS,
-        CONTROLLER_DESCRIBE,
-        ENGINE_ACTIONS,
-        ENGINE_DESCRIBE,
-        group_arn_pattern,
-        group_policy,
-    )
-    from components.node_role import session_manager_statements
-    from components.node_runtime import POLICY_NAME as RUNTIME_POLICY
-    from components.node_runtime import policy_document as runtime_document
-    from components.rendezvous import NODE_RECORD_ACTIONS, PUBLISH_ACTIONS, READ_ACTIONS, node_records_arn
-    from components.rendezvous import policy_document as rendezvous_document
-    from components.s3_mounts import policy_document as s3_document
-    from ipfleet.access import Access
 
     partition = settings.partition
 
