@@ -61,7 +61,7 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 test-fast: venv
-	$(BIN)/python -m pytest -q -m "not loopback and not twin"
+	$(BIN)/python -m pytest -q tests/fast
 
 # Refresh requirements.lock after changing dependencies in pyproject.toml.
 lock: venv

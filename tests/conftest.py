@@ -205,15 +205,33 @@ def twin_exec(stack: str, *command: str, timeout: float = 300) -> subprocess.Com
     )
 
 
-# Fixtures that start a real server on loopback: a test that uses one (directly or
-# through another fixture) belongs to the loopback tier.
-LOOPBACK_FIXTURES = {"moto_url"}
+# A test's tier is its folder (tests/fast, tests/loopback, tests/twin), marked here, so
+# `make test-fast` and `-m loopback` select by folder. A test in tests/fast that takes a
+# fixture starting a real server (directly or through another fixture) is misfiled:
+# collection fails, naming it.
+TIERS = ("fast", "loopback", "twin")
+LOOPBACK_FIXTURES = {"moto_url", "imds"}
+
+
+def tier_of_path(path: Path) -> str:
+    folder = path.relative_to(Path(__file__).parent).parts[0]
+    if folder not in TIERS:
+        raise pytest.UsageError(f"{path}: a test lives in tests/fast, tests/loopback or tests/twin")
+    return folder
 
 
 def pytest_collection_modifyitems(items) -> None:
+    misfiled = []
     for item in items:
-        if LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("twin"):
-            item.add_marker(pytest.mark.loopback)
+        tier = tier_of_path(Path(item.fspath))
+        if tier != "fast":
+            item.add_marker(getattr(pytest.mark, tier))
+        elif LOOPBACK_FIXTURES & set(getattr(item, "fixturenames", ())):
+            misfiled.append(item.nodeid)
+    if misfiled:
+        raise pytest.UsageError(
+            f"tests in tests/fast that start real servers (move them to tests/loopback): {misfiled}"
+        )
 
 
 # `make test` says how long each tier took: the time of its tests, setups and teardowns
@@ -238,3 +256,17 @@ def pytest_terminal_summary(terminalreporter) -> None:
             f"{tier} {_TIER_SECONDS[tier]:.0f} s" for tier in ("fast", "loopback", "twin") if tier in _TIER_SECONDS
         )
         terminalreporter.write_line(f"time by tier: {times}")
+
+
+@pytest.fixture
+def facts(tmp_path, monkeypatch):
+    """Write the node agent's facts file (keyword values) and point the agent at it."""
+    from bootstrap.ipfleet_node import agent
+
+    def write(**values):
+        path = tmp_path / "node.json"
+        path.write_text(json.dumps(values))
+        monkeypatch.setattr(agent, "FACTS_FILE", path)
+        return values
+
+    return write

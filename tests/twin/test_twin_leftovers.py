@@ -11,8 +11,6 @@ from ipfleet.twin import network
 from ipfleet.twin.cluster import STATE_ROOT, TwinError, TwinState, clear_left_behind
 from ipfleet.twin.node import Node, process_alive
 
-pytestmark = pytest.mark.twin
-
 STACK = "leftover"
 
 

@@ -17,8 +17,6 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.loopback
-
 
 def run(*command: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ipfleet.fleet_client import FleetClient
-from tests.test_rendezvous import (
+from tests.loopback.test_rendezvous import (
     agent,
     controller_config_from_user_data,
     create_pending_parameter,

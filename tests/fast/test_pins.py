@@ -35,7 +35,9 @@ def test_a_node_spec_reads_the_file_not_the_interpreter(monkeypatch):
         raise AssertionError(f"the spec asked the interpreter for {name}")
 
     monkeypatch.setattr(pins, "distribution", no_metadata)
-    spec = node_spec(settings_of(notebook=True, ipyparallel={"packer": "msgpack"}), "controller", "fs-1.efs.us-east-1.amazonaws.com")
+    spec = node_spec(
+        settings_of(notebook=True, ipyparallel={"packer": "msgpack"}), "controller", "fs-1.efs.us-east-1.amazonaws.com"
+    )
     assert "ipyparallel==9.2.0" in spec.python_requirements
     assert {"msgpack", "jupyterlab"} <= set(spec.python_requirements)  # not in ipfleet's lock: unpinned
     assert any(c.startswith("pyzmq==") for c in spec.python_constraints)

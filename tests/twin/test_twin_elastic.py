@@ -18,8 +18,6 @@ import pytest
 
 from tests.conftest import running_twin, twin_exec
 
-pytestmark = pytest.mark.twin
-
 STACK = "elastic"
 CONFIG = {
     "aws:region": "us-east-1",

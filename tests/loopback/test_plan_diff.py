@@ -15,8 +15,6 @@ import yaml
 from ipfleet import plan_diff
 from tests.conftest import ROOT, run_cli
 
-pytestmark = pytest.mark.loopback
-
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(

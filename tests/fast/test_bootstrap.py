@@ -104,7 +104,7 @@ def test_embedded_files_are_what_the_sources_say(variation, role, spec):
     the agent and keeper come as the runtime wheel, named by its sha256 in the facts."""
     document = yaml.safe_load(render_user_data(spec))
     files = {f["path"]: f["content"] for f in document["write_files"]}
-    source = Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node"
+    source = Path(__file__).resolve().parents[2] / "bootstrap" / "ipfleet_node"
     assert files[paths.PYENV] == inline_program((source / "pyenv.py").read_text())
     programs = [path for path, content in files.items() if content.startswith("#!/usr/bin/env python")]
     assert programs == [paths.PYENV]
@@ -133,7 +133,7 @@ def without_docstrings(tree: ast.AST) -> str:
 
 
 def test_the_inlined_environment_script_is_the_sources_code_line_for_line():
-    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
     inlined = inline_program(source)
     assert without_docstrings(ast.parse(inlined)) == without_docstrings(ast.parse(source))
     assert inlined.count("\n") == source.count("\n") and "#" not in inlined.split("\n", 1)[1].replace('"#"', "")
@@ -315,7 +315,7 @@ def test_s3_prefixes_mount_without_a_directory_object():
 
 def test_the_environment_program_reads_the_files_the_user_data_writes():
     # ipfleet_pyenv.py runs before ipfleet's modules are anywhere: it has its own copy.
-    source = (Path(__file__).resolve().parent.parent / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
+    source = (Path(__file__).resolve().parents[2] / "bootstrap" / "ipfleet_node" / "pyenv.py").read_text()
     assert f'REQUIREMENTS = "{paths.PYTHON_REQUIREMENTS}"' in source
     assert f'CONSTRAINTS = "{paths.PYTHON_CONSTRAINTS}"' in source
     assert f'UV_HOME = Path("{paths.UV_HOME}")' in source

@@ -1,11 +1,6 @@
-"""Hostile documents: what a process on a node could write where the laptop reads.
-
-Each case publishes a document (or a node record) to a real moto server, runs the
-real `ipfleet` command as a process with its own HOME, and asserts that it is
-refused with the field named, that no command ran (a marker file the payload would
-create stays absent), that nothing outside ipfleet's folders changed, and that no
-escape sequence reached the terminal.
-"""
+"""Hostile documents published in moto on loopback, where the laptop reads: the
+real `ipfleet connect`, `fetch` and `status` refuse them and run nothing (the
+offline cases are in tests/fast/test_hostile_documents.py)."""
 
 from __future__ import annotations
 
@@ -16,92 +11,22 @@ import subprocess
 import sys
 from pathlib import Path
 
-import boto3
 import pytest
 
-from tests.conftest import PUBLIC_KEY
-from tests.test_connect import STACK, keypair, published
-
-ESC = "\x1b"
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file under ROOT with its content (links as their target)."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_symlink():
-            found[str(path)] = os.readlink(path).encode()
-        elif path.is_file():
-            found[str(path)] = path.read_bytes()
-    return found
-
-
-def run(aws_env: dict, home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {**os.environ, **aws_env, "HOME": str(home), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ipfleet.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
-    )
-
-
-def ssm(aws_env: dict):
-    return boto3.client("ssm", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
-
-
-def publish(aws_env: dict, document) -> None:
-    value = document if isinstance(document, str) else json.dumps(document)
-    ssm(aws_env).put_parameter(Name=f"/ipfleet/{STACK}/connection", Value=value, Type="SecureString", Overwrite=True)
-
-
-def mark(home: Path) -> Path:
-    return home.parent / "PWNED"
-
-
-def payload(home: Path) -> str:
-    return f"$(touch {mark(home)})"
-
-
-def setting(path: str, value):
-    """A function that sets PATH (dotted) of a document to VALUE."""
-
-    def change(document: dict) -> None:
-        *parents, last = path.split(".")
-        target = document
-        for part in parents:
-            target = target[part]
-        target[last] = value
-
-    return change
-
-
-# (what is changed, the field the refusal names); {payload} is a command that leaves a mark.
-HOSTILE = [
-    ("controller.ssh.user", "ipfleet-admin\n    ProxyCommand {payload}", "controller.ssh.user"),
-    ("controller.ssh.user", "root -oProxyCommand={payload}", "controller.ssh.user"),
-    ("controller.instance_id", "i-0123456789abcdef0{payload}", "controller.instance_id"),
-    ("controller.instance_id", "`touch PWNED`", "controller.instance_id"),
-    ("controller.public_address", '203.0.113.9\nMatch exec "{payload}"', "controller.public_address"),
-    ("controller.address", "10.0.1.5 -oProxyCommand={payload}", "controller.address"),
-    (
-        "controller.ssh.host_keys",
-        ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey\n@cert-authority * ssh-rsa AAAA"],
-        "host_keys",
-    ),
-    ("controller.ssh.host_keys", ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostKey other-host"], "host_keys"),
-    ("controller.versions", {"python": "3.11\x1b]52;c;cm0gLXJmIH4=\x07"}, "controller.versions.python"),
-    ("controller.versions", {"python": "[link=file:///etc/passwd]3.11[/link]"}, "controller.versions.python"),
-    ("controller.access", "ssm\n", "access"),
-    ("client.pack", "os.system", "client.pack"),
-    ("client.unpack", "pickle.loads", "client.unpack"),
-    ("client.registration", "10109", "client.registration"),
-    ("client.registration", 99999, "client.registration"),
-    ("client.location", "evil.example.com", "client.location"),
-    ("client.interface", "ipc:///tmp/socket", "client.interface"),
-    ("client.signature_scheme", "hmac-md5", "client.signature_scheme"),
-    ("client.key", "k" * 5000, "client.key"),
-    ("published_at", "\x1b[2J\x1b[Hall good", "published_at"),
-    ("stack", "other", "stack"),
-    ("notebook", {"port": 8888, "token": "x\ny"}, "notebook.token"),
-]
+from tests.fast.test_connect import STACK, keypair, published
+from tests.fast.test_hostile_documents import (
+    ESC,
+    HOSTILE,
+    controller_instance,
+    mark,
+    payload,
+    publish,
+    record,
+    run,
+    setting,
+    ssm,
+    tree,
+)
 
 
 @pytest.mark.parametrize("path,value,field", HOSTILE, ids=[f"{case[0]}-{i}" for i, case in enumerate(HOSTILE)])
@@ -150,24 +75,6 @@ def test_a_document_that_is_too_big_or_not_an_object_is_refused(aws_env, tmp_pat
         assert result.returncode == 1 and message in result.stderr, result.stderr
 
 
-def controller_instance(aws_env: dict, stack: str = STACK) -> dict:
-    """A controller instance in moto's EC2, tagged as the program tags it."""
-    ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    [instance] = ec2.run_instances(
-        ImageId=image,
-        MinCount=1,
-        MaxCount=1,
-        TagSpecifications=[
-            {
-                "ResourceType": "instance",
-                "Tags": [{"Key": "ipfleet:stack", "Value": stack}, {"Key": "ipfleet:role", "Value": "controller"}],
-            }
-        ],
-    )["Instances"]
-    return instance
-
-
 def test_the_published_controller_is_checked_against_ec2(aws_env, tmp_path):
     """The controller role can rewrite the document, not EC2's view of its instance."""
     home = tmp_path / "home"
@@ -200,10 +107,6 @@ def test_without_an_ec2_controller_connect_warns_that_it_could_not_confirm(aws_e
     result = run(aws_env, home, "connect", STACK, "--region", "us-east-1", "--timeout", "5")
     assert result.returncode == 0, result.stderr
     assert "could not be confirmed" in result.stderr
-
-
-def record(instance_id: str, role: str = "engine", **fields) -> str:
-    return json.dumps({"format": 1, "role": role, "instanceId": instance_id, "phase": "running", **fields})
 
 
 def test_a_forged_controller_record_does_not_stop_fetch(aws_env, tmp_path):
@@ -293,13 +196,6 @@ def test_deployed_stack_commands_refuse_names_that_are_not_stack_names(aws_env, 
     assert tree(home) == {}
 
 
-def test_a_public_key_in_the_stack_file_is_only_two_fields_on_the_laptop():
-    from ipfleet.remote import SshLogin
-
-    login = SshLogin.model_validate({"user": "ipfleet-admin", "authorized_key": PUBLIC_KEY, "host_keys": []})
-    assert login.authorized_key == " ".join(PUBLIC_KEY.split()[:2])
-
-
 @pytest.mark.parametrize(
     "source",
     ["stack file", "--region", "AWS_REGION"],
@@ -332,12 +228,3 @@ def test_a_hostile_region_never_reaches_the_ssh_config(aws_env, tmp_path, source
     assert result.returncode == 2, result.stdout + result.stderr
     assert "is not an AWS region name" in result.stderr
     assert tree(home) == before and not mark(home).exists()
-
-
-def test_the_proxy_command_takes_only_a_region_name():
-    from ipfleet.connect import ssm_proxy_command
-    from ipfleet.names import InvalidRegion
-
-    assert ssm_proxy_command("us-gov-west-1").endswith("--region us-gov-west-1")
-    with pytest.raises(InvalidRegion):
-        ssm_proxy_command("eu-west-1 && id")

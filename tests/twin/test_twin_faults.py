@@ -18,8 +18,6 @@ from ipfleet.twin import cluster
 from ipfleet.twin.faults import run_fault
 from tests.conftest import running_twin, skip_without_twin, twin_exec, write_stack
 
-pytestmark = pytest.mark.twin
-
 STACK = "faults"
 CONFIG = {"aws:region": "us-east-1", "ipfleet:engineNodes": 3, "ipfleet:enginesPerNode": 2}
 

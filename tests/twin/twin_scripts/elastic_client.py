@@ -1,4 +1,4 @@
-"""A laptop's session on an elastic cluster, run by tests/test_twin_elastic.py through
+"""A laptop's session on an elastic cluster, run by tests/twin/test_twin_elastic.py through
 `ipfleet twin exec STACK -- python tests/twin_scripts/elastic_client.py ...`.
 
   scale-out STACK N   connect a client, run `ipfleet scale STACK N --wait`, then map

@@ -20,8 +20,6 @@ from ipfleet.twin import cluster
 from ipfleet.twin.network import PUBLIC_ADDRESS
 from tests.conftest import write_stack
 
-pytestmark = pytest.mark.twin
-
 BASE = {
     "aws:region": "us-east-1",
     "ipfleet:engineNodes": 1,

@@ -16,8 +16,6 @@ from ipfleet.twin import cluster
 from ipfleet.twin.network import existing_namespaces
 from tests.conftest import write_stack
 
-pytestmark = pytest.mark.twin
-
 STACK = {
     "aws:region": "us-east-1",
     "ipfleet:engineNodes": 2,

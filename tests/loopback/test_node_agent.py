@@ -1,0 +1,130 @@
+"""The node agent against real servers on loopback: engines following a controller that
+moved (real boto3 against moto) and interruption notices from the instance metadata
+service (the rest of the agent's tests are in tests/fast/test_node_agent.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import boto3
+import pytest
+
+from bootstrap.ipfleet_node import agent
+
+RENDEZVOUS = "/ipfleet/mv/connection"
+
+
+@pytest.fixture
+def engine_node(facts, aws_env, tmp_path):
+    """An engine node's facts naming a rendezvous parameter in moto. Returns a function
+    that publishes a controller at an address there, and the engine file's path."""
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    values = facts(
+        region="us-east-1",
+        rendezvous_parameter=RENDEZVOUS,
+        profile_dir=str(tmp_path / "profile"),
+        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+    )
+    assert values["rendezvous_parameter"] == RENDEZVOUS
+
+    def publish(address: str) -> None:
+        document = {
+            "format": agent.FORMAT,
+            "stack": "mv",
+            "published_at": "2026-11-23T10:00:00+00:00",
+            "controller": {"address": address},
+            "engine": {"location": address, "key": "k"},
+        }
+        ssm.put_parameter(Name=RENDEZVOUS, Value=json.dumps(document), Type="SecureString", Overwrite=True)
+
+    return publish, tmp_path / "profile" / "security" / "ipcontroller-engine.json"
+
+
+def test_interruption_notices_from_the_metadata(imds, monkeypatch):
+    """What the watch service drains on: EC2's spot notice, or Auto Scaling taking the node out."""
+    base, nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    assert agent.interruption() is None  # 404: nothing pending
+    values = json.loads(nodes.read_text())
+
+    def serve(**extra):
+        node = {**values["127.0.0.1"], **extra}
+        nodes.write_text(json.dumps({"127.0.0.1": node}))
+
+    serve(**{"autoscaling/target-lifecycle-state": "InService"})
+    assert agent.interruption() is None
+    serve(**{"spot/instance-action": json.dumps({"action": "terminate", "time": "2026-11-23T12:00:00Z"})})
+    assert agent.interruption() == "spot interruption: terminate at 2026-11-23T12:00:00Z"
+    serve(**{"autoscaling/target-lifecycle-state": "Terminated"})
+    assert agent.interruption() == "auto scaling: Terminated"
+
+
+def test_engines_follow_a_controller_that_moved(engine_node, capsys):
+    """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
+    publish, engine_file = engine_node
+    publish("10.0.0.10")
+    agent.wait_connection(timeout=5)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
+    agent.wait_connection(timeout=5)
+    assert "unchanged" in capsys.readouterr().out
+    publish("10.0.0.42")  # a replaced controller published its new address
+    agent.wait_connection(timeout=5)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    assert "controller at 10.0.0.42 (was 10.0.0.10)" in capsys.readouterr().out
+    assert oct(engine_file.stat().st_mode & 0o777) == "0o600"
+
+
+def test_an_engine_file_just_read_is_used_without_asking_again(engine_node, capsys):
+    """Engines started right after the boot's read skip theirs; one restarted later reads again."""
+    publish, engine_file = engine_node
+    publish("10.0.0.10")
+    agent.wait_connection(timeout=5)
+    publish("10.0.0.42")
+    agent.wait_connection(timeout=5, fresh_within=60)  # just read: not asked again
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
+    assert "used as it is" in capsys.readouterr().out
+    old = time.time() - 120
+    os.utime(engine_file, (old, old))  # read two minutes ago: a restarted engine asks again
+    agent.wait_connection(timeout=5, fresh_within=60)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    agent.wait_connection(timeout=5)  # unchanged, but confirmed: fresh again
+    assert time.time() - engine_file.stat().st_mtime < 5
+
+
+def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_env, imds, tmp_path, monkeypatch):
+    """A node's record (real boto3 against moto, metadata through IMDSv2 on loopback):
+    `ipfleet status` reads the step, exit code and log lines, and `fetch` gives up at once."""
+    from ipfleet.fetch import FetchError, fetch
+    from ipfleet.node_status import read_records
+
+    base, _nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    boot_log = tmp_path / "cloud-init-output.log"
+    boot_log.write_text("".join(f"line {i}\n" for i in range(40)) + "ERROR: No matching distribution for numpyy\n")
+    monkeypatch.setattr(agent, "BOOT_LOG", boot_log)
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    ssm.put_parameter(Name="/ipfleet/bad/connection", Value="pending", Type="SecureString")
+    facts(
+        role="controller",
+        stack="bad",
+        region="us-east-1",
+        controller_record_parameter="/ipfleet/bad/controller",
+        profile_dir=str(tmp_path / "profile"),
+        state_dir=str(tmp_path / "state"),
+        node_state_dir=str(tmp_path / "root-state"),
+        aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
+    )
+
+    agent.report("failed", step="python venv", exit_code=1)
+
+    [record] = read_records(ssm, "bad")
+    assert (record.role, record.instance_id, record.phase) == ("controller", "i-0123456789abcdef0", "failed")
+    assert record.error["step"] == "python venv" and record.error["exitCode"] == 1
+    assert record.error["log"][-1] == "ERROR: No matching distribution for numpyy"
+    assert len(record.error["log"]) == 15
+    # Later reports (the watch service's) keep saying it: the failure is kept on the node.
+    assert json.loads((tmp_path / "root-state" / "bootstrap-failure.json").read_text())["step"] == "python venv"
+    with pytest.raises(FetchError, match=r"(?s)failed its bootstrap at python venv \(exit 1\).*numpyy"):
+        fetch("bad", "us-east-1", timeout=60, poll_seconds=0.1)
