@@ -11,7 +11,9 @@ for scripts.
 
 from __future__ import annotations
 
+import base64
 import difflib
+import hashlib
 import json
 import os
 import subprocess
@@ -93,7 +95,8 @@ REPLACING_INPUTS = {
     },
     "aws:s3/bucketObjectv2:BucketObjectv2": {
         "bucket": "the object moves buckets: it is stored again",
-        "key": "a new node runtime is a new object under its own sha256; the old one goes after the nodes move",
+        "key": "a new node runtime is a new object under its own sha256; "
+        "the old one is deleted at the end of the update (nodes read it at boot only)",
     },
     "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": {"bucket": "the block moves buckets: it is replaced"},
     "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": {
@@ -375,19 +378,62 @@ def _changed_values(path: str, old: Any, new: Any) -> list[InputChange]:
 
 
 def _shown(change: InputChange) -> InputChange:
-    """User data as the lines that changed in its decoded cloud-config, not base64."""
+    """User data as the lines that changed in its decoded cloud-config, not base64; an
+    S3 object's content as its size and sha256 (the node runtime's wheel is 100 KB)."""
     if change.path in USER_DATA_KEYS and isinstance(change.old, str) and isinstance(change.new, str):
         try:
             old, new = decode_user_data(change.old), decode_user_data(change.new)
         except Exception:  # a placeholder, not user data
             return change
-        lines = [
-            line
-            for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
-            if not line.startswith(("---", "+++", "@@"))
-        ]
+        lines = _json_lines_as_keys(
+            [
+                line
+                for line in difflib.unified_diff(old.splitlines(), new.splitlines(), lineterm="", n=0)
+                if not line.startswith(("---", "+++", "@@"))
+            ]
+        )
         return InputChange(change.path, f"<{len(old)} characters of cloud-config>", {"cloud-config lines": lines})
+    if change.path == "contentBase64":
+        return InputChange(change.path, _content(change.old), _content(change.new))
     return change
+
+
+def _content(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        data = base64.b64decode(value, validate=True)
+    except ValueError:
+        return value
+    return f"<{len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()}>"
+
+
+def _json_lines_as_keys(lines: list[str]) -> list[str]:
+    """A removed and an added line that are both JSON objects (the node's facts) shown as
+    the keys that changed, one line each: a new node runtime is its new hash."""
+    removed = [line for line in lines if line.startswith("-")]
+    added = [line for line in lines if line.startswith("+")]
+    out = []
+    for line in lines:
+        if line.startswith("-") and len(removed) == len(added):
+            pair = added[removed.index(line)]
+            old, new = _json_object(line[1:]), _json_object(pair[1:])
+            if old is not None and new is not None:
+                out += [f"~ {c.path}: {_compact(c.old)} -> {_compact(c.new)}" for c in _changed_values("", old, new)]
+                continue
+        elif line.startswith("+") and len(removed) == len(added):
+            if _json_object(removed[added.index(line)][1:]) is not None and _json_object(line[1:]) is not None:
+                continue
+        out.append(line)
+    return out
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 # ---- the text of a pull-request comment

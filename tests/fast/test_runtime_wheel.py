@@ -59,3 +59,28 @@ def test_uv_installs_it_and_the_units_commands_run(tmp_path):
         text=True,
     )
     assert wire.stdout.strip() == "(10101, 10108)"
+
+
+def test_a_new_runtime_shows_in_a_plan_diff_as_its_hash(monkeypatch):
+    """What a reviewer sees when the node runtime changed: the wheel's hash in the facts,
+    the object's key and content as hashes, the nodeRuntime output, one line each."""
+    from bootstrap import runtime_wheel as wheels
+    from ipfleet import plan_diff
+    from tests.conftest import plan_of
+
+    before, old = plan_of("lab").as_json(), runtime_wheel()
+    files = source_files()
+    changed = {**files, "ipfleet_node/agent.py": files["ipfleet_node/agent.py"] + b"# a fix\n"}
+    monkeypatch.setattr(wheels, "source_files", lambda: changed)
+    wheels.runtime_wheel.cache_clear()
+    try:
+        after = plan_of("lab").as_json()
+        new = wheels.runtime_wheel()
+    finally:
+        wheels.runtime_wheel.cache_clear()
+    text = plan_diff.render_text(plan_diff.diff("lab", "main", before, after))
+    assert f"nodeRuntime: {old.sha256} -> {new.sha256}" in text
+    assert f"~ runtime.sha256: {old.sha256} -> {new.sha256}" in text
+    assert f"contentBase64: <{len(old.data)} bytes, sha256 {old.sha256}> -> <{len(new.data)} bytes" in text
+    assert "UEsDB" not in text and '{"role"' not in text  # no base64 of the wheel, no whole facts line
+    assert max(len(line) for line in text.splitlines()) < 500  # policies and keys, compacted
