@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pulumi
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.render import encode_user_data, render_user_data
 from bootstrap.runtime_wheel import runtime_wheel
 from bootstrap.spec import Role, node_spec
@@ -83,7 +84,7 @@ class Cluster(pulumi.ComponentResource):
         # The agent and keeper reach the nodes as a wheel in S3, not inside user data.
         self.runtime = NodeRuntime(
             f"{name}-runtime",
-            NodeRuntimeArgs(stack=s.stack, roles=roles, partition=s.partition, tags={"ipfleet:stack": s.stack}),
+            NodeRuntimeArgs(stack=s.stack, roles=roles, partition=s.partition, tags={wire.STACK_TAG: s.stack}),
             child,
         )
         controller_needs += [self.runtime.policies[0], self.runtime.wheel]
@@ -150,7 +151,7 @@ class Cluster(pulumi.ComponentResource):
                 engine_role=engine_role.role_name,
                 on_demand_base=s.on_demand_base,
                 spot_max_price=s.spot_max_price,
-                tags={"ipfleet:stack": s.stack, **s.tags},
+                tags={wire.STACK_TAG: s.stack, **s.tags},
                 partition=s.partition,
                 region=s.region,
                 # Engines wait for the controller anyway; starting them after it is

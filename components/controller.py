@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from bootstrap.ipfleet_node import wire
 from components.hardening import IMDS_V2, encrypted_root
 
 TYPE = "ipfleet:cluster:Controller"
@@ -56,7 +57,7 @@ class Controller(pulumi.ComponentResource):
             user_data_replace_on_change=True,
             metadata_options=IMDS_V2,
             root_block_device=encrypted_root(),
-            tags={"Name": name, "ipfleet:role": "controller"},
+            tags={"Name": name, wire.ROLE_TAG: "controller"},
             # The resolved image is pinned: Debian's monthly AMIs must not replace a running controller.
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["ami"], depends_on=args.depends_on),
         )

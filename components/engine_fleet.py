@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.spec import DRAIN_HOOK
 from components.hardening import IMDS_V2, encrypted_root_mapping
 from ipfleet.partitions import AWS, Partition
@@ -73,7 +74,7 @@ class EngineFleet(pulumi.ComponentResource):
     def __init__(self, name: str, args: EngineFleetArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        node_tags = {**args.tags, "Name": f"{name}-node", "ipfleet:role": "engine"}
+        node_tags = {**args.tags, "Name": f"{name}-node", wire.ROLE_TAG: "engine"}
         self.launch_template = aws.ec2.LaunchTemplate(
             f"{name}-template",
             image_id=args.image_id,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.ipfleet_node.wire import FORMAT, PENDING
 from ipfleet import remote
 from ipfleet.access import Access
@@ -235,8 +236,7 @@ def controller_instances(ec2, stack: str) -> dict[str, dict] | str:
     try:
         pages = ec2.get_paginator("describe_instances").paginate(
             Filters=[
-                {"Name": "tag:ipfleet:stack", "Values": [stack]},
-                {"Name": "tag:ipfleet:role", "Values": ["controller"]},
+                *wire.tagged(stack, "controller"),
                 {"Name": "instance-state-name", "Values": ["pending", "running"]},
             ]
         )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bootstrap.ipfleet_node import wire
 from ipfleet.errors import IpfleetError
 from ipfleet.node_status import NodeRecord, read_records
 
@@ -52,9 +53,7 @@ class EngineGroup:
 
 
 def find_group(autoscaling, stack: str) -> EngineGroup:
-    found = autoscaling.describe_auto_scaling_groups(
-        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]}, {"Name": "tag:ipfleet:role", "Values": ["engine"]}]
-    )["AutoScalingGroups"]
+    found = autoscaling.describe_auto_scaling_groups(Filters=wire.tagged(stack, "engine"))["AutoScalingGroups"]
     if not found:
         raise ScaleError(f"stack {stack!r} has no engine group in this region (not deployed, or another region?)")
     if len(found) > 1:

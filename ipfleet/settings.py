@@ -94,7 +94,7 @@ INSTANCE_TYPES_MAX = 40
 # A security group holds 60 inbound rules by default; ipfleet's own take 2.
 ADMIN_CIDRS_MAX = 58
 # AWS resources take 50 tags; ipfleet adds ipfleet:stack, Name and ipfleet:role.
-RESERVED_TAG_KEYS = ("ipfleet:stack", "ipfleet:role", "Name")
+RESERVED_TAG_KEYS = (wire.STACK_TAG, wire.ROLE_TAG, "Name")
 USER_TAGS_MAX = 50 - len(RESERVED_TAG_KEYS)
 # More engines on one node than any EC2 instance has vCPUs is a typo.
 ENGINES_PER_NODE_MAX = 1024

@@ -32,6 +32,7 @@ from typing import Any
 
 from . import agent as node
 from .wire import CLIENT_PORTS as CLIENT_PORT_RANGE
+from .wire import tagged
 
 # The controller's client-facing sockets: a TCP connection to one of them is a client;
 # the keeper's own query goes to the registration socket, which is not among them.
@@ -210,9 +211,7 @@ def clients_connected() -> int:
 
 
 def find_group(autoscaling, stack: str) -> dict | None:
-    found = autoscaling.describe_auto_scaling_groups(
-        Filters=[{"Name": "tag:ipfleet:stack", "Values": [stack]}, {"Name": "tag:ipfleet:role", "Values": ["engine"]}]
-    )["AutoScalingGroups"]
+    found = autoscaling.describe_auto_scaling_groups(Filters=tagged(stack, "engine"))["AutoScalingGroups"]
     return found[0] if found else None
 
 

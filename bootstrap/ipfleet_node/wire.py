@@ -22,6 +22,16 @@ ENGINE_PORTS = (CLIENT_PORTS[1] + 1, CLIENT_PORTS[1] + 16)
 # What a client outside the cluster dials: the client ports and the registration socket.
 CLIENT_FACING_PORTS = (CLIENT_PORTS[0], ENGINE_PORTS[0])
 
+# Tags the program puts on what it makes, by which nodes and laptops find it.
+STACK_TAG = "ipfleet:stack"
+ROLE_TAG = "ipfleet:role"
+
+
+def tagged(stack: str, role: str) -> list[dict]:
+    """EC2 and Auto Scaling filters for what STACK made for ROLE (controller, engine)."""
+    return [{"Name": f"tag:{STACK_TAG}", "Values": [stack]}, {"Name": f"tag:{ROLE_TAG}", "Values": [role]}]
+
+
 # The engine group's lifecycle hook: a node leaving the group waits in it until drained.
 DRAIN_HOOK = "ipfleet-drain"
 
