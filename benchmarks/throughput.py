@@ -121,7 +121,7 @@ def ipfleet_controller_config(stack: str, work: Path) -> str:
     from ipfleet.project import resolve_stack
     from ipfleet.settings import parse_settings
     from ipfleet.stack_config import read_stack_file
-    from ipfleet.twin.loopback import loopback_controller_config
+    from tests.loopback.controller_config import loopback_controller_config
 
     ref = resolve_stack(stack)
     (work / "keys.json").write_text(json.dumps({"hmac_key": os.urandom(16).hex()}))
@@ -166,7 +166,7 @@ def loopback_cluster(python: str, engines: int, config: str | None):
         yield url
         finished = True
     finally:
-        from ipfleet.twin.node import stop_group
+        from ipfleet.twin.instances import stop_group
 
         for pid in groups:
             stop_group(pid)
@@ -201,7 +201,7 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
 
     from ipfleet.project import resolve_stack
     from ipfleet.stack_config import read_stack_file
-    from ipfleet.twin import cluster
+    from ipfleet.twin import cluster, laptop
 
     config = read_stack_file(resolve_stack(stack).path)
     config.update({"ipfleet:access": access, "ipfleet:engineNodes": 1, "ipfleet:enginesPerNode": args.engines})
@@ -211,8 +211,8 @@ def twin_row(stack: str, access: str, args) -> tuple[dict, str]:
         state = cluster.up(str(path), log=lambda *_: None)
         try:
             cluster.wait_ready(state, timeout=600, log=lambda *_: None)
-            cluster.connect(state)
-            result = cluster.client_python(
+            laptop.connect(state)
+            result = laptop.client_python(
                 state, [str(HERE), "_client", "stack", state.stack, *client_args(args)], timeout=900
             )
         finally:

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 
-from ipfleet.twin import cluster
+from ipfleet.twin import cluster, laptop
 
 STAGES = (
     "boot_to_controller_up",
@@ -36,7 +36,7 @@ def measure(stack: str, engine_nodes: int, baked: bool) -> dict:
     state = cluster.up(stack, log=lambda *_: None, engine_nodes=engine_nodes, baked=baked)
     try:
         cluster.wait_ready(state, timeout=600, log=lambda *_: None)
-        result = cluster.fetch_and_demo(state, timeout=600, log=lambda *_: None)
+        result = laptop.fetch_and_demo(state, timeout=600, log=lambda *_: None)
     finally:
         cluster.down(state, log=lambda *_: None)
     assert result["results"] == [x**30 for x in range(8)]

@@ -50,7 +50,7 @@ def twin_name(stack: str) -> str:
 
 
 def _running(stack: str | None):
-    from ipfleet.twin.cluster import STATE_ROOT, TwinError, TwinState
+    from ipfleet.twin.state import STATE_ROOT, TwinError, TwinState
 
     if stack is None:
         up = sorted(p.parent.name for p in STATE_ROOT.glob("*/state.json"))
@@ -89,21 +89,22 @@ def up(
     baked: BakedOption = False,
 ) -> None:
     """Boot STACK's twin and wait until its controller has published connection info."""
-    from ipfleet.twin import cluster
+    from ipfleet.twin import cluster, vpc
+    from ipfleet.twin.state import TwinError
 
     _stop_on_sigterm()
     state = _boot(stack, baked=baked)
     try:
         cluster.wait_ready(state, timeout=timeout, log=_say)
-    except (cluster.TwinError, KeyboardInterrupt) as e:
+    except (TwinError, KeyboardInterrupt) as e:
         cluster.down(state, log=_say)
         _fail(str(e) or "interrupted")
     typer.echo(
-        f"Twin of {state.stack!r} is up: {len(state.nodes)} nodes on {cluster.ENDPOINT}'s network.\n"
+        f"Twin of {state.stack!r} is up: {len(state.nodes)} nodes on {vpc.ENDPOINT}'s network.\n"
         f"  ipfleet twin status {state.stack}     units and cloud-init on every node\n"
         f"  ipfleet twin down {state.stack}       remove everything\n"
         f"A client runs in namespace {state.client_namespace}, e.g.:\n"
-        f"  ip netns exec {state.client_namespace} env AWS_ENDPOINT_URL={cluster.ENDPOINT} "
+        f"  ip netns exec {state.client_namespace} env AWS_ENDPOINT_URL={vpc.ENDPOINT} "
         f"AWS_ACCESS_KEY_ID=twin AWS_SECRET_ACCESS_KEY=twin ipfleet fetch {state.stack} "
         f"--region {state.region}"
     )
@@ -114,9 +115,9 @@ def status(
     stack: MaybeStack = None, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
 ) -> None:
     """Show each node of a running twin: cloud-init's verdict and the ipfleet units."""
-    from ipfleet.twin import cluster
+    from ipfleet.twin import laptop
 
-    report = cluster.status(_running(stack))
+    report = laptop.status(_running(stack))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -159,21 +160,21 @@ def exec(  # noqa: A001 (the command's name)
     import shutil
     import subprocess
 
-    from ipfleet.twin import cluster
+    from ipfleet.twin import laptop
 
     command = list(ctx.args)
     if not command:
         _fail("nothing to run: put the command after `--`", 2)
     state = _running(stack)
-    env = cluster.client_env(state)
+    env = laptop.client_env(state)
     if command[0] in ("ipfleet", "python", "python3"):
         # The laptop's own Python (the nodes' version), with this checkout's ipfleet.
         command = [state.client_python] + (["-m", "ipfleet.cli"] if command[0] == "ipfleet" else []) + command[1:]
     elif shutil.which(command[0], path=env.get("PATH", os.defpath)) is None:
         _fail(f"{command[0]}: command not found", 2)
     if Access(state.access) is Access.SSM:
-        env["IPFLEET_PROXY_COMMAND"] = cluster.session_proxy_command(state)
-    raise typer.Exit(subprocess.run(cluster.as_client(state, command), env=env).returncode)
+        env["IPFLEET_PROXY_COMMAND"] = laptop.session_proxy_command(state)
+    raise typer.Exit(subprocess.run(laptop.as_client(state, command), env=env).returncode)
 
 
 def _print_fault(result: dict) -> None:
@@ -209,8 +210,9 @@ def demo(
     names the host it ran on. Prints the results and how long each stage took.
     With --fault, a longer map follows and the fault hits it half-way.
     """
-    from ipfleet.twin import cluster
+    from ipfleet.twin import cluster, laptop
     from ipfleet.twin.faults import FAULTS, run_fault
+    from ipfleet.twin.state import TwinError
 
     if fault is not None and fault not in FAULTS:
         _fail(f"--fault {fault!r}: choose one of {', '.join(FAULTS)}", 2)
@@ -218,10 +220,10 @@ def demo(
     state = _boot(stack, engine_nodes, baked)
     try:
         cluster.wait_ready(state, timeout=timeout, log=_say)
-        result = cluster.fetch_and_demo(state, timeout=timeout, log=_say)
+        result = laptop.fetch_and_demo(state, timeout=timeout, log=_say)
         if fault is not None:
             result["fault"] = run_fault(state, fault, timeout=timeout, log=_say)
-    except (cluster.TwinError, KeyboardInterrupt) as e:
+    except (TwinError, KeyboardInterrupt) as e:
         for node in state.nodes:
             if node.running():
                 _say(f"--- {node.name} ---\n{cluster.describe_node(node)[-3000:]}")

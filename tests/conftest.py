@@ -85,10 +85,10 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """moto server on 127.0.0.1: real HTTP, real boto3, AWS APIs answered locally,
-    with the twin's Auto Scaling rules (ipfleet/twin/aws_server.py)."""
+    with the twin's Auto Scaling rules (ipfleet/twin/moto_server.py)."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "ipfleet.twin.moto_server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -150,7 +150,16 @@ def imds(tmp_path):
     )
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ipfleet.twin.metadata", str(nodes), "--address", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "ipfleet.twin.instance_metadata",
+            str(nodes),
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -183,13 +192,13 @@ def skip_without_twin() -> None:
 
 def running_twin(folder: Path, stack: str, config: dict) -> Iterator:
     """A module fixture's body: STACK's twin booted, connected and demoed; down after."""
-    from ipfleet.twin import cluster
+    from ipfleet.twin import cluster, laptop
 
     skip_without_twin()
     state = cluster.up(str(write_stack(folder, stack, config)))
     try:
         cluster.wait_ready(state, timeout=600)
-        cluster.fetch_and_demo(state, timeout=300)
+        laptop.fetch_and_demo(state, timeout=300)
         yield state
     finally:
         assert cluster.down(state) == []

@@ -25,7 +25,7 @@ from packaging.requirements import Requirement
 
 from bootstrap.pins import canonical, closure_pins
 from ipfleet.errors import IpfleetError
-from ipfleet.twin.wheelhouse import CACHE
+from ipfleet.twin.package_index import CACHE
 
 # ipfleet's own packages: what the laptop imports from the copy on its PYTHONPATH.
 OWN_PACKAGES = ("ipfleet", "bootstrap", "components")

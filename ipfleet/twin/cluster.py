@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
 import re
 import secrets
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from bootstrap.ipfleet_node import paths, wire
-from ipfleet.access import Access
-from ipfleet.errors import IpfleetError
-from ipfleet.twin import network
-from ipfleet.twin.client_env import client_source
-from ipfleet.twin.network import (
+from ipfleet.twin import vpc
+from ipfleet.twin.instances import Node, process_alive, stop_group
+from ipfleet.twin.laptop import stop_client_processes
+from ipfleet.twin.plan_deploy import (
+    apt_packages_of,
+    cidr_ingress,
+    cluster_ingress,
+    deploy_plan,
+    node_facts_of,
+    python_lines_of,
+    twin_config,
+    user_data_of,
+    written,
+    written_files,
+)
+from ipfleet.twin.state import STATE_ROOT, WORK_ROOT, TwinError, TwinState
+from ipfleet.twin.vpc import (
+    ENDPOINT,
     METADATA_ADDRESS,
     PUBLIC_ADDRESS,
     ROUTER_ADDRESS,
@@ -35,11 +39,7 @@ from ipfleet.twin.network import (
     TwinNetwork,
     in_namespace,
 )
-from ipfleet.twin.node import SHARED_SOURCE, WHEELHOUSE_MOUNT, Node, process_alive, stop_group
 
-STATE_ROOT = Path("/run/ipfleet/twin")
-WORK_ROOT = Path("/var/lib/ipfleet/twin")
-ENDPOINT = f"http://{ROUTER_ADDRESS}"
 REQUIRED_TOOLS = (
     "ip",
     "systemd-nspawn",
@@ -52,133 +52,6 @@ REQUIRED_TOOLS = (
     "ssh",
     "ssh-keygen",
 )
-
-# The only differences between what AWS nodes get and what twin nodes get: settings
-# users have reasons to want too (docs/twin.md).
-TWIN_KNOBS = {
-    "ipfleet:awsEndpointUrl": ENDPOINT,
-    "ipfleet:packageIndexUrl": f"file://{WHEELHOUSE_MOUNT}/simple",
-    # Session Manager does not exist here (a relay stands in for its transport),
-    # so nodes install no SSM agent: the setting for images that bring their own.
-    "ipfleet:ssmAgentUrl": "",
-}
-
-
-class TwinError(IpfleetError, RuntimeError):
-    pass
-
-
-@dataclass
-class TwinState:
-    stack: str
-    tag: str
-    region: str
-    rendezvous_parameter: str
-    engines_expected: int
-    nodes: list[Node] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    client_namespace: str = ""
-    access: str = "ssm"
-    moto_pid: int | None = None
-    metadata_pid: int | None = None
-    # The laptop's interpreter: the nodes' Python minor version (twin/client_env.py).
-    client_python: str = ""
-    # The controller's address as AWS would make it reachable from outside (access ssh, direct).
-    public_ip: bool = False
-    # The security group's CIDR ingress rules (cidr, first port, last port), from the plan.
-    ingress: list = field(default_factory=list)
-    # Its rules for the group's own members (first port, last port): node to node.
-    cluster_ingress: list = field(default_factory=list)
-    # Where nodes mount the shared storage (None without), and what the metadata says of each role.
-    shared_mount_point: str | None = None
-    instance_types: dict[str, str] = field(default_factory=dict)
-    engines_per_node: int = 1
-    # Per node address: metadata values the twin adds (a spot notice, say).
-    metadata_extra: dict[str, dict] = field(default_factory=dict)
-    # The engine group in moto, the reconciler playing it (twin/reconciler.py), and
-    # how many engine nodes it has launched so far (their names count up).
-    group_name: str = ""
-    reconciler_pid: int | None = None
-    launched: int = 0
-    booted_at: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def state_dir(self) -> Path:
-        return STATE_ROOT / self.stack
-
-    @property
-    def work_dir(self) -> Path:
-        return WORK_ROOT / self.stack
-
-    @property
-    def shared_dir(self) -> Path:
-        return self.work_dir / "efs"
-
-    @property
-    def client_ipython_dir(self) -> Path:
-        return self.work_dir / "client-ipython"
-
-    @property
-    def metadata_file(self) -> Path:
-        """What the instance metadata service serves, by node address."""
-        return self.state_dir / "metadata.json"
-
-    def user_data_file(self, role: str) -> Path:
-        return self.work_dir / f"user-data-{role}"
-
-    @property
-    def client_home(self) -> Path:
-        """The laptop's home: mounted over /root for the client's processes only (ssh reads ~/.ssh)."""
-        return self.work_dir / "client-home"
-
-    def save(self) -> None:
-        """Write the state (only the process that made it, before a reconciler runs,
-        should call this directly; afterwards change it inside `locked()`)."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        data = {**self.__dict__, "nodes": [n.as_dict() for n in self.nodes]}
-        tmp = self.state_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(data, indent=2))
-        os.replace(tmp, self.state_dir / "state.json")
-
-    @contextmanager
-    def locked(self) -> Iterator[TwinState]:
-        """Read, change, write, with no other process in between: the reconciler
-        adds and removes engine nodes while tests and faults change the rest."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            self.refresh()
-            yield self
-            self.save()
-
-    def refresh(self) -> TwinState:
-        """Take up what other processes wrote (nodes the reconciler booted or removed)."""
-        path = self.state_dir / "state.json"
-        if path.exists():
-            self.__dict__.update(TwinState.load(self.stack).__dict__)
-        return self
-
-    @classmethod
-    def load(cls, stack: str) -> TwinState:
-        path = STATE_ROOT / stack / "state.json"
-        if not path.exists():
-            raise TwinError(f"no twin of {stack!r} is up (nothing at {path})")
-        data = json.loads(path.read_text())
-        data["nodes"] = [Node(**n) for n in data["nodes"]]
-        return cls(**data)
-
-    def node(self, name: str) -> Node:
-        return next(n for n in self.nodes if n.name == name)
-
-    @property
-    def controller(self) -> Node:
-        """The newest controller (during a replacement, the old one is still listed first)."""
-        return [n for n in self.nodes if n.role == "controller"][-1]
-
-    @property
-    def engine_nodes(self) -> list[Node]:
-        return [n for n in self.nodes if n.role == "engine"]
 
 
 def check_platform() -> None:
@@ -196,69 +69,6 @@ def check_platform() -> None:
     # The twin's own Python dependencies (moto's server stands in for AWS) are an extra.
     if importlib.util.find_spec("moto") is None:
         raise TwinError("the twin needs ipfleet's twin extra: pip install 'ipfleet[twin]'")
-
-
-def twin_config(config: dict[str, Any], admin_public_key: str | None = None) -> dict[str, Any]:
-    """The stack's config plus the twin's knobs; shared storage becomes the twin's host folder.
-
-    The twin's client namespace is the admin: its key is the stack's
-    sshPublicKey, and its subnet the adminCidrs of a mode that opens a port.
-    """
-    out = {**config, **TWIN_KNOBS}
-    if admin_public_key:
-        out["ipfleet:sshPublicKey"] = admin_public_key
-    if config.get("ipfleet:access") in [mode.value for mode in Access if mode.opens_port]:
-        out["ipfleet:adminCidrs"] = [network.CLIENT_SUBNET]
-    shared = dict(config.get("ipfleet:sharedStorage") or {})
-    if isinstance(shared, dict) and shared.get("enabled", True):
-        shared["source"] = f"bind:{SHARED_SOURCE}"
-        out["ipfleet:sharedStorage"] = shared
-    return out
-
-
-def user_data_of(plan, role: str) -> bytes:
-    """The exact bytes EC2 would hand this role's nodes (gzip stays gzip: cloud-init unpacks it)."""
-    import base64
-
-    from ipfleet.plan_view import encoded_user_data
-
-    return base64.b64decode(encoded_user_data(plan, role))
-
-
-def written_files(user_data: bytes) -> dict[str, str]:
-    """{path: content} of what the user data's write_files puts on a node."""
-    import gzip
-
-    if user_data[:2] == b"\x1f\x8b":
-        user_data = gzip.decompress(user_data)
-    return {
-        entry["path"]: entry.get("content", "") for entry in yaml.safe_load(user_data.decode()).get("write_files") or []
-    }
-
-
-def written(files: dict[str, str], path: str) -> str:
-    if path not in files:
-        raise TwinError(f"the user data writes no {path}")
-    return files[path]
-
-
-def node_facts_of(files: dict[str, str]) -> dict:
-    """The node's facts file, from its user data's written files."""
-    return json.loads(written(files, paths.FACTS_FILE))
-
-
-def apt_packages_of(files: dict[str, str]) -> list[str]:
-    """The Debian packages a node's bootstrap installs if its image lacks them: its
-    `wanted=(...)` line (bootstrap.sh.j2), read the way bash reads it."""
-    for line in written(files, paths.BOOTSTRAP_SCRIPT).splitlines():
-        if line.startswith("wanted=(") and line.endswith(")"):
-            return shlex.split(line.removeprefix("wanted=(").removesuffix(")"))
-    raise TwinError(f"{paths.BOOTSTRAP_SCRIPT} in the user data names no packages (no wanted=(...) line)")
-
-
-def python_lines_of(files: dict[str, str], path: str) -> list[str]:
-    """A node's pinned Python requirements or constraints (PATH: where the user data writes them)."""
-    return [line.strip() for line in written(files, path).splitlines() if line.strip()]
 
 
 def twin_suite(image: str) -> str:
@@ -311,9 +121,9 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     from ipfleet.project import resolve_stack
     from ipfleet.settings import parse_settings
     from ipfleet.stack_config import read_stack_file
+    from ipfleet.twin.amis import ensure_baked_image, ensure_rootfs, image_python_version
     from ipfleet.twin.client_env import ensure_client_python
-    from ipfleet.twin.rootfs import ensure_baked_image, ensure_rootfs, image_python_version
-    from ipfleet.twin.wheelhouse import ensure_wheelhouse
+    from ipfleet.twin.package_index import ensure_wheelhouse
 
     ref = resolve_stack(stack)
     clear_left_behind(ref.name, log)
@@ -363,7 +173,7 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
     )
     state.timings["prepare_image_and_packages"] = round(prepare_seconds, 2)
     net = TwinNetwork(state.tag)
-    controller = net.host("controller", network.FIRST_NODE_HOST)
+    controller = net.host("controller", vpc.FIRST_NODE_HOST)
     client = net.client()
     state.namespaces = net.namespaces([controller, client])
     state.client_namespace = client.namespace
@@ -374,8 +184,8 @@ def up(stack: str, log=print, engine_nodes: int | None = None, baked: bool = Fal
         net.create_router()
         net.attach(controller)
         net.attach_client(client)
-        state.ingress = _cidr_ingress(plan)
-        state.cluster_ingress = _cluster_ingress(plan)
+        state.ingress = cidr_ingress(plan)
+        state.cluster_ingress = cluster_ingress(plan)
         net.apply_security_group(state.ingress, state.controller.address, state.cluster_ingress)
         for role, data in user_data.items():
             state.user_data_file(role).parent.mkdir(parents=True, exist_ok=True)
@@ -447,29 +257,6 @@ def _client_key(home: Path) -> str:
     return (ssh / "id_ed25519.pub").read_text().strip()
 
 
-def _cluster_ingress(plan) -> list[tuple[int, int]]:
-    """The security group's rules that admit its own members (node to node), from the plan."""
-    from ipfleet.checks import INGRESS_RULE
-
-    return [
-        (int(rule.inputs["fromPort"]), int(rule.inputs["toPort"]))
-        for rule in plan.of_type(INGRESS_RULE)
-        if rule.inputs.get("referencedSecurityGroupId") and rule.inputs.get("ipProtocol") == "tcp"
-    ]
-
-
-def _cidr_ingress(plan) -> list[tuple[str, int, int]]:
-    """The security group's rules that admit addresses (not the group itself), from the plan."""
-    from ipfleet.checks import INGRESS_RULE
-
-    rules = []
-    for rule in plan.of_type(INGRESS_RULE):
-        cidr = rule.inputs.get("cidrIpv4") or rule.inputs.get("cidrIpv6")
-        if cidr and rule.inputs.get("ipProtocol") == "tcp":
-            rules.append((cidr, int(rule.inputs["fromPort"]), int(rule.inputs["toPort"])))
-    return rules
-
-
 def write_metadata(state: TwinState, extra: dict[str, dict] | None = None) -> None:
     """What each node's instance metadata says about it (the service re-reads this file).
     EXTRA adds values for a node, by address, for as long as the twin runs."""
@@ -518,135 +305,24 @@ def _start_aws(state: TwinState, plan, settings) -> None:
     namespace, readied as `pulumi up` would leave AWS. moto answers on the API address
     only: its own metadata endpoint would also answer IMDSv1, which EC2 refuses here."""
     state.moto_pid = _start_in_router(
-        state, [sys.executable, "-m", "ipfleet.twin.aws_server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log"
+        state, [sys.executable, "-m", "ipfleet.twin.moto_server", "-H", ROUTER_ADDRESS, "-p", "80"], "aws.log"
     )
     state.save()
     state.metadata_pid = _start_in_router(
         state,
-        [sys.executable, "-m", "ipfleet.twin.metadata", str(state.metadata_file), "--address", METADATA_ADDRESS],
+        [
+            sys.executable,
+            "-m",
+            "ipfleet.twin.instance_metadata",
+            str(state.metadata_file),
+            "--address",
+            METADATA_ADDRESS,
+        ],
         "metadata.log",
     )
     state.save()
-    parameters = [
-        {"name": p.inputs["name"], "type": p.inputs["type"], "value": "pending"}
-        for p in plan.of_type("aws:ssm/parameter:Parameter")
-    ]
-    # What the stack stores in S3 (the node runtime's wheel), byte for byte, in the bucket
-    # the plan names; the S3 mounts' buckets are the user's, made empty.
-    objects = [
-        {"bucket": o.inputs["bucket"], "key": o.inputs["key"], "body_base64": o.inputs["contentBase64"]}
-        for o in plan.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
-    ]
-    spec = {
-        "region": settings.region,
-        "parameters": parameters,
-        "buckets": sorted({m.bucket for m in settings.s3_mounts} | {o["bucket"] for o in objects}),
-        "objects": objects,
-        "group": _engine_group_spec(state, plan),
-    }
-    spec_file = state.work_dir / "aws-spec.json"
-    spec_file.write_text(json.dumps(spec))
-    made = client_python(state, ["-m", "ipfleet.twin.aws", f"@{spec_file}"], timeout=60)
-    state.group_name = json.loads(made.stdout)["group"]
+    state.group_name = deploy_plan(state, plan, settings)
     state.save()
-
-
-def _engine_group_spec(state: TwinState, plan) -> dict:
-    """The engine group as the plan declares it (the twin names it; AWS would add a suffix)."""
-    from ipfleet.plan_view import encoded_user_data
-
-    group = plan.one("aws:autoscaling/group:Group").inputs
-    hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
-    return {
-        "name": f"{state.stack}-engines-{state.tag}",
-        "min": group["minSize"],
-        "max": group["maxSize"],
-        "desired": group["desiredCapacity"],
-        "user_data": encoded_user_data(plan, "engine"),
-        "instance_type": state.instance_types["engine"],
-        "zone": f"{state.region}a",
-        "tags": {t["key"]: t["value"] for t in group["tags"]},
-        "hook": {
-            "name": hook["name"],
-            "transition": hook["lifecycleTransition"],
-            "timeout": hook["heartbeatTimeout"],
-            "result": hook["defaultResult"],
-        },
-    }
-
-
-def put_object(state: TwinState, bucket: str, key: str, body: str) -> None:
-    spec = {"region": state.region, "objects": [{"bucket": bucket, "key": key, "body": body}]}
-    client_python(state, ["-m", "ipfleet.twin.aws", json.dumps(spec)], timeout=60)
-
-
-def client_env(state: TwinState) -> dict[str, str]:
-    """The laptop's environment: throwaway credentials, the twin's endpoint, its own IPython dir."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    env.update(
-        {
-            "AWS_ENDPOINT_URL": ENDPOINT,
-            "AWS_ACCESS_KEY_ID": "twin",
-            "AWS_SECRET_ACCESS_KEY": "twin",
-            "AWS_DEFAULT_REGION": state.region,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "IPYTHONDIR": str(state.client_ipython_dir),
-            "NO_COLOR": "1",
-            "HOME": str(state.client_home),
-            # The laptop's Python has ipfleet's dependencies; ipfleet itself is a copy of this one.
-            "PYTHONPATH": str(client_source()),
-            # And it is the `python` the laptop's commands find (`ipfleet run ... -- python job.py`).
-            "PATH": os.pathsep.join([str(Path(state.client_python).parent), env.get("PATH", "/usr/bin:/bin")]),
-        }
-    )
-    return env
-
-
-def as_client(state: TwinState, command: list[str]) -> list[str]:
-    """COMMAND as the laptop: in the client namespace, with a home of its own.
-
-    ssh finds ~/.ssh through the password database, not $HOME. In a private
-    mount namespace the client sees a copy of /etc/passwd that gives root the
-    client's home, so the machine's own ~/.ssh is neither read nor touched.
-    """
-    passwd = state.work_dir / "client-passwd"
-    if not passwd.exists():
-        lines = []
-        for line in Path("/etc/passwd").read_text().splitlines():
-            fields = line.split(":")
-            if len(fields) == 7 and fields[2] == str(os.getuid()):
-                fields[5] = str(state.client_home)
-            lines.append(":".join(fields))
-        passwd.write_text("\n".join(lines) + "\n")
-    return in_namespace(
-        state.client_namespace,
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            'mount --bind "$0" /etc/passwd && exec "$@"',
-            str(passwd),
-            *command,
-        ],
-    )
-
-
-def client_python(state: TwinState, args: list[str], timeout: float, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        as_client(state, [state.client_python or sys.executable, *args]),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=client_env(state),
-    )
-    if not check:
-        return result
-    if result.returncode != 0:
-        raise TwinError(f"`{' '.join(args[:3])}` in the client namespace failed:\n{result.stderr.strip()[-3000:]}")
-    return result
 
 
 def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
@@ -706,131 +382,6 @@ def describe_node(node: Node) -> str:
         except Exception as e:
             lines.append(f"$ {' '.join(command)}\n({e})")
     return "\n".join(lines)
-
-
-REACH_PROBE = """
-import json, socket, sys
-host, ports = sys.argv[1], [int(p) for p in sys.argv[2:]]
-def reach(port):
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-        return True
-    except OSError:
-        return False
-print(json.dumps({port: reach(port) for port in ports}))
-"""
-
-
-def client_reaches(state: TwinState, host: str, ports: list[int]) -> dict[int, bool]:
-    """Which of PORTS on HOST accept a TCP connection from the laptop (2 s each)."""
-    result = client_python(state, ["-c", REACH_PROBE, host, *map(str, ports)], timeout=60)
-    return {int(k): v for k, v in json.loads(result.stdout).items()}
-
-
-def session_proxy_command(state: TwinState) -> str:
-    """ssh's ProxyCommand standing in for Session Manager's (see ipfleet/twin/session_relay.py)."""
-    return f"{sys.executable} -m ipfleet.twin.session_relay --stack {state.stack} --target %h %p"
-
-
-def connect(state: TwinState, timeout: float = 300) -> dict:
-    """As a laptop: `ipfleet connect STACK --json` (Session Manager's relay stands in for ssm)."""
-    args = ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region, "--json", "--timeout", str(timeout)]
-    if Access(state.access) is Access.SSM:
-        args += ["--proxy-command", session_proxy_command(state)]
-    return json.loads(client_python(state, args, timeout=timeout + 30).stdout)
-
-
-def engines_registered_at(state: TwinState) -> float:
-    """When the controller had registered every expected engine (wall clock, from its journal)."""
-    out = state.controller.run(
-        "journalctl",
-        "-u",
-        "ipcontroller",
-        "-o",
-        "short-unix",
-        "--no-pager",
-        "--grep",
-        "engine::Engine Connected",
-        timeout=60,
-    ).stdout
-    seen: dict[str, float] = {}
-    for line in out.splitlines():
-        stamp, _, rest = line.partition(" ")
-        seen.setdefault(rest.rsplit(":", 1)[-1].strip(), float(stamp))
-    if len(seen) < state.engines_expected:
-        raise TwinError(f"the controller's journal shows {len(seen)} of {state.engines_expected} engines")
-    return sorted(seen.values())[state.engines_expected - 1]
-
-
-def fetch_and_demo(state: TwinState, timeout: float = 300, log=print) -> dict:
-    """As a laptop: `ipfleet connect`, then StarCluster's demo through `ipfleet.client()`."""
-    connected = connect(state, timeout)
-    log(
-        f"connected ({state.access}: {connected['ssh_command'] or 'direct, CurveZMQ'}); "
-        f"waiting for {state.engines_expected} engines"
-    )
-    demo = client_python(
-        state,
-        ["-m", "ipfleet.twin.client_demo", state.stack, str(state.engines_expected), str(timeout)],
-        timeout=timeout + 30,
-    )
-    result = json.loads(demo.stdout)
-    registered = engines_registered_at(state)
-    with state.locked():
-        # The cluster's own view (the hub's log), then what the laptop saw: it starts
-        # only once the controller has published, and pays for its tunnel and imports.
-        state.timings["boot_to_registered"] = round(registered - state.booted_at, 2)
-        state.timings["boot_to_client_ready"] = round(result.pop("registered_at") - state.booted_at, 2)
-        state.timings["boot_to_demo_done"] = round(result.pop("done_at") - state.booted_at, 2)
-    return {**result, "access": state.access, "timings": dict(state.timings)}
-
-
-def status(state: TwinState) -> dict:
-    nodes = []
-    for node in state.nodes:
-        entry: dict[str, Any] = {
-            "name": node.name,
-            "role": node.role,
-            "address": node.address,
-            "running": node.running(),
-        }
-        if entry["running"]:
-            try:
-                entry["cloud_init"] = node.run("cloud-init", "status", timeout=15).stdout.split(":", 1)[-1].strip()
-                units = (
-                    ["ipcontroller.service", "ipfleet-publish.service"]
-                    if node.role == "controller"
-                    else ["ipfleet-connection.service", "ipengine@*.service"]
-                )
-                listing = node.run("systemctl", "list-units", "--no-legend", "--plain", *units, timeout=15).stdout
-                entry["units"] = {line.split()[0]: line.split()[2] for line in listing.splitlines() if line.strip()}
-            except Exception as e:
-                entry["error"] = str(e)
-        nodes.append(entry)
-    return {
-        "stack": state.stack,
-        "nodes": nodes,
-        "timings": state.timings,
-        "namespaces": state.namespaces,
-        "aws_endpoint": ENDPOINT,
-    }
-
-
-def _stop_client_processes(state: TwinState) -> list[str]:
-    """The laptop's ssh control masters and tunnels outlive the demo by design: stop them."""
-    if state.client_namespace not in network.existing_namespaces():
-        return []
-    listing = subprocess.run(["ip", "netns", "pids", state.client_namespace], capture_output=True, text=True)
-    pids = [int(p) for p in listing.stdout.split()]
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(process_alive(p) for p in pids):
-        time.sleep(0.1)
-    return [f"client process {p} still running" for p in pids if process_alive(p)]
 
 
 def replace_controller(state: TwinState, timeout: float = 600, log=print) -> Node:
@@ -893,7 +444,7 @@ def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
     """A lost or interrupted engine node leaves its group, which launches a replacement
     to keep its desired capacity, as AWS does (the reconciler boots it). Returns once
     the reconciler has taken the lost node away."""
-    from ipfleet.twin.group import TwinGroup
+    from ipfleet.twin.autoscaling import TwinGroup
 
     group = TwinGroup(state.namespaces[0], ENDPOINT, state.region, state.group_name)
     try:
@@ -909,7 +460,7 @@ def leave_group(state: TwinState, node: Node, timeout: float = 60) -> None:
 
 def next_host_number(state: TwinState) -> int:
     """A free address for a new node: above every node there is (and ever was, for engines)."""
-    return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes] + [network.FIRST_NODE_HOST + state.launched]) + 1
+    return max([int(n.address.rsplit(".", 1)[1]) for n in state.nodes] + [vpc.FIRST_NODE_HOST + state.launched]) + 1
 
 
 def clear_left_behind(stack: str, log=print) -> None:
@@ -949,7 +500,7 @@ def down(state: TwinState, log=print) -> list[str]:
     for pid in (state.moto_pid, state.metadata_pid):
         if pid and process_alive(pid):
             stop_group(pid)
-    leftovers += _stop_client_processes(state)
+    leftovers += stop_client_processes(state)
     leftovers += TwinNetwork(state.tag).destroy(state.namespaces)
     mounted = [n.name for n in state.nodes if os.path.ismount(n.root)]
     leftovers += [f"{name}: still mounted" for name in mounted]

@@ -29,8 +29,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from ipfleet.access import Access
-from ipfleet.twin import cluster
-from ipfleet.twin.cluster import TwinError, TwinState
+from ipfleet.twin import cluster, laptop
+from ipfleet.twin.state import TwinError, TwinState
 
 FAULTS = ("controller-restart", "controller-replace", "engine-loss", "spot-interruption")
 FAULT_LOG_DIR = ".ipfleet-faults"
@@ -44,7 +44,7 @@ def run_fault(
     state.refresh()  # the reconciler may have booted or removed engine nodes
     if kind in ("engine-loss", "spot-interruption") and len(state.engine_nodes) < 2:
         raise TwinError(f"--fault {kind} needs at least 2 engine nodes (one is lost); try --engine-nodes 2")
-    cluster.connect(state, timeout)
+    laptop.connect(state, timeout)
     old_controller = state.controller
     if kind == "controller-replace":
         # Create before delete, as `pulumi up` replaces: the new controller is up and has
@@ -74,17 +74,17 @@ def run_fault(
         "timeout": timeout,
         "run_dir": str(run_dir),
         "shared_log": shared_log,
-        "proxy_command": cluster.session_proxy_command(state) if Access(state.access) is Access.SSM else None,
+        "proxy_command": laptop.session_proxy_command(state) if Access(state.access) is Access.SSM else None,
     }
-    laptop = subprocess.Popen(
-        cluster.as_client(state, [state.client_python, "-m", "ipfleet.twin.fault_client", json.dumps(spec)]),
+    client = subprocess.Popen(
+        laptop.as_client(state, [state.client_python, "-m", "ipfleet.twin.fault_client", json.dumps(spec)]),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=cluster.client_env(state),
+        env=laptop.client_env(state),
     )
     try:
-        _wait_for_progress(laptop, run_dir, tasks // 4, timeout)
+        _wait_for_progress(client, run_dir, tasks // 4, timeout)
         fault_at = time.time()
         (run_dir / "fault.json").write_text(
             json.dumps(
@@ -100,12 +100,12 @@ def run_fault(
         )
         log(f"{kind}: injecting the fault a quarter of the way through {tasks} tasks")
         victim = _inject(state, kind, old_controller, log)
-        out, err = laptop.communicate(timeout=timeout + 60)
+        out, err = client.communicate(timeout=timeout + 60)
     finally:
-        if laptop.poll() is None:
-            laptop.kill()
-            laptop.wait()
-    if laptop.returncode != 0:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    if client.returncode != 0:
         raise TwinError(f"the laptop's map failed:\n{err.strip()[-3000:]}")
     result = json.loads(out)
     starts: Counter[str] = Counter()
@@ -130,12 +130,12 @@ def run_fault(
     }
 
 
-def _wait_for_progress(laptop: subprocess.Popen, run_dir, done: int, timeout: float) -> None:
+def _wait_for_progress(client: subprocess.Popen, run_dir, done: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     progress = run_dir / "progress.json"
     while True:
-        if laptop.poll() is not None:
-            error = laptop.stderr.read() if laptop.stderr else ""
+        if client.poll() is not None:
+            error = client.stderr.read() if client.stderr else ""
             raise TwinError(f"the laptop's map ended before the fault:\n{error[-3000:]}")
         if progress.exists() and json.loads(progress.read_text())["done"] >= done:
             return

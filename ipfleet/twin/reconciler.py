@@ -1,7 +1,7 @@
 """The twin playing EC2 for the engine group: `python -m ipfleet.twin.reconciler STACK`.
 
 moto keeps the group's books (desired capacity, which instances belong to it,
-their lifecycle states; ipfleet/twin/aws_server.py adds the drain hook's wait).
+their lifecycle states; ipfleet/twin/moto_server.py adds the drain hook's wait).
 This process makes those books real, once a second:
 
 - an instance the group launched (InService) gets a node: a namespace, an
@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 
 from ipfleet.twin import cluster
-from ipfleet.twin.cluster import ENDPOINT, TwinNetwork, TwinState
-from ipfleet.twin.group import TwinGroup
-from ipfleet.twin.node import Node
+from ipfleet.twin.autoscaling import TwinGroup
+from ipfleet.twin.cluster import TwinNetwork
+from ipfleet.twin.instances import Node
+from ipfleet.twin.state import TwinState
+from ipfleet.twin.vpc import ENDPOINT
 
 INTERVAL = 1.0
 TERMINATED = "Terminated"

@@ -108,8 +108,8 @@ def test_every_error_ipfleet_reports_has_one_base_and_an_exit_code():
     from ipfleet.project import StackNotFound
     from ipfleet.scaling import ScaleError
     from ipfleet.settings import SettingsError
-    from ipfleet.twin.cluster import TwinError
-    from ipfleet.twin.node import NodeError
+    from ipfleet.twin.instances import NodeError
+    from ipfleet.twin.state import TwinError
 
     for failure in (FetchError, NotebookError, ScaleError, TwinError, NodeError):
         assert issubclass(failure, IpfleetError) and failure.exit_code == 1, failure

@@ -9,7 +9,7 @@ import yaml
 
 from bootstrap.render import decode_user_data
 from ipfleet.plan_view import user_data
-from ipfleet.twin.cluster import apt_packages_of, written_files
+from ipfleet.twin.plan_deploy import apt_packages_of, written_files
 from tests.conftest import PUBLIC_KEY, plan_of
 
 SG_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"

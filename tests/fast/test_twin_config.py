@@ -7,10 +7,10 @@ import pytest
 from bootstrap.render import render_user_data
 from bootstrap.spec import node_spec
 from ipfleet.settings import SettingsError, parse_settings
-from ipfleet.twin.cluster import ENDPOINT, TWIN_KNOBS, apt_packages_of, twin_config, written_files
-from ipfleet.twin.network import CLIENT_SUBNET
-from ipfleet.twin.rootfs import BASE_PACKAGES, cache_key, packages_for
-from ipfleet.twin.wheelhouse import write_simple_index
+from ipfleet.twin.amis import BASE_PACKAGES, cache_key, packages_for
+from ipfleet.twin.package_index import write_simple_index
+from ipfleet.twin.plan_deploy import TWIN_KNOBS, apt_packages_of, twin_config, written_files
+from ipfleet.twin.vpc import CLIENT_SUBNET, ENDPOINT
 from tests.conftest import PUBLIC_KEY, example_config, settings_of
 
 
@@ -104,7 +104,8 @@ def test_the_twin_builds_the_stacks_release(image, suite):
     "image,says", [("ubuntu-24.04", "Debian images only"), ("ami-0123456789abcdef0", "cannot know what that AMI holds")]
 )
 def test_the_twin_refuses_images_it_cannot_build(image, says):
-    from ipfleet.twin.cluster import TwinError, twin_suite
+    from ipfleet.twin.cluster import twin_suite
+    from ipfleet.twin.state import TwinError
 
     with pytest.raises(TwinError, match=says):
         twin_suite(image)

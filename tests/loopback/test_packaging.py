@@ -47,7 +47,7 @@ def test_the_wheel_holds_the_node_side_and_no_tests(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     for needed in (
         "ipfleet/cli.py",
-        "ipfleet/twin/aws_server.py",
+        "ipfleet/twin/moto_server.py",
         "components/cluster.py",
         "bootstrap/templates/controller.yaml.j2",
         "bootstrap/templates/bootstrap.sh.j2",

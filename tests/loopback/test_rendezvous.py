@@ -19,8 +19,8 @@ import pytest
 
 from bootstrap.spec import node_spec
 from ipfleet import remote
-from ipfleet.twin.loopback import loopback_controller_config
 from tests.conftest import run_cli, settings_of
+from tests.loopback.controller_config import loopback_controller_config
 
 # The node agent as its units run it (python -m), from this checkout.
 AGENT = [sys.executable, "-m", "bootstrap.ipfleet_node"]

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from ipfleet.twin import cluster
-from ipfleet.twin.network import existing_namespaces
+from ipfleet.twin import cluster, laptop, plan_deploy, state, vpc
+from ipfleet.twin.vpc import existing_namespaces
 from tests.conftest import write_stack
 
 STACK = {
@@ -34,7 +34,7 @@ def twin(tmp_path_factory):
     outcome = {"state": state}
     try:
         cluster.wait_ready(state, timeout=600)
-        outcome["demo"] = cluster.fetch_and_demo(state, timeout=300)
+        outcome["demo"] = laptop.fetch_and_demo(state, timeout=300)
         yield outcome
     finally:
         outcome["leftovers"] = cluster.down(state)
@@ -77,12 +77,12 @@ def test_nothing_is_open_to_the_laptop_in_ssm_mode(twin):
     """access: ssm. The demo above ran through ssh over the Session Manager stand-in;
     no port of the controller, ssh included, accepts the laptop directly."""
     from ipfleet import ports
-    from ipfleet.twin.network import PUBLIC_ADDRESS
+    from ipfleet.twin.vpc import PUBLIC_ADDRESS
 
     assert twin["demo"]["access"] == "ssm"
     probed = [ports.SSH_PORT, ports.CLIENT_PORTS.first, ports.ENGINE_PORTS.first, ports.CONTROLLER_PORTS.last]
     for host in (twin["state"].controller.address, PUBLIC_ADDRESS):
-        assert cluster.client_reaches(twin["state"], host, probed) == {p: False for p in probed}
+        assert laptop.client_reaches(twin["state"], host, probed) == {p: False for p in probed}
 
 
 def test_shared_storage_is_shared(twin):
@@ -97,8 +97,8 @@ def test_shared_storage_is_shared(twin):
 
 def test_s3_mount_serves_an_object_put_into_the_bucket(twin):
     state = twin["state"]
-    cluster.put_object(state, "twin-data", "inputs/numbers.txt", "1 2 3\n")
-    cluster.put_object(state, "twin-data", "elsewhere/secret.txt", "not for the cluster\n")
+    plan_deploy.put_object(state, "twin-data", "inputs/numbers.txt", "1 2 3\n")
+    plan_deploy.put_object(state, "twin-data", "elsewhere/secret.txt", "not for the cluster\n")
     engine = state.engine_nodes[1]
     assert engine.run("cat", "/data/numbers.txt").stdout == "1 2 3\n"
     # Only the prefix is mounted, read-only.
@@ -125,7 +125,7 @@ def test_user_data_on_the_node_is_the_plans(twin):
     assert consumed == hashlib.sha256(planned).hexdigest()
     text = gzip.decompress(planned).decode() if planned[:2] == b"\x1f\x8b" else planned.decode()
     assert text.startswith("#cloud-config\n# ipfleet controller node")
-    assert "aws_endpoint_url" in text and cluster.ENDPOINT in text  # the documented knob
+    assert "aws_endpoint_url" in text and vpc.ENDPOINT in text  # the documented knob
 
 
 def test_status_reports_every_node_through_the_cli(twin):
@@ -177,9 +177,9 @@ def test_instance_metadata_is_imdsv2_only_as_on_ec2(twin):
         result = node.run("python3", "-c", IMDS_PROBE)
         assert result.stdout.split("\n")[:3] == ["401", f"200 {node.instance_id}", "401"], result.stderr
     # And the laptop cannot reach the metadata address at all.
-    from ipfleet.twin.network import METADATA_ADDRESS
+    from ipfleet.twin.vpc import METADATA_ADDRESS
 
-    assert cluster.client_reaches(state, METADATA_ADDRESS, [80]) == {80: False}
+    assert laptop.client_reaches(state, METADATA_ADDRESS, [80]) == {80: False}
 
 
 def test_service_group_has_the_fixed_gid_the_s3_mount_uses(twin):
@@ -298,7 +298,7 @@ def test_engines_follow_a_replaced_controller(twin):
     new = cluster.replace_controller(state, timeout=600)
     assert new.address != old.address and new.instance_id != old.instance_id
     started = time.monotonic()
-    demo = cluster.fetch_and_demo(state, timeout=300)
+    demo = laptop.fetch_and_demo(state, timeout=300)
     recovery = time.monotonic() - started
     assert demo["engines"] == 4 and demo["results"] == [x**30 for x in range(8)]
     assert demo["hostnames"] == ["twintier-engine-1", "twintier-engine-2"]
@@ -326,5 +326,5 @@ def test_down_leaves_nothing_behind(twin):
 
 def test_twin_refuses_clearly_without_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(cluster.TwinError, match="needs root"):
+    with pytest.raises(state.TwinError, match="needs root"):
         cluster.check_platform()

@@ -16,8 +16,8 @@ import subprocess
 import pytest
 
 from ipfleet import ports
-from ipfleet.twin import cluster
-from ipfleet.twin.network import PUBLIC_ADDRESS
+from ipfleet.twin import cluster, laptop
+from ipfleet.twin.vpc import PUBLIC_ADDRESS
 from tests.conftest import write_stack
 
 BASE = {
@@ -37,7 +37,7 @@ def booted(tmp_path_factory, name: str, config: dict):
     state = cluster.up(str(path))
     try:
         cluster.wait_ready(state, timeout=600)
-        demo = cluster.fetch_and_demo(state, timeout=300)
+        demo = laptop.fetch_and_demo(state, timeout=300)
     except BaseException:
         cluster.down(state)
         raise
@@ -68,7 +68,7 @@ ZMQ_PORTS = [ports.CLIENT_PORTS.first, ports.ENGINE_PORTS.first, ports.CLIENT_FA
 
 def test_ssh_mode_opens_only_ssh_and_the_demo_runs_through_the_tunnel(ssh_twin):
     state, demo = ssh_twin
-    reached = cluster.client_reaches(state, PUBLIC_ADDRESS, [ports.SSH_PORT, *ZMQ_PORTS])
+    reached = laptop.client_reaches(state, PUBLIC_ADDRESS, [ports.SSH_PORT, *ZMQ_PORTS])
     assert reached == {ports.SSH_PORT: True, **{p: False for p in ZMQ_PORTS}}
     assert demo["access"] == "ssh"
     assert demo["engines"] == 2 and demo["results"] == [x**30 for x in range(8)]
@@ -76,20 +76,20 @@ def test_ssh_mode_opens_only_ssh_and_the_demo_runs_through_the_tunnel(ssh_twin):
 
 def _ssh_as_laptop(state, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        cluster.as_client(state, ["ssh", "-o", "BatchMode=yes", *args]),
+        laptop.as_client(state, ["ssh", "-o", "BatchMode=yes", *args]),
         capture_output=True,
         text=True,
         errors="replace",
         timeout=60,
         input="",
-        env=cluster.client_env(state),
+        env=laptop.client_env(state),
     )
 
 
 def test_ssh_login_forwards_only_to_the_controllers_client_ports_and_has_no_sudo(ssh_twin):
     """sshd's PermitOpen: the tunnel login reaches the controller's own client ports, not
     the rest of the VPC (here the AWS stand-in's address), and gets no sudo unless asked."""
-    from ipfleet.twin.network import ROUTER_ADDRESS
+    from ipfleet.twin.vpc import ROUTER_ADDRESS
 
     state, _ = ssh_twin
     alias = f"ipfleet-{state.stack}"
@@ -127,7 +127,7 @@ def test_notebook_is_on_the_controller_loopback_and_reached_through_the_tunnel(s
     state, _ = ssh_twin
     listening = state.controller.run("ss", "-Htln", "sport", "= :8888").stdout
     assert [line.split()[3] for line in listening.splitlines()] == ["127.0.0.1:8888"]
-    result = cluster.client_python(state, ["-c", NOTEBOOK_PROBE, state.stack], timeout=180)
+    result = laptop.client_python(state, ["-c", NOTEBOOK_PROBE, state.stack], timeout=180)
     assert json.loads(result.stdout) == {"status": 200, "without_token": 403}
 
 
@@ -140,7 +140,7 @@ def test_ssh_login_is_keys_only_as_the_admin_user(ssh_twin):
 
 def test_direct_mode_opens_only_the_client_ports_with_curve(direct_twin):
     state, demo = direct_twin
-    reached = cluster.client_reaches(state, PUBLIC_ADDRESS, [ports.SSH_PORT, *ZMQ_PORTS])
+    reached = laptop.client_reaches(state, PUBLIC_ADDRESS, [ports.SSH_PORT, *ZMQ_PORTS])
     assert reached == {
         ports.SSH_PORT: False,
         ports.CLIENT_PORTS.first: True,
@@ -167,7 +167,7 @@ except TimeoutError:
 def test_direct_client_without_the_server_key_cannot_register(direct_twin):
     state, _ = direct_twin
     client_file = state.client_ipython_dir / "profile_ipfleet-directmode" / "security" / "ipcontroller-client.json"
-    result = cluster.client_python(state, ["-c", WITHOUT_SERVER_KEY, str(client_file)], timeout=60)
+    result = laptop.client_python(state, ["-c", WITHOUT_SERVER_KEY, str(client_file)], timeout=60)
     assert result.stdout.strip() == "timed out"
 
 
@@ -187,14 +187,14 @@ def test_a_python_mismatch_is_warned_about(direct_twin):
     node_python = state.controller.run(
         "/opt/ipfleet/venv/bin/python", "-c", "import platform; print(platform.python_version())"
     ).stdout.strip()
-    published = cluster.client_python(
+    published = laptop.client_python(
         state, ["-c", REPUBLISH_WITH_OLD_PYTHON, state.rendezvous_parameter], timeout=60
     ).stdout.strip()
     assert published == node_python  # what the controller published is what the engines run
-    laptop_python = cluster.client_python(
+    laptop_python = laptop.client_python(
         state, ["-c", "import sys; print('%d.%d' % sys.version_info[:2])"], timeout=60
     ).stdout.strip()
-    result = cluster.client_python(
+    result = laptop.client_python(
         state, ["-m", "ipfleet.cli", "connect", state.stack, "--region", state.region], timeout=120
     )
     assert f"warning: Python {laptop_python} here but 3.9 on the engines" in result.stderr

@@ -103,11 +103,11 @@ def test_idle_guard_takes_the_group_to_zero_and_a_client_brings_it_back(twin):
 
 
 def test_a_batch_run_reads_and_writes_s3_and_gives_its_nodes_back(twin):
-    from ipfleet.twin import cluster
+    from ipfleet.twin import plan_deploy
 
     files = [f"part-{i}.txt" for i in range(6)]
     for name in files:
-        cluster.put_object(twin, "elastic-data", f"in/{name}", f"line of {name}\n")
+        plan_deploy.put_object(twin, "elastic-data", f"in/{name}", f"line of {name}\n")
     done = twin_exec(STACK, "ipfleet", "run", STACK, "--nodes", "2", "--", "python", JOB, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     job = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"files"')))

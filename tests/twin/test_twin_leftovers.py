@@ -7,9 +7,10 @@ import subprocess
 
 import pytest
 
-from ipfleet.twin import network
-from ipfleet.twin.cluster import STATE_ROOT, TwinError, TwinState, clear_left_behind
-from ipfleet.twin.node import Node, process_alive
+from ipfleet.twin import vpc
+from ipfleet.twin.cluster import clear_left_behind
+from ipfleet.twin.instances import Node, process_alive
+from ipfleet.twin.state import STATE_ROOT, TwinError, TwinState
 
 STACK = "leftover"
 
@@ -45,7 +46,7 @@ def left_behind():
     try:
         yield state
     finally:
-        if namespace in network.existing_namespaces():
+        if namespace in vpc.existing_namespaces():
             subprocess.run(["ip", "netns", "delete", namespace], check=False)
         subprocess.run(["rm", "-rf", str(state.state_dir), str(state.work_dir)], check=False)
 
@@ -53,7 +54,7 @@ def left_behind():
 def test_a_twin_whose_processes_all_ended_is_taken_down(left_behind):
     said = []
     clear_left_behind(STACK, log=said.append)
-    assert left_behind.namespaces[0] not in network.existing_namespaces()
+    assert left_behind.namespaces[0] not in vpc.existing_namespaces()
     assert not (STATE_ROOT / STACK).exists() and not left_behind.work_dir.exists()
     assert "left behind" in said[0]
     clear_left_behind(STACK)  # nothing there: nothing to do
@@ -67,7 +68,7 @@ def test_a_twin_with_a_running_process_is_refused_and_kept(left_behind):
         with pytest.raises(TwinError, match="already up"):
             clear_left_behind(STACK)
         assert process_alive(sleeper.pid)
-        assert left_behind.namespaces[0] in network.existing_namespaces()
+        assert left_behind.namespaces[0] in vpc.existing_namespaces()
         assert (STATE_ROOT / STACK / "state.json").exists()
     finally:
         sleeper.kill()

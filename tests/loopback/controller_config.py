@@ -12,7 +12,7 @@ from bootstrap.ipfleet_node import paths
 from bootstrap.render import render_user_data
 from bootstrap.spec import node_spec
 from ipfleet.settings import Settings
-from ipfleet.twin.cluster import written, written_files
+from ipfleet.twin.plan_deploy import written, written_files
 
 # The controller's config reads no EFS name: any will do for rendering it.
 PLACEHOLDER_EFS = "fs-0.efs.example.invalid"

@@ -206,3 +206,7 @@ table ip ipfleet_twin {{
 
 def in_namespace(namespace: str, command: list[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *command]
+
+
+# Where the nodes and the laptop reach the AWS APIs (moto, in the router namespace).
+ENDPOINT = f"http://{ROUTER_ADDRESS}"

@@ -1,6 +1,6 @@
 """moto server, made to refuse and wait where Auto Scaling does.
 
-Usage: python -m ipfleet.twin.aws_server -H ADDRESS -p PORT (moto.server's arguments)
+Usage: python -m ipfleet.twin.moto_server -H ADDRESS -p PORT (moto.server's arguments)
 
 moto plays an Auto Scaling group's size but not its rules. Three things AWS
 does that ipfleet relies on, or must not get wrong, are added here:

@@ -9,7 +9,7 @@ Runs in the router namespace on 169.254.169.254:80. Like EC2's:
 - Values are per instance, told apart by the caller's address, from a JSON file the
   twin writes (`{address: {"instance-id": ..., ...}}`) and may change while it runs.
 
-Usage: python -m ipfleet.twin.metadata NODES_JSON [--address 169.254.169.254] [--port 80]
+Usage: python -m ipfleet.twin.instance_metadata NODES_JSON [--address 169.254.169.254] [--port 80]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Runs inside a twin namespace: readies the AWS stand-in as `pulumi up` would leave it.
 
-Usage: python -m ipfleet.twin.aws SPEC_JSON|@SPEC_FILE
+Usage: python -m ipfleet.twin.moto_deploy SPEC_JSON|@SPEC_FILE
 SPEC_JSON: {"region", "parameters": [{"name", "type", "value"}], "buckets": [...],
             "objects": [{"bucket", "key", "body" or "body_base64"}], "group": {see create_engine_group}}
 Prints what it made: {"group": NAME} with a group.

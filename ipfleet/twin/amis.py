@@ -153,7 +153,7 @@ def ensure_baked_image(
     image, with the package index the nodes use, and the bytecode compiled (time is
     free here). Cached per image, requirements and program.
     """
-    from ipfleet.twin.node import WHEELHOUSE_MOUNT
+    from ipfleet.twin.instances import WHEELHOUSE_MOUNT
 
     requirements, constraints = sorted(requirements), sorted(constraints)
     key = hashlib.sha256(

@@ -8,12 +8,12 @@ its ProxyCommand. Like `--target %h`, it finds the instance by its id (in the
 twin's state, so a replaced controller is found too) and runs inside that
 node's network namespace:
 
-    ProxyCommand python -m ipfleet.twin.session_relay --stack STACK --target %h %p
+    ProxyCommand python -m ipfleet.twin.session_manager --stack STACK --target %h %p
 
 Everything either side of it (ssh, the pinned host keys, sshd on the node,
 ipyparallel's tunnels, the closed security group) is the real thing.
 
-Usage: python -m ipfleet.twin.session_relay [--stack STACK --target INSTANCE_ID] PORT
+Usage: python -m ipfleet.twin.session_manager [--stack STACK --target INSTANCE_ID] PORT
 """
 
 from __future__ import annotations
@@ -58,12 +58,12 @@ def relay(port: int) -> None:
 
 def enter(stack: str, instance_id: str, port: str) -> None:
     """Become the relay inside the namespace of the node with that instance id."""
-    from ipfleet.twin.cluster import TwinState
+    from ipfleet.twin.state import TwinState
 
     node = next((n for n in TwinState.load(stack).nodes if n.instance_id == instance_id), None)
     if node is None:
         sys.exit(f"session relay: no instance {instance_id} in the twin of {stack!r} (TargetNotConnected)")
-    os.execvp("ip", ["ip", "netns", "exec", node.namespace, sys.executable, "-m", "ipfleet.twin.session_relay", port])
+    os.execvp("ip", ["ip", "netns", "exec", node.namespace, sys.executable, "-m", "ipfleet.twin.session_manager", port])
 
 
 if __name__ == "__main__":
