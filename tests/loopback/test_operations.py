@@ -1,0 +1,124 @@
+"""The operations suite (tests/operations.py) against moto on loopback. The stack is
+deployed into moto as `pulumi up` leaves AWS: the plan's parameters and engine group
+(through the twin's own moto_deploy), a controller instance in EC2; each node's record
+is written by the agent's own `report`, from the facts its user data writes, with its
+identity from the instance metadata service; the controller's document is published
+where it publishes it. The twin runs the same tests on booted nodes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import boto3
+import pytest
+
+from bootstrap.ipfleet_node import wire
+from ipfleet.plan_view import encoded_user_data
+from ipfleet.twin.moto_deploy import create_engine_group
+from ipfleet.twin.plan_deploy import node_facts_of, user_data_of, written_files
+from tests.conftest import plan_of, run_cli
+from tests.fast.test_connect import client_info, published
+from tests.fast.test_hostile_documents import controller_instance
+from tests.operations import (  # noqa: F401 (the shared tests, collected here)
+    Deployed,
+    test_fetch_names_the_controller_that_status_shows,
+    test_scale_refuses_a_size_outside_the_groups_bounds_and_changes_nothing,
+    test_status_shows_the_controller_and_each_engine_node_of_the_group,
+)
+
+STACK = "ops"
+ENGINE_NODES, MAX_ENGINE_NODES = 2, 3
+
+
+def deploy_plan(aws_env: dict, plan) -> str:
+    """The plan's parameters (placeholders) and engine group with its hook, in moto."""
+    clients = {s: boto3.client(s, region_name="us-east-1") for s in ("ssm", "ec2", "autoscaling")}
+    for p in plan.of_type("aws:ssm/parameter:Parameter"):
+        clients["ssm"].put_parameter(Name=p.inputs["name"], Type=p.inputs["type"], Value=wire.PENDING)
+    group = plan.one("aws:autoscaling/group:Group").inputs
+    hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
+    return create_engine_group(
+        clients["autoscaling"],
+        clients["ec2"],
+        {
+            "name": f"{STACK}-engines-test",
+            "min": group["minSize"],
+            "max": group["maxSize"],
+            "desired": group["desiredCapacity"],
+            "user_data": encoded_user_data(plan, "engine"),
+            "instance_type": "t3.medium",
+            "zone": "us-east-1a",
+            "tags": {t["key"]: t["value"] for t in group["tags"]},
+            "hook": {
+                "name": hook["name"],
+                "transition": hook["lifecycleTransition"],
+                "timeout": hook["heartbeatTimeout"],
+                "result": hook["defaultResult"],
+            },
+        },
+    )
+
+
+def report_as(node: dict, role: str, plan, aws_env: dict, imds, tmp_path) -> None:
+    """The agent's `report running` on NODE (an EC2 instance of moto's), as its unit runs it."""
+    base, metadata = imds
+    metadata.write_text(
+        json.dumps(
+            {
+                "127.0.0.1": {
+                    "instance-id": node["InstanceId"],
+                    "instance-type": node["InstanceType"],
+                    "instance-life-cycle": "on-demand",
+                    "placement/availability-zone": node["Placement"]["AvailabilityZone"],
+                    "local-ipv4": node["PrivateIpAddress"],
+                    "iam-role": f"{STACK}-{role}",
+                }
+            }
+        )
+    )
+    stamp = os.stat(metadata).st_mtime + 1  # the service re-reads on a new mtime
+    os.utime(metadata, (stamp, stamp))
+    facts = node_facts_of(written_files(user_data_of(plan, role)))
+    folder = tmp_path / node["InstanceId"]
+    folder.mkdir()
+    facts.update(aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"], node_state_dir=str(folder), profile_dir=str(folder))
+    (folder / "node.json").write_text(json.dumps(facts))
+    env = {**os.environ, "IPFLEET_NODE_FACTS": str(folder / "node.json"), "IPFLEET_METADATA_URL": base}
+    done = subprocess.run(
+        [sys.executable, "-m", "bootstrap.ipfleet_node", "report", "running"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture
+def deployed(aws_env, imds, tmp_path):
+    plan = plan_of(STACK, engineNodes=ENGINE_NODES, maxEngineNodes=MAX_ENGINE_NODES)
+    group = deploy_plan(aws_env, plan)
+    controller = controller_instance(aws_env, STACK)
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    report_as(controller, "controller", plan, aws_env, imds, tmp_path)
+    members = boto3.client("autoscaling", region_name="us-east-1").describe_auto_scaling_groups(
+        AutoScalingGroupNames=[group]
+    )["AutoScalingGroups"][0]["Instances"]
+    assert len(members) == ENGINE_NODES
+    for member in members:
+        [node] = ec2.describe_instances(InstanceIds=[member["InstanceId"]])["Reservations"][0]["Instances"]
+        report_as(node, "engine", plan, aws_env, imds, tmp_path)
+    document = published("ssm", None)
+    address = controller["PrivateIpAddress"]
+    document["stack"] = STACK
+    document["controller"].update(address=address, instance_id=controller["InstanceId"])
+    document["client"] = client_info(address)
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=wire.connection_parameter(STACK), Value=json.dumps(document), Type="SecureString", Overwrite=True
+    )
+    home = tmp_path / "home"
+    home.mkdir()
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--region", "us-east-1", env={**os.environ, "HOME": str(home), "NO_COLOR": "1"})
+
+    return Deployed(STACK, run, minimum=0, maximum=MAX_ENGINE_NODES)
