@@ -260,7 +260,7 @@ class Settings(_Model):
     notebook: bool = False
     # StarCluster's habit: engines run in the shared storage and import modules put there.
     # Off: any node's user code could plant a module that every engine, and the
-    # controller's notebook, would then import (README, "Who can do what").
+    # controller's notebook, would then import (docs/security.md).
     shared_imports: bool = False
     # Engines may act as clients of the controller (tasks that submit tasks): its client
     # ports open to the cluster's nodes. Off: engines reach its engine-facing ports only.

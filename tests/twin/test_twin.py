@@ -196,7 +196,7 @@ def test_units_that_use_the_shared_storage_require_its_mount(twin):
     assert "shared.mount" in shown.stdout
 
 
-# -- trust boundaries on the nodes (README, "Who can do what") --------------------------
+# -- trust boundaries on the nodes (docs/security.md) --------------------------
 
 
 def as_service_user(node, script: str):
