@@ -96,7 +96,6 @@ def facts(spec: NodeSpec) -> dict:
         "role": spec.role,
         "stack": spec.stack,
         "region": spec.region,
-        "rendezvous_parameter": spec.rendezvous_parameter,
         "aws_endpoint_url": spec.aws_endpoint_url,
         "mounts": [{"what": m.what, "where": m.where, "type": m.type, "unit": m.unit} for m in spec.mounts],
         # The node runtime's wheel (bootstrap/runtime_wheel.py), checked against its sha256.
@@ -111,15 +110,10 @@ def facts(spec: NodeSpec) -> dict:
     if spec.role == "engine":
         return {
             **common,
-            "node_records_path": spec.node_records_path,
             "engines_per_node": spec.engines_per_node,
         }
     return {
         **common,
-        "keys_parameter": spec.keys_parameter,
-        "controller_record_parameter": spec.controller_record_parameter,
-        "keeper_parameter": spec.keeper_parameter,
-        "notebook_parameter": spec.notebook_parameter,
         "service_user": spec.service_user,
         "access": spec.access,
         "login_user": spec.login_user,

@@ -122,6 +122,9 @@ class NodeSpec:
     # The controller's keeper (bootstrap/ipfleet_node/keeper.py): the idle guard and
     # the autoscaler, within the engine group's floor. Engine nodes leave these empty.
     keeper: tuple[tuple[str, float | int | bool], ...] = ()
+    # Where the controller's hub answers clients' queries from (besides its own address);
+    # empty: from anywhere (engines as clients, and engine nodes).
+    client_networks: tuple[str, ...] = ()
     # The stack's bucket holding the node runtime's wheel (components/node_runtime.py).
     runtime_bucket: str = ""
 
@@ -211,10 +214,20 @@ def node_spec(
         ssm_agent_sha256=settings.ssm_agent_sha256,
         notebook_port=NOTEBOOK_PORT if notebook else None,
         runtime_bucket=runtime_bucket,
+        client_networks=_client_networks(settings) if role == "controller" else (),
         environment=(("AWS_DEFAULT_REGION", settings.region),)
         + ((("AWS_ENDPOINT_URL", endpoint),) if endpoint else ()),
         keeper=_keeper(settings) if role == "controller" else (),
     )
+
+
+def _client_networks(settings: Settings) -> tuple[str, ...]:
+    """Loopback, and the admin networks where clients dial the controller directly;
+    nothing (no check) when engines are clients too."""
+    if settings.engines_as_clients:
+        return ()
+    direct = () if settings.access.tunnelled else tuple(settings.admin_cidrs)
+    return ("127.0.0.1/32", *direct)
 
 
 def _keeper(settings: Settings) -> tuple[tuple[str, float | int | bool], ...]:

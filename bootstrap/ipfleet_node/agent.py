@@ -24,7 +24,7 @@ import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import paths
+from . import paths, wire
 from .wire import CLIENT_FACING_PORTS, DRAIN_HOOK, FORMAT, KEYS_FORMAT, PENDING, RECORD_FORMAT, engines_on
 
 FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json"))
@@ -49,6 +49,21 @@ NODE_PATHS = {
     "profile_dir": paths.PROFILE_DIR,
     "keys_file": paths.KEYS_FILE,
 }
+
+
+# The stack's parameters, by the wire contract; a facts file may name others (tests do).
+PARAMETERS = {
+    "rendezvous_parameter": wire.connection_parameter,
+    "keys_parameter": wire.keys_parameter,
+    "controller_record_parameter": wire.controller_record_parameter,
+    "keeper_parameter": wire.keeper_parameter,
+    "notebook_parameter": wire.notebook_parameter,
+    "node_records_path": wire.node_records_path,
+}
+
+
+def parameter(facts: dict, name: str) -> str:
+    return facts.get(name) or PARAMETERS[name](facts["stack"])
 
 
 def node_path(facts: dict, name: str) -> Path:
@@ -156,7 +171,7 @@ def ensure_keys() -> None:
         log(f"keeping the keys in {local}")
         return
     client = ssm_client(facts)
-    name = facts["keys_parameter"]
+    name = parameter(facts, "keys_parameter")
     try:
         stored = client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     except client.exceptions.ParameterNotFound:
@@ -242,9 +257,11 @@ def publish(timeout: float) -> None:
         # The token has a parameter of its own: engines read this document, not that one.
         document["notebook"] = {"port": facts["notebook_port"]}
         token = load_keys(facts)["notebook_token"]
-        client.put_parameter(Name=facts["notebook_parameter"], Value=token, Type="SecureString", Overwrite=True)
+        client.put_parameter(
+            Name=parameter(facts, "notebook_parameter"), Value=token, Type="SecureString", Overwrite=True
+        )
     client.put_parameter(
-        Name=facts["rendezvous_parameter"],
+        Name=parameter(facts, "rendezvous_parameter"),
         Value=json.dumps(document),
         Type="SecureString",
         Overwrite=True,
@@ -281,7 +298,7 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
             log(f"{target} read from the rendezvous {age:.0f} s ago: used as it is")
             return
     client = ssm_client(facts)
-    name = facts["rendezvous_parameter"]
+    name = parameter(facts, "rendezvous_parameter")
     deadline = time.monotonic() + timeout
     delay, attempt = 1.0, 0
     while True:
@@ -438,8 +455,8 @@ def read_failure(facts: dict) -> dict | None:
 def record_name(facts: dict, identity: dict) -> str:
     """The controller's record lives where only its role may write; an engine's, by id."""
     if facts["role"] == "controller":
-        return facts["controller_record_parameter"]
-    return f"{facts['node_records_path']}/{identity['instanceId']}"
+        return parameter(facts, "controller_record_parameter")
+    return f"{parameter(facts, 'node_records_path')}/{identity['instanceId']}"
 
 
 def put_record(facts: dict, identity: dict, text: str) -> bool:

@@ -296,7 +296,10 @@ def keep(interval: float = INTERVAL) -> None:
             node._write_private(state_file, json.dumps(summary))
             try:
                 ssm.put_parameter(
-                    Name=facts["keeper_parameter"], Value=json.dumps(summary), Type="String", Overwrite=True
+                    Name=node.parameter(facts, "keeper_parameter"),
+                    Value=json.dumps(summary),
+                    Type="String",
+                    Overwrite=True,
                 )
                 last_written = key
             except Exception as e:  # said again at the next look

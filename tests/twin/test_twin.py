@@ -7,12 +7,14 @@ Needs root and debootstrap, systemd-container, iproute2 (`make test` installs th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
 import pytest
 
-from ipfleet.twin import cluster, laptop, plan_deploy, state, vpc
+from ipfleet.twin import cluster, laptop, plan_deploy, vpc
+from ipfleet.twin.state import TwinError
 from ipfleet.twin.vpc import existing_namespaces
 from tests.conftest import write_stack
 
@@ -259,6 +261,30 @@ def test_engines_reach_the_engine_ports_and_not_the_client_ports(twin):
     for port in ("10101", "10104"):  # the client ports (mux, task, ...)
         refused = engine.run("python3", "-c", dial, address, port)
         assert refused.returncode != 0 and "timed out" in refused.stderr, (port, refused.stderr)
+    # The registration socket answers clients' queries too: from an engine node, refused
+    # (bootstrap/ipfleet_node/hub.py), with the cluster's own key.
+    ask = (
+        "import json, sys, zmq\n"
+        "from jupyter_client.session import Session\n"
+        "info = json.load(open(sys.argv[1]))\n"
+        "session = Session(key=info['key'].encode(), signature_scheme=info['signature_scheme'], packer=info['pack'])\n"
+        "sock = zmq.Context().socket(zmq.DEALER)\n"
+        "sock.linger = 0\n"
+        "sock.connect(f\"tcp://{info['location']}:{info['registration']}\")\n"
+        "session.send(sock, sys.argv[2], content={'targets': None, 'verbose': False})\n"
+        "assert sock.poll(15000), 'no reply'\n"
+        "_, reply = session.feed_identities(sock.recv_multipart())\n"
+        "reply = session.deserialize(reply)\n"
+        "print(json.dumps([reply['header']['msg_type'], reply['content'].get('evalue', '')]))\n"
+    )
+    engine_file = "/var/lib/ipfleet/ipython/profile_default/security/ipcontroller-engine.json"
+    for query in ("queue_request", "shutdown_request"):
+        asked = engine.run("/opt/ipfleet/venv/bin/python", "-c", ask, engine_file, query)
+        assert asked.returncode == 0, asked.stderr
+        kind, why = json.loads(asked.stdout)
+        assert kind == "hub_error" and f"{query} is answered to clients only" in why, (kind, why)
+    # The refused shutdown left the controller running.
+    assert state.controller.run("systemctl", "is-active", "ipcontroller.service").stdout.strip() == "active"
 
 
 def test_the_running_controller_has_the_descriptor_limit_its_unit_asks(twin):
@@ -326,5 +352,5 @@ def test_down_leaves_nothing_behind(twin):
 
 def test_twin_refuses_clearly_without_root(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(state.TwinError, match="needs root"):
+    with pytest.raises(TwinError, match="needs root"):
         cluster.check_platform()
