@@ -266,7 +266,7 @@ def publish(timeout: float) -> None:
         Type="SecureString",
         Overwrite=True,
     )
-    log(f"published connection info to {facts['rendezvous_parameter']}")
+    log(f"published connection info to {parameter(facts, 'rendezvous_parameter')}")
 
 
 def read_published(client, name: str) -> dict | None:

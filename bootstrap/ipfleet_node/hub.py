@@ -16,6 +16,7 @@ the hub's class; its app builds `Hub` by name).
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 
 from ipyparallel.controller import app
@@ -73,7 +74,9 @@ class ClientNetworksHub(Hub):
                     },
                 )
                 return
-        await self.dispatch_query(message)
+        handled = self.dispatch_query(message)
+        if inspect.isawaitable(handled):  # a coroutine in some ipyparallel releases, not all
+            await handled
 
 
 def install(config, networks: list[str]) -> None:

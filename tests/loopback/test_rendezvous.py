@@ -45,10 +45,9 @@ def facts_file(tmp_path: Path, role: str, profile_dir: Path, env: dict, access: 
 
     settings = settings_of(access=access, adminCidrs=["203.0.113.0/24"] if access != "ssm" else [])
     values = facts(node_spec(settings, role, "fs-x"))
+    # The parameters' paths are the wire contract's for STACK: the agent derives them.
     values.update(
         stack=STACK,
-        rendezvous_parameter=PARAMETER,
-        keys_parameter=KEYS_PARAMETER,
         profile_dir=str(profile_dir),
         engines_per_node=1,
         aws_endpoint_url=env["AWS_ENDPOINT_URL"],
