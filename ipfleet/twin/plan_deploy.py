@@ -146,18 +146,24 @@ def deploy_plan(state: TwinState, plan, settings) -> str:
 
 def engine_group_spec(state: TwinState, plan) -> dict:
     """The engine group as the plan declares it (the twin names it; AWS would add a suffix)."""
+    return group_spec_of(plan, f"{state.stack}-engines-{state.tag}", state.instance_types["engine"], f"{state.region}a")
+
+
+def group_spec_of(plan, name: str, instance_type: str, zone: str) -> dict:
+    """moto_deploy's group spec from the plan's group and drain hook: bounds, size, tags,
+    the engines' user data, the hook; NAME, the type and the zone as the caller places it."""
     from ipfleet.plan_view import encoded_user_data
 
     group = plan.one("aws:autoscaling/group:Group").inputs
     hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
     return {
-        "name": f"{state.stack}-engines-{state.tag}",
+        "name": name,
         "min": group["minSize"],
         "max": group["maxSize"],
         "desired": group["desiredCapacity"],
         "user_data": encoded_user_data(plan, "engine"),
-        "instance_type": state.instance_types["engine"],
-        "zone": f"{state.region}a",
+        "instance_type": instance_type,
+        "zone": zone,
         "tags": {t["key"]: t["value"] for t in group["tags"]},
         "hook": {
             "name": hook["name"],

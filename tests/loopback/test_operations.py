@@ -16,9 +16,8 @@ import boto3
 import pytest
 
 from bootstrap.ipfleet_node import wire
-from ipfleet.plan_view import encoded_user_data
 from ipfleet.twin.moto_deploy import create_engine_group
-from ipfleet.twin.plan_deploy import node_facts_of, user_data_of, written_files
+from ipfleet.twin.plan_deploy import group_spec_of, node_facts_of, user_data_of, written_files
 from tests.conftest import plan_of, run_cli
 from tests.fast.test_connect import client_info, published
 from tests.fast.test_hostile_documents import controller_instance
@@ -38,28 +37,8 @@ def deploy_plan(aws_env: dict, plan) -> str:
     clients = {s: boto3.client(s, region_name="us-east-1") for s in ("ssm", "ec2", "autoscaling")}
     for p in plan.of_type("aws:ssm/parameter:Parameter"):
         clients["ssm"].put_parameter(Name=p.inputs["name"], Type=p.inputs["type"], Value=wire.PENDING)
-    group = plan.one("aws:autoscaling/group:Group").inputs
-    hook = plan.one("aws:autoscaling/lifecycleHook:LifecycleHook").inputs
-    return create_engine_group(
-        clients["autoscaling"],
-        clients["ec2"],
-        {
-            "name": f"{STACK}-engines-test",
-            "min": group["minSize"],
-            "max": group["maxSize"],
-            "desired": group["desiredCapacity"],
-            "user_data": encoded_user_data(plan, "engine"),
-            "instance_type": "t3.medium",
-            "zone": "us-east-1a",
-            "tags": {t["key"]: t["value"] for t in group["tags"]},
-            "hook": {
-                "name": hook["name"],
-                "transition": hook["lifecycleTransition"],
-                "timeout": hook["heartbeatTimeout"],
-                "result": hook["defaultResult"],
-            },
-        },
-    )
+    spec = group_spec_of(plan, f"{STACK}-engines-test", "t3.medium", "us-east-1a")
+    return create_engine_group(clients["autoscaling"], clients["ec2"], spec)
 
 
 def report_as(node: dict, role: str, plan, aws_env: dict, imds, tmp_path) -> None:
