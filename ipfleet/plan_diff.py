@@ -413,18 +413,19 @@ def _json_lines_as_keys(lines: list[str]) -> list[str]:
     the keys that changed, one line each: a new node runtime is its new hash."""
     removed = [line for line in lines if line.startswith("-")]
     added = [line for line in lines if line.startswith("+")]
+    if len(removed) != len(added):
+        return lines
+    # Removed and added lines pair up in order; each pair of JSON objects is parsed once.
+    as_keys: dict[str, list[str]] = {}
+    for old_line, new_line in zip(removed, added, strict=True):
+        old, new = _json_object(old_line[1:]), _json_object(new_line[1:])
+        if old is not None and new is not None:
+            changes = _changed_values("", old, new)
+            as_keys[old_line] = [f"~ {c.path}: {_compact(c.old)} -> {_compact(c.new)}" for c in changes]
+            as_keys[new_line] = []
     out = []
     for line in lines:
-        if line.startswith("-") and len(removed) == len(added):
-            pair = added[removed.index(line)]
-            old, new = _json_object(line[1:]), _json_object(pair[1:])
-            if old is not None and new is not None:
-                out += [f"~ {c.path}: {_compact(c.old)} -> {_compact(c.new)}" for c in _changed_values("", old, new)]
-                continue
-        elif line.startswith("+") and len(removed) == len(added):
-            if _json_object(removed[added.index(line)][1:]) is not None and _json_object(line[1:]) is not None:
-                continue
-        out.append(line)
+        out += as_keys.get(line, [line])
     return out
 
 
