@@ -74,6 +74,11 @@ class TwinGroup:
         )
         return base64.b64decode(versions["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"])
 
+    def address_of(self, instance_id: str) -> str:
+        """The private address EC2 gave an instance the group launched (its node's address)."""
+        found = self._call(lambda: self._ec2.describe_instances(InstanceIds=[instance_id]))
+        return found["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+
     def hook(self) -> dict | None:
         hooks = self._call(
             lambda: self._client.describe_lifecycle_hooks(AutoScalingGroupName=self.name)["LifecycleHooks"]

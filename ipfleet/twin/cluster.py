@@ -24,6 +24,8 @@ from ipfleet.twin.plan_deploy import (
     deploy_plan,
     node_facts_of,
     python_lines_of,
+    run_controller_instance,
+    terminate_instances,
     twin_config,
     user_data_of,
     written,
@@ -321,8 +323,12 @@ def _start_aws(state: TwinState, plan, settings) -> None:
         "metadata.log",
     )
     state.save()
-    state.group_name = deploy_plan(state, plan, settings)
-    state.save()
+    made = deploy_plan(state, plan, settings)
+    with state.locked():
+        state.group_name, state.subnet_id = made["group"], made["subnet"]
+        # EC2 names the controller's instance: its metadata says so from now on.
+        state.controller.instance_id = made["instances"][0]
+        write_metadata(state)
 
 
 def wait_ready(state: TwinState, timeout: float = 600, log=print) -> None:
@@ -402,7 +408,7 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
     number = next_host_number(state)
     host = net.host(f"controller{number}", number)
     name = host_name(state.stack, f"controller-{number}")
-    new = node_on(state, host, name, "controller", old.image)
+    new = node_on(state, host, name, "controller", old.image, run_controller_instance(state, host.address))
     with state.locked():
         state.namespaces.append(host.namespace)
         state.nodes.append(new)
@@ -426,6 +432,7 @@ def boot_replacement(state: TwinState, timeout: float = 600, log=print) -> Node:
 def retire_controller(state: TwinState, old: Node, log=print) -> None:
     """The second half: the old instance powers off and its address leaves the network."""
     old.stop()
+    terminate_instances(state, [old.instance_id])
     net = TwinNetwork(state.tag)
     net.destroy([old.namespace])
     with state.locked():

@@ -28,11 +28,45 @@ def wait_ready(endpoint: str, timeout: float = 30) -> None:
             time.sleep(0.2)
 
 
+def create_network(ec2, network: dict) -> str:
+    """The VPC and the one subnet the twin's nodes live on, so that EC2 gives each
+    instance the address its node has. NETWORK: {"vpc_cidr", "subnet_cidr", "zone"}.
+    Returns the subnet's id."""
+    vpc = ec2.create_vpc(CidrBlock=network["vpc_cidr"])["Vpc"]["VpcId"]
+    return ec2.create_subnet(VpcId=vpc, CidrBlock=network["subnet_cidr"], AvailabilityZone=network["zone"])["Subnet"][
+        "SubnetId"
+    ]
+
+
+def run_instance(ec2, instance: dict) -> str:
+    """One instance at a given address (or the next EC2 gives), tagged as the stack tags
+    its nodes (the controller, which the stack makes itself). INSTANCE: {"address", "subnet",
+    "instance_type", "tags": {...}, "public_address" (or None)}. Returns its id."""
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    made = ec2.run_instances(
+        ImageId=image,
+        MinCount=1,
+        MaxCount=1,
+        InstanceType=instance["instance_type"],
+        SubnetId=instance["subnet"],
+        **({"PrivateIpAddress": instance["address"]} if instance.get("address") else {}),
+        MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in instance["tags"].items()]}
+        ],
+    )["Instances"][0]["InstanceId"]
+    if instance.get("public_address"):
+        # The address the twin routes to the controller, as an Elastic IP of its own.
+        allocation = ec2.allocate_address(Domain="vpc", Address=instance["public_address"])["AllocationId"]
+        ec2.associate_address(InstanceId=made, AllocationId=allocation)
+    return made
+
+
 def create_engine_group(autoscaling, ec2, group: dict) -> str:
     """The engine group as the plan declares it: its launch template (the engine user
     data), bounds, size, tags and drain hook. GROUP: {"name", "min", "max", "desired",
-    "user_data" (base64), "instance_type", "zone", "tags": {...}, "hook": {"name",
-    "transition", "timeout", "result"}}. Returns the group's name."""
+    "user_data" (base64), "instance_type", "zone", "subnet" (optional), "tags": {...},
+    "hook": {"name", "transition", "timeout", "result"}}. Returns the group's name."""
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]  # one of moto's own
     template = ec2.create_launch_template(
         LaunchTemplateName=f"{group['name']}-template",
@@ -50,6 +84,8 @@ def create_engine_group(autoscaling, ec2, group: dict) -> str:
         DesiredCapacity=0,
         LaunchTemplate={"LaunchTemplateId": template["LaunchTemplateId"], "Version": "$Latest"},
         AvailabilityZones=[group["zone"]],
+        # In a subnet, EC2 gives each instance its address there (the twin boots it at that address).
+        **({"VPCZoneIdentifier": group["subnet"]} if group.get("subnet") else {}),
         Tags=[
             {
                 "Key": k,
@@ -97,12 +133,20 @@ def main() -> None:
     for o in spec.get("objects", []):
         body = base64.b64decode(o["body_base64"]) if "body_base64" in o else o["body"].encode()
         s3.put_object(Bucket=o["bucket"], Key=o["key"], Body=body)
-    made = {}
+    made: dict = {}
+    ec2 = boto3.client("ec2", region_name=spec["region"])
+    if spec.get("network"):
+        made["subnet"] = create_network(ec2, spec["network"])
+    made["instances"] = [
+        run_instance(ec2, {"subnet": made.get("subnet"), **instance}) for instance in spec.get("instances", [])
+    ]
+    if spec.get("terminate"):
+        ec2.terminate_instances(InstanceIds=spec["terminate"])
     if spec.get("group"):
         made["group"] = create_engine_group(
             boto3.client("autoscaling", region_name=spec["region"]),
-            boto3.client("ec2", region_name=spec["region"]),
-            spec["group"],
+            ec2,
+            {"subnet": made.get("subnet"), **spec["group"]},
         )
     print(json.dumps(made))
 

@@ -117,10 +117,12 @@ def cidr_ingress(plan) -> list[tuple[str, int, int]]:
     return rules
 
 
-def deploy_plan(state: TwinState, plan, settings) -> str:
+def deploy_plan(state: TwinState, plan, settings) -> dict:
     """What `pulumi up` leaves in AWS, made in moto from the plan: the parameters with
     their placeholders, the buckets and objects (the node runtime's wheel, byte for
-    byte), the engine group with its hook. Returns the group's name."""
+    byte), the VPC's subnet, the controller's instance at its address, the engine group
+    (in that subnet, so EC2 gives each engine node its address) with its hook. Returns
+    {"group", "subnet", "instances": [the controller's id]}."""
     parameters = [
         {"name": p.inputs["name"], "type": p.inputs["type"], "value": wire.PENDING}
         for p in plan.of_type("aws:ssm/parameter:Parameter")
@@ -136,12 +138,40 @@ def deploy_plan(state: TwinState, plan, settings) -> str:
         "parameters": parameters,
         "buckets": sorted({m.bucket for m in settings.s3_mounts} | {o["bucket"] for o in objects}),
         "objects": objects,
+        "network": {"vpc_cidr": vpc.VPC_CIDR, "subnet_cidr": vpc.CLUSTER_SUBNET, "zone": f"{settings.region}a"},
+        "instances": [controller_instance_spec(state, state.controller.address)],
         "group": engine_group_spec(state, plan),
     }
     spec_file = state.work_dir / "aws-spec.json"
     spec_file.write_text(json.dumps(spec))
     made = client_python(state, ["-m", "ipfleet.twin.moto_deploy", f"@{spec_file}"], timeout=60)
-    return json.loads(made.stdout)["group"]
+    return json.loads(made.stdout)
+
+
+def controller_instance_spec(state: TwinState, address: str, subnet: str | None = None) -> dict:
+    """The controller's instance as EC2 lists it: its address, the stack's tags, and the
+    public address the twin routes to it when the stack gives it one."""
+    return {
+        "address": address,
+        "instance_type": state.instance_types["controller"],
+        "tags": {wire.STACK_TAG: state.stack, wire.ROLE_TAG: "controller"},
+        "public_address": vpc.PUBLIC_ADDRESS if state.public_ip else None,
+        **({"subnet": subnet} if subnet else {}),
+    }
+
+
+def run_controller_instance(state: TwinState, address: str) -> str:
+    """A replacement controller's instance at ADDRESS (the twin's one public address stays
+    with the first). Returns its id."""
+    instance = {**controller_instance_spec(state, address, state.subnet_id), "public_address": None}
+    spec = {"region": state.region, "instances": [instance]}
+    made = client_python(state, ["-m", "ipfleet.twin.moto_deploy", json.dumps(spec)], timeout=60)
+    return json.loads(made.stdout)["instances"][0]
+
+
+def terminate_instances(state: TwinState, instance_ids: list[str]) -> None:
+    spec = {"region": state.region, "terminate": instance_ids}
+    client_python(state, ["-m", "ipfleet.twin.moto_deploy", json.dumps(spec)], timeout=60)
 
 
 def engine_group_spec(state: TwinState, plan) -> dict:

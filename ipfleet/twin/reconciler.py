@@ -4,8 +4,8 @@ moto keeps the group's books (desired capacity, which instances belong to it,
 their lifecycle states; ipfleet/twin/moto_server.py adds the drain hook's wait).
 This process makes those books real, once a second:
 
-- an instance the group launched (InService) gets a node: a namespace, an
-  address, the launch template's user data, booted as EC2 would boot it, with
+- an instance the group launched (InService) gets a node: a namespace, the
+  address EC2 gave the instance, the launch template's user data, booted as EC2 would boot it, with
   the group's instance id in its instance metadata;
 - an instance waiting in Terminating:Wait is told so through its metadata
   (`autoscaling/target-lifecycle-state` = Terminated); its agent drains and
@@ -53,22 +53,24 @@ class Reconciler:
     def step(self) -> None:
         instances = self.group.describe().instances
         nodes = {n.instance_id: n for n in self.state.refresh().engine_nodes}
+        # Gone first: EC2 may give a new instance the address of one that just went.
+        for instance_id, node in nodes.items():
+            if instance_id not in instances:
+                self.terminate(node)
         for instance_id, lifecycle in instances.items():
             if instance_id not in nodes and lifecycle in ("Pending", "InService"):
                 self.launch(instance_id)
             elif lifecycle == "Terminating:Wait" and instance_id in nodes:
                 self.hold(nodes[instance_id])
-        for instance_id, node in nodes.items():
-            if instance_id not in instances:
-                self.terminate(node)
 
     def launch(self, instance_id: str) -> None:
         state = self.state
         net = TwinNetwork(state.tag)
         controller = state.controller
+        # The node has the address EC2 gave its instance in the cluster's subnet.
+        number = int(self.group.address_of(instance_id).rsplit(".", 1)[1])
         with state.locked():
             state.launched += 1
-            number = cluster.next_host_number(state)
             host = net.host(f"engine{number}", number)
             name = cluster.host_name(state.stack, f"engine-{state.launched}")
             node = cluster.node_on(state, host, name, "engine", controller.image, instance_id)

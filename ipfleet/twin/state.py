@@ -55,6 +55,7 @@ class TwinState:
     # The engine group in moto, the reconciler playing it (twin/reconciler.py), and
     # how many engine nodes it has launched so far (their names count up).
     group_name: str = ""
+    subnet_id: str = ""  # the cluster's subnet in moto
     reconciler_pid: int | None = None
     launched: int = 0
     booted_at: float = 0.0

@@ -29,6 +29,8 @@ from ipfleet.errors import IpfleetError
 SUBNET_PREFIX = "10.213.0"
 ROUTER_ADDRESS = f"{SUBNET_PREFIX}.1"
 CLUSTER_SUBNET = f"{SUBNET_PREFIX}.0/24"
+# The VPC EC2 (moto) holds the cluster's subnet in: it gives each instance its address there.
+VPC_CIDR = "10.213.0.0/16"
 METADATA_ADDRESS = "169.254.169.254"
 # The laptop's side: a subnet of its own, "outside the VPC".
 CLIENT_PREFIX = "10.213.1"
