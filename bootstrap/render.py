@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from bootstrap.ipfleet_node import paths
+from bootstrap.ipfleet_node import paths, wire
 from bootstrap.runtime_wheel import runtime_wheel
 from bootstrap.spec import NodeSpec
 
@@ -182,6 +182,7 @@ def _context(spec: NodeSpec) -> dict:
         "venv": VENV,
         "agent": AGENT,
         "keeper": paths.KEEPER,
+        "records_port": wire.RECORDS_PORT,
         "pyenv": paths.PYENV,
         "warm_modules": WARM_MODULES[spec.role],
         "uv_binary": paths.UV_BINARY,

@@ -16,7 +16,7 @@ from components.engine_fleet import EngineFleet, EngineFleetArgs
 from components.lookups import Image, Network, Placement
 from components.node_role import NodeRole, NodeRoleArgs
 from components.node_runtime import NodeRuntime, NodeRuntimeArgs
-from components.rendezvous import Rendezvous, RendezvousArgs, node_records_arn
+from components.rendezvous import Rendezvous, RendezvousArgs
 from components.s3_mounts import S3Mounts, S3MountsArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
@@ -77,7 +77,9 @@ class Cluster(pulumi.ComponentResource):
                 keeper_parameter_name=keeper_parameter(s.stack),
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
-                node_records_arn=node_records_arn(s.partition, s.region, s.node_records_path),
+                node_records_path=s.node_records_path,
+                partition=s.partition,
+                region=s.region,
             ),
             child,
         )

@@ -78,6 +78,13 @@ class SecurityGroup(pulumi.ComponentResource):
             referenced_security_group_id=group_id,
         )
         ingress(
+            "records",
+            "ipfleet node records (the controller's collector), from cluster nodes",
+            ports.RECORDS_PORT,
+            ports.RECORDS_PORT,
+            referenced_security_group_id=group_id,
+        )
+        ingress(
             "nfs",
             "EFS (NFS), from cluster nodes",
             ports.NFS_PORT,

@@ -41,6 +41,8 @@ INTERNAL_PORTS = PortRange(ENGINE_PORTS.last + 1, ENGINE_PORTS.last + 20)
 # Everything the controller may bind: opened to the cluster's own security group.
 CONTROLLER_PORTS = PortRange(CLIENT_PORTS.first, INTERNAL_PORTS.last)
 
+# The controller's collector of engine nodes' records (bootstrap/ipfleet_node/collector.py).
+RECORDS_PORT = wire.RECORDS_PORT
 SSH_PORT = 22
 NFS_PORT = 2049
 HTTPS_PORT = 443

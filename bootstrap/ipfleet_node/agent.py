@@ -460,14 +460,75 @@ def record_name(facts: dict, identity: dict) -> str:
 
 
 def put_record(facts: dict, identity: dict, text: str) -> bool:
-    """Best effort: a node that cannot report keeps working (and says so in its journal)."""
-    name = record_name(facts, identity)
-    try:
-        ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
-        return True
-    except Exception as e:
-        log(f"could not report to {name}: {type(e).__name__}: {e}")
-        return False
+    """Best effort: a node that cannot report keeps working (and says so in its journal).
+    The controller writes its own record; an engine node sends its record to the
+    controller's collector, which writes it (collector.py)."""
+    if facts["role"] == "controller":
+        name = record_name(facts, identity)
+        try:
+            ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
+            return True
+        except Exception as e:
+            log(f"could not report to {name}: {type(e).__name__}: {e}")
+            return False
+    return send_to_collector(facts, "PUT", identity, text.encode())
+
+
+# Where the collector takes reports from: a port only root can bind (below 1024).
+REPORT_SOURCE_PORTS = (600, 1023)
+_collector_at: dict[str, str] = {}
+
+
+def collector_address(facts: dict, fresh: bool = False) -> str | None:
+    """The controller's address, from the connection document it published (read here,
+    by root, rather than from the engine file the service user writes)."""
+    name = parameter(facts, "rendezvous_parameter")
+    if fresh or name not in _collector_at:
+        try:
+            document = read_published(ssm_client(facts), name)
+        except Exception as e:
+            log(f"cannot read the controller's address: {type(e).__name__}: {e}")
+            return None
+        if document is None:
+            return None
+        _collector_at[name] = str(document["controller"]["address"])
+    return _collector_at[name]
+
+
+def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"") -> bool:
+    """One report to the collector, from this node's address and a root-only port; a
+    second try asks where the controller is now (it may have been replaced)."""
+    import http.client
+
+    port = int(facts.get("records_port") or wire.RECORDS_PORT)
+    for fresh in (False, True):
+        address = collector_address(facts, fresh)
+        if address is None:
+            log("could not report: the controller has not published yet")
+            return False
+        for _ in range(5):  # a source port still in use: take another
+            source = random.randint(*REPORT_SOURCE_PORTS)
+            connection = http.client.HTTPConnection(
+                address, port, timeout=10, source_address=(identity.get("address") or "", source)
+            )
+            try:
+                connection.request(
+                    method, f"/nodes/{identity['instanceId']}", body=body, headers={"Content-Type": "application/json"}
+                )
+                response = connection.getresponse()
+                answer = response.read(500).decode(errors="replace")
+            except OSError as e:
+                if getattr(e, "errno", None) == 98:  # EADDRINUSE
+                    continue
+                log(f"could not report to the controller at {address}:{port}: {type(e).__name__}: {e}")
+                break
+            finally:
+                connection.close()
+            if response.status < 300:
+                return True
+            log(f"the controller at {address}:{port} refused the record: {response.status} {answer}")
+            return False
+    return False
 
 
 def report(phase: str, step: str | None = None, exit_code: int | None = None, unit: str | None = None) -> None:
@@ -484,17 +545,19 @@ def report(phase: str, step: str | None = None, exit_code: int | None = None, un
 
 def forget() -> None:
     """At shutdown: the node's record goes with it (the controller's, which the stack
-    owns, goes back to its placeholder)."""
+    owns, goes back to its placeholder; an engine's, the collector deletes)."""
     facts = load_facts()
-    name = record_name(facts, node_identity())
+    identity = node_identity()
+    if facts["role"] != "controller":
+        if send_to_collector(facts, "DELETE", identity):
+            log("the controller forgot this node's record")
+        return
+    name = record_name(facts, identity)
     try:
-        if facts["role"] == "controller":
-            ssm_client(facts).put_parameter(Name=name, Value=PENDING, Type="String", Overwrite=True)
-        else:
-            ssm_client(facts).delete_parameter(Name=name)
+        ssm_client(facts).put_parameter(Name=name, Value=PENDING, Type="String", Overwrite=True)
         log(f"forgot {name}")
-    except Exception as e:  # already gone, or AWS unreachable while shutting down
-        log(f"could not delete {name}: {type(e).__name__}")
+    except Exception as e:  # AWS unreachable while shutting down
+        log(f"could not reset {name}: {type(e).__name__}")
 
 
 def interruption() -> str | None:
@@ -552,10 +615,11 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
     identity = node_identity()
     booted = Path("/var/lib/cloud/instance/boot-finished")
     last, last_sent, drained_for, released = None, 0.0, None, False
+    told_drained, retry_at, backoff = False, 0.0, interval
     while True:
         reason = interruption() if facts["role"] == "engine" and drained_for is None else None
         if reason:
-            put_record(facts, identity, node_record(facts, identity, "draining", reason=reason))
+            # Stop first, record after: the engines' two minutes are not spent waiting on AWS.
             drain(facts, reason)
             drained_for = reason
         error = read_failure(facts)
@@ -566,20 +630,41 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
         else:
             phase = "running" if booted.exists() else "booting"
         state = (phase, json.dumps(engines_now(facts)))
-        if state != last or time.monotonic() - last_sent > heartbeat:
+        due = state != last or time.monotonic() - last_sent > heartbeat
+        if due and (time.monotonic() >= retry_at or (drained_for and not told_drained)):
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
-                last, last_sent = state, time.monotonic()
-        # Drained and recorded: a node Auto Scaling is taking out goes now. (A spot
-        # node's group marks it Terminated too, once EC2 has told it.)
-        if (
-            drained_for
-            and not released
-            and last
-            and last[0] == "drained"
-            and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated"
-        ):
+                last, last_sent, backoff = state, time.monotonic(), interval
+            else:
+                # Not reachable yet (no controller published, AWS throttling): try again
+                # later, jittered, so that a big fleet does not ask all at once.
+                backoff = min(backoff * 2, 60.0)
+                retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+            told_drained = told_drained or phase == "drained"
+        # Drained and told (or tried to tell: the controller may be gone): a node Auto
+        # Scaling is taking out goes now. (A spot node's group marks it Terminated too,
+        # once EC2 has told it.)
+        if told_drained and not released and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated":
             released = complete_drain(facts, identity)
         time.sleep(interval)
+
+
+def collect() -> None:
+    """Controller: serve the collector on this node's private address, for good."""
+    from .collector import Collector, serve
+
+    facts = load_facts()
+    collector = Collector(
+        facts["stack"],
+        parameter(facts, "node_records_path"),
+        aws_client(facts, "ec2", patient=True),
+        ssm_client(facts, patient=True),
+        log=log,
+    )
+    serve(
+        collector,
+        facts.get("records_address") or private_address(),
+        int(facts.get("records_port") or wire.RECORDS_PORT),
+    )
 
 
 SSHD_FORWARDING = Path("/etc/ssh/sshd_config.d/10-ipfleet-forwarding.conf")
@@ -626,6 +711,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("watch", help="root: report changes, drain on an interruption notice")
     p.add_argument("--interval", type=float, default=5.0)
     sub.add_parser("forget", help="delete this node's record (at shutdown)")
+    sub.add_parser("collect", help="controller: take engine nodes' records and write them (collector.py)")
     args = parser.parse_args(argv)
     if args.command == "address":
         print(private_address())
@@ -647,6 +733,8 @@ def main(argv: list[str] | None = None) -> None:
         watch(args.interval)
     elif args.command == "forget":
         forget()
+    elif args.command == "collect":
+        collect()
     else:
         wait_connection(args.timeout, args.fresh_within)
 

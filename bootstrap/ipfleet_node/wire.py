@@ -21,6 +21,8 @@ CLIENT_PORTS = (10101, 10108)
 ENGINE_PORTS = (CLIENT_PORTS[1] + 1, CLIENT_PORTS[1] + 16)
 # What a client outside the cluster dials: the client ports and the registration socket.
 CLIENT_FACING_PORTS = (CLIENT_PORTS[0], ENGINE_PORTS[0])
+# The controller's record collector: engine nodes send their records here (from root).
+RECORDS_PORT = CLIENT_PORTS[0] - 1
 
 # Tags the program puts on what it makes, by which nodes and laptops find it.
 STACK_TAG = "ipfleet:stack"
@@ -75,6 +77,7 @@ def notebook_parameter(stack: str) -> str:
 
 
 def node_records_path(stack: str) -> str:
-    """Where each engine node reports its phase, failure and engines: one String parameter
-    per instance, written by the node and deleted at its shutdown; read by `ipfleet status`."""
+    """Each engine node's phase, failure and engines: one String parameter per instance,
+    which the controller's collector writes for the node (from RECORDS_PORT) and deletes
+    when it goes; read by `ipfleet status`."""
     return f"{stack_prefix(stack)}/nodes"

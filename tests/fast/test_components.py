@@ -13,6 +13,7 @@ from components.rendezvous import Rendezvous, RendezvousArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
 from ipfleet import ports
+from ipfleet.partitions import AWS
 from tests.conftest import declare, settings_of
 
 
@@ -25,10 +26,13 @@ def test_security_group_ssm_mode_has_only_self_referencing_ingress():
     ingress = [r.inputs for r in plan.resources if r.type.endswith("SecurityGroupIngressRule")]
     # Engines reach the engine-facing ports (registration first among them), not the
     # client ports: holding the cluster's key does not make an engine a client.
+    # The controller's collector takes engine nodes' records on a port of its own.
     assert {(r["fromPort"], r["toPort"]) for r in ingress} == {
         (ports.ENGINE_PORTS.first, ports.ENGINE_PORTS.last),
+        (ports.RECORDS_PORT, ports.RECORDS_PORT),
         (2049, 2049),
     }
+    assert ports.RECORDS_PORT < ports.CLIENT_PORTS.first
     assert ports.CLIENT_PORTS.last < ports.ENGINE_PORTS.first
     assert all(r["referencedSecurityGroupId"] == "<net-sg.id>" for r in ingress)
     assert {r.parent for r in plan.resources if r.custom} == {"net"}
@@ -68,7 +72,6 @@ def test_node_role_trusts_only_ec2_and_starts_empty():
 
 
 def test_rendezvous_grants_publish_and_read_separately():
-    records = "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes/*"
     plan = declare(
         settings_of(),
         lambda: Rendezvous(
@@ -81,7 +84,9 @@ def test_rendezvous_grants_publish_and_read_separately():
                 "/ipfleet/x/keeper",
                 "controller-role",
                 ["engine-role"],
-                records,
+                "/ipfleet/x/nodes",
+                AWS,
+                "us-east-1",
             ),
         ),
     )
@@ -105,12 +110,24 @@ def test_rendezvous_grants_publish_and_read_separately():
     assert publish[0]["Resource"] == [f"<rv-{part}.arn>" for part in parts]
     read = policies["engine-role", "ipfleet-rendezvous-read"]["Statement"]
     assert read == [{"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": ["<rv-parameter.arn>"]}]
-    # Engine nodes write their records for `ipfleet status`, under the stack's nodes path only.
-    statement = policies["engine-role", "ipfleet-node-records"]["Statement"]
-    assert statement == [
-        {"Effect": "Allow", "Action": ["ssm:PutParameter", "ssm:DeleteParameter"], "Resource": [records]}
+    # Engine nodes hold no right to any record: the controller's collector writes each
+    # under the stack's nodes path, lists them to reap, and asks EC2 who sent one.
+    assert ("engine-role", "ipfleet-node-records") not in policies
+    assert policies["controller-role", "ipfleet-node-records"]["Statement"] == [
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
+            "Resource": "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes/*",
+        },
+        {
+            "Effect": "Allow",
+            "Action": ["ssm:GetParametersByPath"],
+            "Resource": "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes",
+        },
+        {"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
     ]
-    assert ("controller-role", "ipfleet-node-records") not in policies
+    assert {role for role, _ in policies} == {"controller-role", "engine-role"}
+    assert [name for role, name in policies if role == "engine-role"] == ["ipfleet-rendezvous-read"]
 
 
 def test_engine_fleet_template_and_group():

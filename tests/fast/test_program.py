@@ -168,10 +168,12 @@ def test_no_statement_grants_write_on_everything(example):
     for r in example.of_type(ROLE_POLICY):
         for statement in json.loads(r.inputs["policy"])["Statement"]:
             if statement["Resource"] == "*":
-                # Only Session Manager's channel actions and Auto Scaling's reads,
-                # which AWS evaluates on "*".
+                # Only Session Manager's channel actions, and Auto Scaling's and EC2's
+                # reads, which AWS evaluates on "*".
                 assert all(
-                    a.startswith(("ssmmessages:", "ssm:UpdateInstanceInformation", "autoscaling:Describe"))
+                    a.startswith(
+                        ("ssmmessages:", "ssm:UpdateInstanceInformation", "autoscaling:Describe", "ec2:Describe")
+                    )
                     for a in statement["Action"]
                 ), statement
 
@@ -262,6 +264,7 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-controller-iam-profile",
         "example-controller-iam-session-manager",
         "example-rendezvous-publish",
+        "example-rendezvous-records",
         "example-runtime-read-0",
         "example-runtime-wheel",
     } <= set(controller.depends_on)
@@ -271,7 +274,6 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-engine-iam-profile",
         "example-engine-iam-session-manager",
         "example-rendezvous-read-0",
-        "example-rendezvous-report-0",
         "example-controller-node",
         "example-runtime-read-1",
         "example-runtime-wheel",
@@ -284,7 +286,6 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         in {
             "example-engine-iam-session-manager",
             "example-rendezvous-read-0",
-            "example-rendezvous-report-0",
             "example-runtime-read-1",
             # The group's own grants: the engines' drain and the controller's sizing.
             "example-engines-engine-scaling",

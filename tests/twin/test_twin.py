@@ -16,7 +16,7 @@ import pytest
 from ipfleet.twin import cluster, laptop, plan_deploy, vpc
 from ipfleet.twin.state import TwinError
 from ipfleet.twin.vpc import existing_namespaces
-from tests.conftest import write_stack
+from tests.conftest import twin_exec, write_stack
 
 STACK = {
     "aws:region": "us-east-1",
@@ -224,7 +224,8 @@ def test_root_runs_only_its_own_units_and_user_code_cannot_feed_them(twin):
     keeper runs as the service user; root's folder and the keys file are read-only to it."""
     controller = twin["state"].controller
     users = {}
-    for unit in ("ipfleet-watch", "ipfleet-keys", "ipfleet-keeper", "ipcontroller", "ipfleet-publish"):
+    units = ("ipfleet-watch", "ipfleet-keys", "ipfleet-keeper", "ipcontroller", "ipfleet-publish", "ipfleet-records")
+    for unit in units:
         users[unit] = controller.run("systemctl", "show", "-p", "User", "--value", f"{unit}.service").stdout.strip()
     assert users == {
         "ipfleet-watch": "",
@@ -232,6 +233,7 @@ def test_root_runs_only_its_own_units_and_user_code_cannot_feed_them(twin):
         "ipfleet-keeper": "ipfleet",
         "ipcontroller": "ipfleet",
         "ipfleet-publish": "ipfleet",
+        "ipfleet-records": "ipfleet",
     }
     keys = controller.run("stat", "-c", "%U:%G %a", "/var/lib/ipfleet-node/keys.json").stdout.split()
     assert keys == ["root:ipfleet", "640"]
@@ -285,6 +287,54 @@ def test_engines_reach_the_engine_ports_and_not_the_client_ports(twin):
         assert kind == "hub_error" and f"{query} is answered to clients only" in why, (kind, why)
     # The refused shutdown left the controller running.
     assert state.controller.run("systemctl", "is-active", "ipcontroller.service").stdout.strip() == "active"
+
+
+# A node's report to the controller's collector, sent from SOURCE_PORT (0: any the sender may bind).
+SEND_RECORD = """
+import http.client, json, sys
+controller, port, instance, address, source_port = sys.argv[1:6]
+record = {"format": 1, "role": "engine", "instanceId": instance, "address": address, "phase": "failed",
+          "error": {"step": "planted"}}
+connection = http.client.HTTPConnection(controller, int(port), timeout=10, source_address=(address, int(source_port)))
+connection.request("PUT", "/nodes/" + instance, body=json.dumps(record))
+print(connection.getresponse().status)
+"""
+
+
+def test_each_engine_node_speaks_only_for_itself(twin):
+    """Engine nodes hold no right to any record: the controller's collector writes each for
+    the node the network says sent it (bootstrap/ipfleet_node/collector.py). User code on an
+    engine node cannot report at all; root on one cannot report for another."""
+    from bootstrap.ipfleet_node import wire
+
+    state = twin["state"]
+    a, b = state.engine_nodes[:2]
+    controller = state.controller
+    port = str(wire.RECORDS_PORT)
+
+    def records() -> dict[str, str]:
+        shown = twin_exec(state.stack, "ipfleet", "status", state.stack, "--json")
+        assert shown.returncode == 0, shown.stderr
+        return {n["instanceId"]: n["phase"] for n in json.loads(shown.stdout)["nodes"] if n["role"] == "engine"}
+
+    before = records()
+    assert before == {a.instance_id: "running", b.instance_id: "running"}
+    # The service user on A: from any port it may bind (above 1024), refused.
+    python = "/opt/ipfleet/venv/bin/python"
+    arguments = f"{controller.address} {port} {a.instance_id} {a.address}"
+    user = as_service_user(a, f"{python} -c '{SEND_RECORD}' {arguments} 0")
+    assert user.stdout.strip() == "403", user.stderr
+    # ... and a port below 1024 is root's.
+    low = as_service_user(a, f"{python} -c '{SEND_RECORD}' {arguments} 700")
+    assert "Permission denied" in low.stderr
+    # Root on A, for B: refused.
+    forged = a.run(python, "-c", SEND_RECORD, controller.address, port, b.instance_id, a.address, "701")
+    assert forged.stdout.strip() == "403", forged.stderr
+    assert records() == before
+    journal = controller.run("journalctl", "--no-pager", "-u", "ipfleet-records.service").stdout
+    assert f"may not speak for {b.instance_id}" in journal and "only root on a node reports" in journal
+    # And nothing but the collector wrote the records: each engine's, under its own id.
+    assert f"{a.address}: wrote {wire.node_records_path(state.stack)}/{a.instance_id}" in journal
 
 
 def test_the_running_controller_has_the_descriptor_limit_its_unit_asks(twin):

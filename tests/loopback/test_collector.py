@@ -1,0 +1,191 @@
+"""The controller's record collector (bootstrap/ipfleet_node/collector.py) as a real
+process on loopback, against moto's EC2 and SSM: engine instances live in a subnet of
+127.0.0.0/16, so each one's address is a loopback address the test can send from, and
+EC2 says which instance each address is.
+
+Engine nodes' records reach SSM only through it, each from root on the node it speaks
+for; what any other sender tries is refused and changes nothing."""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import boto3
+import pytest
+
+from bootstrap.ipfleet_node import agent, wire
+from bootstrap.ipfleet_node.collector import Collector
+from ipfleet.twin.moto_deploy import create_network, run_instance
+
+STACK = "rec"
+CONTROLLER = "127.0.0.10"
+RECORDS = wire.node_records_path(STACK)
+
+
+@pytest.fixture
+def cluster(aws_env, tmp_path):
+    """Two engine instances and the controller in moto's EC2; the collector running as
+    the controller runs it (`python -m bootstrap.ipfleet_node collect`)."""
+    if os.geteuid() != 0:
+        pytest.skip("sending from a port below 1024 needs root, as on a node")
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    subnet = create_network(ec2, {"vpc_cidr": "127.0.0.0/16", "subnet_cidr": "127.0.0.0/24", "zone": "us-east-1a"})
+    engines = {}
+    for _ in range(2):
+        made = run_instance(
+            ec2,
+            {
+                "subnet": subnet,
+                "address": None,
+                "instance_type": "t3.medium",
+                "tags": {wire.STACK_TAG: STACK, wire.ROLE_TAG: "engine"},
+            },
+        )
+        engines[made] = ec2.describe_instances(InstanceIds=[made])["Reservations"][0]["Instances"][0][
+            "PrivateIpAddress"
+        ]
+    run_instance(
+        ec2,
+        {
+            "subnet": subnet,
+            "address": CONTROLLER,
+            "instance_type": "t3.medium",
+            "tags": {wire.STACK_TAG: STACK, wire.ROLE_TAG: "controller"},
+        },
+    )
+    facts = tmp_path / "controller.json"
+    facts.write_text(
+        json.dumps(
+            {
+                "role": "controller",
+                "stack": STACK,
+                "region": "us-east-1",
+                "aws_endpoint_url": aws_env["AWS_ENDPOINT_URL"],
+                "records_address": CONTROLLER,
+            }
+        )
+    )
+    log = tmp_path / "collector.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bootstrap.ipfleet_node", "collect"],
+        env={**os.environ, "IPFLEET_NODE_FACTS": str(facts)},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "collecting" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield engines, log
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def send(method: str, instance_id: str, body: bytes, source: tuple[str, str]) -> tuple[int, str]:
+    """One report from SOURCE: (address, "root") sends from a port below 1024, as only root
+    on a node can; (address, "user") from one above, as user code must."""
+    address, who = source
+    ports = (600, 1023) if who == "root" else (20000, 60000)
+    for _ in range(20):  # a port of an earlier test may still be in TIME_WAIT
+        connection = http.client.HTTPConnection(
+            CONTROLLER, wire.RECORDS_PORT, timeout=10, source_address=(address, random.randint(*ports))
+        )
+        try:
+            connection.request(method, f"/nodes/{instance_id}", body=body)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+        finally:
+            connection.close()
+    raise AssertionError("no free source port")
+
+
+def record_of(instance_id: str, address: str, phase: str = "running") -> bytes:
+    return json.dumps(
+        {"format": wire.RECORD_FORMAT, "role": "engine", "instanceId": instance_id, "address": address, "phase": phase}
+    ).encode()
+
+
+def stored() -> dict[str, dict]:
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    return {
+        p["Name"].rsplit("/", 1)[1]: json.loads(p["Value"])
+        for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=RECORDS)
+        for p in page["Parameters"]
+    }
+
+
+def test_each_engine_node_writes_only_its_own_record_through_the_controller(cluster, facts, aws_env):
+    engines, log = cluster
+    (a, a_address), (b, b_address) = engines.items()
+    # The agent's own path: the connection document names the controller, the node sends
+    # its record from its address and a root-only port.
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=wire.connection_parameter(STACK),
+        Value=json.dumps({"format": wire.FORMAT, "engine": {}, "controller": {"address": CONTROLLER}}),
+        Type="SecureString",
+    )
+    facts(role="engine", stack=STACK, region="us-east-1", aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    for instance, address in engines.items():
+        identity = {"instanceId": instance, "address": address}
+        assert agent.send_to_collector(agent.load_facts(), "PUT", identity, record_of(instance, address))
+    assert {i: r["address"] for i, r in stored().items()} == engines
+
+    before = stored()
+    hostile = {
+        # user code on node A: any port it can bind is 1024 or above
+        "an unprivileged port": ("PUT", a, record_of(a, a_address, "failed"), (a_address, "user"), 403),
+        # root on node A speaking for B, under B's name or with B's address
+        "another's name": ("PUT", b, record_of(b, a_address, "failed"), (a_address, "root"), 403),
+        "another's address": ("PUT", a, record_of(a, b_address, "failed"), (a_address, "root"), 403),
+        "another's delete": ("DELETE", b, b"", (a_address, "root"), 403),
+        # an address EC2 gives no engine of this stack (the controller's own, here)
+        "no engine there": ("PUT", a, record_of(a, CONTROLLER), (CONTROLLER, "root"), 403),
+        "the controller's role": (
+            "PUT",
+            a,
+            record_of(a, a_address).replace(b'"engine"', b'"controller"'),
+            (a_address, "root"),
+            403,
+        ),
+        "not JSON": ("PUT", a, b"{not json", (a_address, "root"), 400),
+        "oversized": ("PUT", a, b" " * 5000, (a_address, "root"), 413),
+        "not an instance id": ("PUT", "i-$(id)", record_of(a, a_address), (a_address, "root"), 400),
+    }
+    for what, (method, instance, body, source, status) in hostile.items():
+        answer = send(method, instance, body, source)
+        assert answer[0] == status, (what, answer)
+    assert stored() == before  # nothing any of them sent was written or deleted
+    assert "refused" in log.read_text()
+
+    # Going: the node deletes its own record (at shutdown), and only its own.
+    assert send("DELETE", a, b"", (a_address, "root"))[0] == 204
+    assert set(stored()) == {b}
+
+
+def test_records_of_instances_that_are_gone_are_reaped(cluster):
+    """A node that went without saying so (lost, terminated before its shutdown ran):
+    its record goes at the collector's next round, and only its."""
+    engines, _log = cluster
+    (a, a_address), (b, b_address) = engines.items()
+    for instance, address in engines.items():
+        assert send("PUT", instance, record_of(instance, address), (address, "root"))[0] == 204
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ec2.terminate_instances(InstanceIds=[b])
+    collector = Collector(STACK, RECORDS, ec2, boto3.client("ssm", region_name="us-east-1"), log=lambda _: None)
+    assert collector.reap() == [f"{RECORDS}/{b}"]
+    assert set(stored()) == {a}
+    assert collector.reap() == []
