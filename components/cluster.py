@@ -150,7 +150,6 @@ class Cluster(pulumi.ComponentResource):
                 minimum=s.min_engine_nodes,
                 maximum=s.fleet_max,
                 controller_role=controller_role.role_name,
-                engine_role=engine_role.role_name,
                 on_demand_base=s.on_demand_base,
                 spot_max_price=s.spot_max_price,
                 tags={wire.STACK_TAG: s.stack, **s.tags},

@@ -56,10 +56,9 @@ class EngineFleetArgs:
     user_data_base64: pulumi.Input[str]
     desired: int
     maximum: int
-    # The roles that act on this group, by name: the controller sets its size
-    # (autoscaler, idle guard), engine nodes complete their own drain.
+    # The role that acts on this group, by name: the controller sets its size
+    # (autoscaler, idle guard) and lets drained nodes go.
     controller_role: pulumi.Input[str]
-    engine_role: pulumi.Input[str]
     minimum: int = 0
     on_demand_base: int = 0
     spot_max_price: float | None = None
@@ -100,15 +99,11 @@ class EngineFleet(pulumi.ComponentResource):
         group_arn = group_arn_pattern(args.partition, args.region, name)
         self.policies = [
             aws.iam.RolePolicy(
-                f"{name}-{role}-scaling",
-                name=policy_name,
-                role=role_name,
-                policy=group_policy(group_arn, actions, describe),
+                f"{name}-controller-scaling",
+                name="ipfleet-engine-group",
+                role=args.controller_role,
+                policy=group_policy(group_arn, CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE),
                 opts=child,
-            )
-            for role, role_name, policy_name, actions, describe in (
-                ("controller", args.controller_role, "ipfleet-engine-group", CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE),
-                ("engine", args.engine_role, "ipfleet-drain", ENGINE_ACTIONS, ENGINE_DESCRIBE),
             )
         ]
         self.group = aws.autoscaling.Group(
@@ -157,13 +152,12 @@ class EngineFleet(pulumi.ComponentResource):
         self.register_outputs({"group_name": self.group_name})
 
 
-# What each role may do to the group: the controller finds and sizes it; an engine node
-# looks up its own instance's group and lets it go on once drained. Describing cannot be
-# scoped to a group (AWS evaluates Describe* on "*"): engines get only the instance view.
-CONTROLLER_ACTIONS = ("autoscaling:SetDesiredCapacity",)
-ENGINE_ACTIONS = ("autoscaling:CompleteLifecycleAction",)
-CONTROLLER_DESCRIBE = ("autoscaling:DescribeAutoScalingGroups",)
-ENGINE_DESCRIBE = ("autoscaling:DescribeAutoScalingInstances",)
+# What the controller may do to the group: find it, size it, and let a drained node go
+# (its collector completes the node's drain hook). Engine nodes may do nothing to it: a
+# node that could complete hooks could let any other go before it has drained. Describing
+# cannot be scoped to a group (AWS evaluates Describe* on "*").
+CONTROLLER_ACTIONS = ("autoscaling:SetDesiredCapacity", "autoscaling:CompleteLifecycleAction")
+CONTROLLER_DESCRIBE = ("autoscaling:DescribeAutoScalingGroups", "autoscaling:DescribeAutoScalingInstances")
 
 
 def group_arn_pattern(partition: Partition, region: str, name: str) -> str:

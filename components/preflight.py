@@ -10,8 +10,6 @@ from bootstrap.spec import ROLES, RUNTIME_BUCKET_PLACEHOLDER, node_spec
 from components.engine_fleet import (
     CONTROLLER_ACTIONS,
     CONTROLLER_DESCRIBE,
-    ENGINE_ACTIONS,
-    ENGINE_DESCRIBE,
     group_arn_pattern,
     group_policy,
 )
@@ -75,7 +73,6 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
     }
     engine = {
         "ipfleet-rendezvous-read": rendezvous_document([parameter(settings.rendezvous_parameter)], READ_ACTIONS),
-        "ipfleet-drain": json.loads(group_policy(group, ENGINE_ACTIONS, ENGINE_DESCRIBE)),
     }
     for policies in (controller, engine):
         policies[RUNTIME_POLICY] = runtime_document(RUNTIME_BUCKET_PLACEHOLDER, runtime_wheel(), partition)

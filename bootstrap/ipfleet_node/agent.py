@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from . import paths, wire
-from .wire import CLIENT_FACING_PORTS, DRAIN_HOOK, FORMAT, KEYS_FORMAT, PENDING, RECORD_FORMAT, engines_on
+from .wire import CLIENT_FACING_PORTS, FORMAT, KEYS_FORMAT, PENDING, RECORD_FORMAT, engines_on
 
 FACTS_FILE = Path(os.environ.get("IPFLEET_NODE_FACTS", "/etc/ipfleet/node.json"))
 # EC2's instance metadata service (tests point this at a stand-in on loopback).
@@ -585,37 +585,16 @@ def drain(facts: dict, reason: str) -> None:
     log("drained: engines stopped")
 
 
-def complete_drain(facts: dict, identity: dict) -> bool:
-    """Tell Auto Scaling this drained node may go now, rather than when the drain
-    hook times out. True once done, or once there is nothing to complete."""
-    autoscaling = aws_client(facts, "autoscaling", patient=True)
-    try:
-        found = autoscaling.describe_auto_scaling_instances(InstanceIds=[identity["instanceId"]])
-        groups = [i["AutoScalingGroupName"] for i in found["AutoScalingInstances"]]
-        if not groups:
-            return True  # not (or no longer) in a group
-        autoscaling.complete_lifecycle_action(
-            AutoScalingGroupName=groups[0],
-            LifecycleHookName=DRAIN_HOOK,
-            InstanceId=identity["instanceId"],
-            LifecycleActionResult="CONTINUE",
-        )
-        log(f"drain hook {DRAIN_HOOK} of {groups[0]} completed")
-        return True
-    except Exception as e:  # the hook times out by itself: the node goes a little later
-        log(f"could not complete the drain hook: {type(e).__name__}: {e}")
-        return False
-
-
 def watch(interval: float, heartbeat: float = 600.0) -> None:
     """Every node, for its life: report when its phase or engines change, and on an
-    engine node, drain as soon as an interruption notice appears (two minutes on spot),
-    then let Auto Scaling terminate it."""
+    engine node, drain as soon as an interruption notice appears (two minutes on spot).
+    A drained node reports again once Auto Scaling is taking it out, and the controller's
+    collector then lets it go (it completes the drain hook; engines hold no such right)."""
     facts = load_facts()
     identity = node_identity()
     booted = Path("/var/lib/cloud/instance/boot-finished")
-    last, last_sent, drained_for, released = None, 0.0, None, False
-    told_drained, retry_at, backoff = False, 0.0, interval
+    last, last_sent, drained_for = None, 0.0, None
+    retry_at, backoff = 0.0, interval
     while True:
         reason = interruption() if facts["role"] == "engine" and drained_for is None else None
         if reason:
@@ -629,9 +608,13 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
             phase = "failed"
         else:
             phase = "running" if booted.exists() else "booting"
-        state = (phase, json.dumps(engines_now(facts)))
+        # A drained node held in the drain hook (a spot node's group marks it Terminated
+        # too, once EC2 has told it): its next record is what lets it go.
+        leaving = bool(drained_for) and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated"
+        state = (phase, json.dumps(engines_now(facts)), leaving)
         due = state != last or time.monotonic() - last_sent > heartbeat
-        if due and (time.monotonic() >= retry_at or (drained_for and not told_drained)):
+        # A draining node does not wait out the backoff: it has two minutes.
+        if due and (time.monotonic() >= retry_at or drained_for):
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
                 last, last_sent, backoff = state, time.monotonic(), interval
             else:
@@ -639,12 +622,6 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
                 # later, jittered, so that a big fleet does not ask all at once.
                 backoff = min(backoff * 2, 60.0)
                 retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.0)
-            told_drained = told_drained or phase == "drained"
-        # Drained and told (or tried to tell: the controller may be gone): a node Auto
-        # Scaling is taking out goes now. (A spot node's group marks it Terminated too,
-        # once EC2 has told it.)
-        if told_drained and not released and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated":
-            released = complete_drain(facts, identity)
         time.sleep(interval)
 
 
@@ -658,6 +635,7 @@ def collect() -> None:
         parameter(facts, "node_records_path"),
         aws_client(facts, "ec2", patient=True),
         ssm_client(facts, patient=True),
+        aws_client(facts, "autoscaling", patient=True),
         log=log,
     )
     serve(

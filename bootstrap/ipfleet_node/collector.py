@@ -11,8 +11,12 @@ A report is taken only when the network says who sent it:
 The record itself is checked for its size, its shape and the same instance id and
 address; the laptop checks its fields again (ipfleet/node_status.py).
 
+A drained node's record also lets it go: when Auto Scaling holds the instance in its
+drain hook (Terminating:Wait), the collector completes the hook for it, so engine nodes
+need no Auto Scaling rights at all (none can let another go before it has drained).
+
 Runs on the controller as the service user, with the controller's role (EC2's view of
-the instances, the records path in SSM). `python -m ipfleet_node collect`.
+the instances, the records path in SSM, its group's hook). `python -m ipfleet_node collect`.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .wire import RECORD_FORMAT, ROLE_TAG, STACK_TAG
+from .wire import DRAIN_HOOK, RECORD_FORMAT, ROLE_TAG, STACK_TAG
 
 # SSM's standard parameters hold 4 KB: a record is no longer.
 RECORD_LIMIT = 4096
@@ -58,11 +62,21 @@ class Report:
 class Collector:
     """What the collector decides; EC2 and SSM are boto3 clients (the controller's role)."""
 
-    def __init__(self, stack: str, records_path: str, ec2, ssm, clock: Callable[[], float] = time.monotonic, log=print):
+    def __init__(
+        self,
+        stack: str,
+        records_path: str,
+        ec2,
+        ssm,
+        autoscaling=None,
+        clock: Callable[[], float] = time.monotonic,
+        log=print,
+    ):
         self.stack = stack
         self.records_path = records_path
         self.ec2 = ec2
         self.ssm = ssm
+        self.autoscaling = autoscaling  # None: drain hooks are not the collector's to complete
         self.clock = clock
         self.log = log
         self._known: dict[str, tuple[str | None, float]] = {}
@@ -116,7 +130,25 @@ class Collector:
             return f"deleted {name}"
         text = self.checked(report, instance)
         self.ssm.put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
+        if json.loads(text).get("phase") == "drained":
+            return f"wrote {name}" + self.release(instance)
         return f"wrote {name}"
+
+    def release(self, instance: str) -> str:
+        """A drained node's drain hook, completed if Auto Scaling is holding it there."""
+        if self.autoscaling is None:
+            return ""
+        found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
+        if not found or found[0].get("LifecycleState") != "Terminating:Wait":
+            return "; not leaving its group yet"
+        group = found[0]["AutoScalingGroupName"]
+        self.autoscaling.complete_lifecycle_action(
+            AutoScalingGroupName=group,
+            LifecycleHookName=DRAIN_HOOK,
+            InstanceId=instance,
+            LifecycleActionResult="CONTINUE",
+        )
+        return f"; completed its drain hook {DRAIN_HOOK} in {group}"
 
     def checked(self, report: Report, instance: str) -> str:
         """The record as the node sent it, once it says what the network says."""

@@ -105,6 +105,8 @@ class TwinGroup:
                 AutoScalingGroupName=self.name, InstanceIds=[instance_id], ShouldDecrementDesiredCapacity=False
             )
         )
+        # ... and the instance is gone in EC2 too (terminated, or replaced after its check).
+        self._call(lambda: self._ec2.terminate_instances(InstanceIds=[instance_id]))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)

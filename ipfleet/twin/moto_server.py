@@ -8,8 +8,8 @@ does that ipfleet relies on, or must not get wrong, are added here:
 - SetDesiredCapacity outside the group's minimum and maximum is refused with
   AWS's ValidationError (moto would take any number);
 - with a termination lifecycle hook, a node leaving the group waits in
-  Terminating:Wait (still listed) until the hook is completed, instead of
-  vanishing at once;
+  Terminating:Wait (still listed, its instance still running in EC2) until the
+  hook is completed, instead of vanishing at once;
 - CompleteLifecycleAction completes a waiting node's hook, and is refused for a
   node or hook that has no action waiting, as AWS refuses it.
 
@@ -50,7 +50,17 @@ def _group_set_desired(self, new_capacity):
     waiting = [s for s in self.instance_states if s.lifecycle_state == WAIT]
     self.instance_states = [s for s in self.instance_states if s.lifecycle_state != WAIT]
     before = list(self.instance_states)
-    _moto_group_set_desired(self, new_capacity)
+    if _terminating_hook(self):
+        # A leaving instance keeps running while its hook waits (AWS terminates it once the
+        # hook completes): moto would terminate it in EC2 at once.
+        ec2 = self.autoscaling_backend.ec2_backend
+        ec2.terminate_instances = lambda instance_ids: []
+        try:
+            _moto_group_set_desired(self, new_capacity)
+        finally:
+            del ec2.terminate_instances  # moto's own method again
+    else:
+        _moto_group_set_desired(self, new_capacity)
     if _terminating_hook(self):
         for state in before:
             if state not in self.instance_states:
@@ -91,6 +101,7 @@ def complete_lifecycle_action(self) -> EmptyResult:
     if not waiting:
         raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
     group.instance_states = [s for s in group.instance_states if s not in waiting]
+    backend.ec2_backend.terminate_instances([instance_id])  # the hook done, the instance goes
     return EmptyResult()
 
 

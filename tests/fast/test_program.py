@@ -287,8 +287,7 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
             "example-engine-iam-session-manager",
             "example-rendezvous-read-0",
             "example-runtime-read-1",
-            # The group's own grants: the engines' drain and the controller's sizing.
-            "example-engines-engine-scaling",
+            # The group's own grant: the controller's sizing and drain hooks.
             "example-engines-controller-scaling",
         }
         for d in group.depends_on

@@ -189,3 +189,58 @@ def test_records_of_instances_that_are_gone_are_reaped(cluster):
     assert collector.reap() == [f"{RECORDS}/{b}"]
     assert set(stored()) == {a}
     assert collector.reap() == []
+
+
+def test_a_drained_node_is_let_go_by_the_controller_and_only_once_drained(cluster):
+    """Engine nodes hold no Auto Scaling rights: the collector completes the drain hook of
+    a node that reports `drained` while its group holds it in Terminating:Wait (moto with
+    the hook's wait, ipfleet/twin/moto_server.py), and of no other."""
+    import base64
+
+    from ipfleet.twin.moto_deploy import create_engine_group
+
+    autoscaling = boto3.client("autoscaling", region_name="us-east-1")
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    [subnet] = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"] if s["CidrBlock"] == "127.0.0.0/24"]
+    group = create_engine_group(
+        autoscaling,
+        ec2,
+        {
+            "name": f"{STACK}-engines",
+            "min": 0,
+            "max": 3,
+            "desired": 2,
+            "user_data": base64.b64encode(b"#cloud-config\n").decode(),
+            "instance_type": "t3.medium",
+            "zone": "us-east-1a",
+            "subnet": subnet,
+            "tags": {wire.STACK_TAG: STACK, wire.ROLE_TAG: "engine"},
+            "hook": {
+                "name": wire.DRAIN_HOOK,
+                "transition": "autoscaling:EC2_INSTANCE_TERMINATING",
+                "timeout": 120,
+                "result": "CONTINUE",
+            },
+        },
+    )
+
+    def members() -> dict[str, str]:
+        found = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"][0]
+        return {i["InstanceId"]: i["LifecycleState"] for i in found["Instances"]}
+
+    def address(instance: str) -> str:
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["PrivateIpAddress"]
+
+    autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=1)
+    [leaving] = [i for i, state in members().items() if state == "Terminating:Wait"]
+    [staying] = [i for i, state in members().items() if state == "InService"]
+    # Still running its engines: held.
+    assert send("PUT", leaving, record_of(leaving, address(leaving)), (address(leaving), "root"))[0] == 204
+    # A node in service that says it drained: recorded, not let go.
+    assert send("PUT", staying, record_of(staying, address(staying), "drained"), (address(staying), "root"))[0] == 204
+    assert members() == {leaving: "Terminating:Wait", staying: "InService"}
+    # The leaving node, drained: its hook completed, it leaves the group.
+    assert send("PUT", leaving, record_of(leaving, address(leaving), "drained"), (address(leaving), "root"))[0] == 204
+    assert members() == {staying: "InService"}
+    _, log = cluster
+    assert f"completed its drain hook {wire.DRAIN_HOOK} in {group}" in log.read_text()
