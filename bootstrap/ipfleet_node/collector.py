@@ -140,7 +140,7 @@ class Collector:
             return ""
         found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
         if not found or found[0].get("LifecycleState") != "Terminating:Wait":
-            return "; not leaving its group yet"
+            return "; not held in its drain hook"
         group = found[0]["AutoScalingGroupName"]
         self.autoscaling.complete_lifecycle_action(
             AutoScalingGroupName=group,
