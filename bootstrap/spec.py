@@ -69,7 +69,6 @@ class NodeSpec:
     region: str
     rendezvous_parameter: str
     keys_parameter: str
-    node_records_path: str
     access: str
     # Installed by uv into the venv: ipfleet's node packages pinned and the stack's
     # pythonPackages (requirements), every dependency held to this project's version
@@ -186,7 +185,6 @@ def node_spec(
         region=settings.region,
         rendezvous_parameter=settings.rendezvous_parameter,
         keys_parameter=settings.keys_parameter,
-        node_records_path=settings.node_records_path,
         access=settings.access,
         python_requirements=tuple(python + list(settings.python_packages)),
         python_constraints=locked_closure(own),

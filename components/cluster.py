@@ -77,9 +77,6 @@ class Cluster(pulumi.ComponentResource):
                 keeper_parameter_name=keeper_parameter(s.stack),
                 publisher_role=controller_role.role_name,
                 reader_roles=[engine_role.role_name],
-                node_records_path=s.node_records_path,
-                partition=s.partition,
-                region=s.region,
             ),
             child,
         )
@@ -89,7 +86,7 @@ class Cluster(pulumi.ComponentResource):
             NodeRuntimeArgs(stack=s.stack, roles=roles, partition=s.partition, tags={wire.STACK_TAG: s.stack}),
             child,
         )
-        controller_needs += [self.runtime.policies[0], self.runtime.wheel]
+        controller_needs += [self.runtime.policies[0], self.runtime.records_policy, self.runtime.wheel]
         engine_needs += [self.runtime.policies[1], self.runtime.wheel]
         controller_needs += self.rendezvous.publisher_policies
         engine_needs += self.rendezvous.reader_policies

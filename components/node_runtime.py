@@ -1,9 +1,13 @@
-"""The node runtime's wheel (bootstrap/runtime_wheel.py) in a bucket of the stack's own.
+"""The stack's own bucket: the node runtime's wheel (bootstrap/runtime_wheel.py), and the
+engine nodes' records.
 
-The bucket is private (all four public-access blocks on) and encrypted; it holds the
-wheel under its sha256, and the node roles may read that one object and nothing else
-(user data tells the nodes where it is and what its sha256 must be). It holds nothing
-of the user's, so `pulumi destroy` empties and deletes it.
+The bucket is private (all four public-access blocks on) and encrypted. It holds the
+wheel under its sha256, which the node roles may read and nothing else (user data tells
+the nodes where it is and what its sha256 must be); and the document of every engine
+node's record (wire.RECORDS_KEY), which the controller's collector alone reads and
+writes (bootstrap/ipfleet_node/collector.py), and laptops read: a parameter of the
+stack names the bucket for them. It holds nothing of the user's, so `pulumi destroy`
+empties and deletes it, records included.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.runtime_wheel import RuntimeWheel, runtime_wheel
 from components.naming import bucket_name_prefix
 from ipfleet.partitions import AWS, Partition
@@ -23,11 +28,14 @@ from ipfleet.partitions import AWS, Partition
 TYPE = "ipfleet:cluster:NodeRuntime"
 POLICY_NAME = "ipfleet-node-runtime"
 READ_ACTIONS = ["s3:GetObject"]
+RECORDS_POLICY_NAME = "ipfleet-node-records"
 
 
 @dataclass(frozen=True)
 class NodeRuntimeArgs:
     stack: str
+    # The node roles (controller first): each may read the wheel; the controller's
+    # collector writes the records.
     roles: Sequence[pulumi.Input[str]]
     partition: Partition = AWS
     tags: dict[str, str] | None = None
@@ -74,6 +82,23 @@ class NodeRuntime(pulumi.ComponentResource):
             aws.iam.RolePolicy(f"{name}-read-{index}", name=POLICY_NAME, role=role, policy=policy, opts=child)
             for index, role in enumerate(args.roles)
         ]
+        # Where laptops find the records: a String of the stack's, which no node may change.
+        self.records_location = aws.ssm.Parameter(
+            f"{name}-records-location",
+            name=wire.records_location_parameter(args.stack),
+            type="String",
+            # Not a secret: a bucket's name, shown in plans and state as it is.
+            insecure_value=self.bucket.bucket,
+            description="ipfleet: the bucket holding the engine nodes' records (ipfleet status)",
+            opts=child,
+        )
+        self.records_policy = aws.iam.RolePolicy(
+            f"{name}-records",
+            name=RECORDS_POLICY_NAME,
+            role=args.roles[0],
+            policy=self.bucket.bucket.apply(lambda bucket: json.dumps(records_document(bucket, args.partition))),
+            opts=child,
+        )
         self.bucket_name: pulumi.Output[str] = self.bucket.bucket
         self.register_outputs({"bucket": self.bucket_name, "key": wheel.key, "sha256": wheel.sha256})
 
@@ -88,5 +113,22 @@ def policy_document(bucket: str, wheel: RuntimeWheel, partition: Partition = AWS
                 "Action": READ_ACTIONS,
                 "Resource": partition.arn("s3", "", "", f"{bucket}/{wheel.key}"),
             }
+        ],
+    }
+
+
+def records_document(bucket: str, partition: Partition = AWS) -> dict:
+    """The collector's rights: read and write the records document, and EC2's view of the
+    instances (which instance an address is, which are gone; AWS evaluates
+    DescribeInstances on "*" only)."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject", "s3:PutObject"],
+                "Resource": partition.arn("s3", "", "", f"{bucket}/{wire.RECORDS_KEY}"),
+            },
+            {"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
         ],
     }

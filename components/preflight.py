@@ -15,8 +15,9 @@ from components.engine_fleet import (
 )
 from components.node_role import session_manager_statements
 from components.node_runtime import POLICY_NAME as RUNTIME_POLICY
+from components.node_runtime import RECORDS_POLICY_NAME, records_document
 from components.node_runtime import policy_document as runtime_document
-from components.rendezvous import PUBLISH_ACTIONS, READ_ACTIONS, records_document
+from components.rendezvous import PUBLISH_ACTIONS, READ_ACTIONS
 from components.rendezvous import policy_document as rendezvous_document
 from components.s3_mounts import policy_document as s3_document
 from ipfleet.access import Access
@@ -69,7 +70,7 @@ def role_policies(settings: Settings) -> dict[str, dict[str, dict]]:
             [parameter(name) for name in settings.controller_parameters], PUBLISH_ACTIONS
         ),
         "ipfleet-engine-group": json.loads(group_policy(group, CONTROLLER_ACTIONS, CONTROLLER_DESCRIBE)),
-        "ipfleet-node-records": records_document(partition, settings.region, settings.node_records_path),
+        RECORDS_POLICY_NAME: records_document(RUNTIME_BUCKET_PLACEHOLDER, partition),
     }
     engine = {
         "ipfleet-rendezvous-read": rendezvous_document([parameter(settings.rendezvous_parameter)], READ_ACTIONS),

@@ -12,9 +12,8 @@ SSM parameters at paths derived from the stack name (ipfleet/settings.py), so
 
 Plain Strings, for `ipfleet status`: `/ipfleet/STACK/controller` (the controller's
 record) and `/ipfleet/STACK/keeper` (its keeper's view of the engine group), which
-only the controller's role may write; and each engine node's record under
-`/ipfleet/STACK/nodes/`, which the controller's collector writes and deletes for the
-node that sent it (bootstrap/ipfleet_node/collector.py): engine nodes cannot write there.
+only the controller's role may write. The engine nodes' records are in the stack's
+bucket (components/node_runtime.py).
 
 The stack creates the controller's parameters holding a placeholder and never
 manages their values: the keys are made on the controller at its first boot, so
@@ -24,7 +23,6 @@ them, keys included.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +30,6 @@ import pulumi
 import pulumi_aws as aws
 
 from bootstrap.ipfleet_node.wire import PENDING  # placeholder until the controller publishes
-from ipfleet.partitions import Partition
 
 TYPE = "ipfleet:cluster:Rendezvous"
 
@@ -46,10 +43,6 @@ class RendezvousArgs:
     keeper_parameter_name: str
     publisher_role: pulumi.Input[str]
     reader_roles: list[pulumi.Input[str]]
-    # The engine nodes' records path (ipfleet/settings.py: node_records_path) and where.
-    node_records_path: str
-    partition: Partition
-    region: str
 
 
 class Rendezvous(pulumi.ComponentResource):
@@ -100,47 +93,12 @@ class Rendezvous(pulumi.ComponentResource):
             )
             for index, role in enumerate(args.reader_roles)
         ]
-        # Engine nodes' records: the controller's collector writes them, for the node
-        # the network says sent each (engines hold no right there).
-        records = aws.iam.RolePolicy(
-            f"{name}-records",
-            name="ipfleet-node-records",
-            role=args.publisher_role,
-            policy=json.dumps(records_document(args.partition, args.region, args.node_records_path)),
-            opts=child,
-        )
         # By role: what the publisher's nodes and each reader's nodes need before they boot.
-        self.publisher_policies = [publish, records]
+        self.publisher_policies = [publish]
         self.reader_policies = readers
         self.parameter_name = self.parameter.name
         self.keys_parameter_name = self.keys.name
         self.register_outputs({"parameter_name": self.parameter_name})
-
-
-NODE_RECORD_ACTIONS = ("ssm:PutParameter", "ssm:DeleteParameter")
-
-
-def records_document(partition: Partition, region: str, path: str) -> dict:
-    """The collector's rights: write and delete records under PATH, list them (to reap
-    those of gone instances), and EC2's view of the instances (which instance an address
-    is; AWS evaluates DescribeInstances on "*" only). Any account: a role reaches only
-    its own account's parameters anyway."""
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Action": list(NODE_RECORD_ACTIONS),
-                "Resource": partition.arn("ssm", region, "*", f"parameter{path}/*"),
-            },
-            {
-                "Effect": "Allow",
-                "Action": ["ssm:GetParametersByPath"],
-                "Resource": partition.arn("ssm", region, "*", f"parameter{path}"),
-            },
-            {"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
-        ],
-    }
 
 
 PUBLISH_ACTIONS = ("ssm:PutParameter", "ssm:GetParameter")

@@ -315,7 +315,7 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
 
     region = _region(stack, region)
     try:
-        found = read_all_records(boto3.client("ssm", region_name=region), stack)
+        found = read_all_records(boto3.client("ssm", region_name=region), boto3.client("s3", region_name=region), stack)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
         _fail(f"cannot read the node records of {stack!r} in {region}: {printable(e)}")
     try:  # the group's own view: which instances it holds, in which lifecycle state
@@ -419,6 +419,7 @@ def scale(
         result = do_scale(
             boto3.client("autoscaling", region_name=region),
             boto3.client("ssm", region_name=region),
+            boto3.client("s3", region_name=region),
             stack,
             nodes,
             wait,
@@ -473,6 +474,7 @@ def run(
     region = _region(stack, region)
     autoscaling = boto3.client("autoscaling", region_name=region)
     ssm = boto3.client("ssm", region_name=region)
+    s3 = boto3.client("s3", region_name=region)
     report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     try:
         group = find_group(autoscaling, stack)
@@ -496,7 +498,7 @@ def run(
     check_request(group, wanted, command or [])
 
     def scale(count: int, wait: bool) -> None:
-        do_scale(autoscaling, ssm, stack, count, wait, timeout, report)
+        do_scale(autoscaling, ssm, s3, stack, count, wait, timeout, report)
 
     result = run_batch(stack, group, wanted, command or [], scale, keep=keep, report=report)
     price = None

@@ -165,10 +165,11 @@ def fetch(
         if value != PENDING:
             break
         # A controller whose bootstrap failed will never publish: say why now.
-        from ipfleet.node_status import describe_failure, failed_controller, read_records
+        from ipfleet.node_status import controller_record, describe_failure
 
         try:
-            failed = failed_controller(read_records(client, stack))
+            record = controller_record(client, stack)
+            failed = record if record is not None and record.phase == "failed" else None
         except boto_errors.ClientError:  # no right to read the records: keep waiting
             failed = None
         if failed is not None:

@@ -1,5 +1,7 @@
-"""What each node of a stack says about itself: its record under /ipfleet/STACK/nodes/,
-written by the node's agent (bootstrap/ipfleet_node/agent.py: `report`, `watch`).
+"""What each node of a stack says about itself: the controller's record in its own
+parameter, each engine node's in the records document the controller's collector keeps
+in the stack's bucket (bootstrap/ipfleet_node/collector.py), written from the nodes'
+agents (bootstrap/ipfleet_node/agent.py: `report`, `watch`).
 
 Read with the user's own AWS credentials: nobody logs in to learn that a bootstrap
 failed, at which step, and why.
@@ -11,10 +13,11 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.ipfleet_node.wire import PENDING
 from ipfleet import remote
 from ipfleet.remote import printable
-from ipfleet.settings import controller_record_parameter, keeper_parameter, node_records_path
+from ipfleet.settings import controller_record_parameter, keeper_parameter, records_location_parameter
 
 
 @dataclass(frozen=True)
@@ -103,38 +106,61 @@ class Records:
     refused: list[str]
 
 
-def read_all_records(ssm, stack: str) -> Records:
-    """Every node's record, the controller first; a record under another node's name (the
-    parameter's last part is the instance it speaks for) or of the wrong shape is refused.
+# The records document of 10,000 engine nodes at 4 KB each: anything longer is not ours.
+RECORDS_DOCUMENT_LIMIT = 10_000 * RECORD_LIMIT
 
-    The controller's record and its keeper's summary have parameters of their own, which
-    only the controller's role may write: an engine's record claiming the controller's
-    role is refused."""
-    path = node_records_path(stack)
+
+def read_all_records(ssm, s3, stack: str) -> Records:
+    """Every node's record, the controller first, in a constant number of AWS calls
+    whatever the fleet's size: the controller's record and its keeper's summary (their
+    own parameters, which only the controller's role may write), and the engine nodes'
+    document (one object). An engine record under another node's name, claiming another
+    role, or of the wrong shape is refused with a line."""
     valid: list[NodeRecord] = []
     refused: list[str] = []
     controller = _controller_record(ssm, stack, refused)
     if controller is not None:
         valid.append(controller)
-    for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=path):
-        for parameter in page["Parameters"]:
-            name = str(parameter.get("Name", ""))
-            owner = name.removeprefix(path + "/")
-            try:
-                record = NodeRecord.parse(parameter["Value"], printable(name, 120))
-            except remote.RemoteDataError as e:
-                refused.append(str(e))
-                continue
-            if record.instance_id != owner:
-                where = printable(name, 120)
-                refused.append(f"{where}: speaks for {record.instance_id}, not for {printable(owner, 40)}")
-                continue
-            if record.role != "engine":
-                refused.append(f"{printable(name, 120)}: claims the {record.role}'s role under the engines' path")
-                continue
-            valid.append(record)
+    for owner, value, where in _engine_records(ssm, s3, stack, refused):
+        try:
+            record = NodeRecord.parse(value, where)
+        except remote.RemoteDataError as e:
+            refused.append(str(e))
+            continue
+        if record.instance_id != owner:
+            refused.append(f"{where}: speaks for {record.instance_id}, not for {printable(owner, 40)}")
+            continue
+        if record.role != "engine":
+            refused.append(f"{where}: claims the {record.role}'s role among the engine nodes' records")
+            continue
+        valid.append(record)
     valid.sort(key=lambda r: (r.role != "controller", r.role, r.instance_id))
     return Records(valid, refused)
+
+
+def _engine_records(ssm, s3, stack: str, refused: list[str]) -> list[tuple[str, str, str]]:
+    """(instance id it is filed under, record text, where) for each engine node's record."""
+    bucket = _value(ssm, records_location_parameter(stack))
+    if bucket is None:
+        return []
+    where = printable(f"s3://{bucket}/{wire.RECORDS_KEY}", 200)
+    try:
+        found = s3.get_object(Bucket=bucket, Key=wire.RECORDS_KEY)
+    except s3.exceptions.NoSuchKey:
+        return []  # no engine node has reported yet
+    if int(found.get("ContentLength") or 0) > RECORDS_DOCUMENT_LIMIT:
+        refused.append(f"{where}: {found['ContentLength']} bytes, more than the records of 10,000 nodes")
+        return []
+    try:
+        document = json.loads(found["Body"].read(RECORDS_DOCUMENT_LIMIT + 1))
+    except ValueError:
+        refused.append(f"{where}: not JSON")
+        return []
+    nodes = document.get("nodes") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or document.get("format") != wire.RECORDS_FORMAT or not isinstance(nodes, dict):
+        refused.append(f"{where}: not a records document of format {wire.RECORDS_FORMAT}")
+        return []
+    return [(str(owner), json.dumps(record), f"{where}: {printable(owner, 40)}") for owner, record in nodes.items()]
 
 
 def _controller_record(ssm, stack: str, refused: list[str]) -> NodeRecord | None:
@@ -170,13 +196,14 @@ def _value(ssm, name: str) -> str | None:
     return None if value == PENDING else str(value)
 
 
-def read_records(ssm, stack: str) -> list[NodeRecord]:
+def read_records(ssm, s3, stack: str) -> list[NodeRecord]:
     """Every valid node record, the controller first."""
-    return read_all_records(ssm, stack).valid
+    return read_all_records(ssm, s3, stack).valid
 
 
-def failed_controller(records: list[NodeRecord]) -> NodeRecord | None:
-    return next((r for r in records if r.role == "controller" and r.phase == "failed"), None)
+def controller_record(ssm, stack: str) -> NodeRecord | None:
+    """The controller's record alone (what `fetch` waits on), if valid."""
+    return _controller_record(ssm, stack, [])
 
 
 def describe_failure(record: NodeRecord, lines: int = 15) -> str:

@@ -119,6 +119,7 @@ def counted(records: list[NodeRecord], members: set[str] | None) -> list[NodeRec
 def scale(
     autoscaling,
     ssm,
+    s3,
     stack: str,
     nodes: int,
     wait: bool,
@@ -152,7 +153,7 @@ def scale(
     last = None
     while True:
         members = set(find_group(autoscaling, stack).instances)
-        progress = Progress.of(read_records(ssm, stack), members)
+        progress = Progress.of(read_records(ssm, s3, stack), members)
         line = progress.text(nodes)
         if line != last:
             report(f"{time.monotonic() - started:5.0f} s  {line}")

@@ -658,8 +658,8 @@ class Settings(_Model):
         return keys_parameter(self.stack)
 
     @property
-    def node_records_path(self) -> str:
-        return node_records_path(self.stack)
+    def records_location_parameter(self) -> str:
+        return records_location_parameter(self.stack)
 
     @property
     def controller_parameters(self) -> tuple[str, ...]:
@@ -692,7 +692,7 @@ class Settings(_Model):
 # The stack's parameter paths: the wire contract's (bootstrap/ipfleet_node/wire.py).
 rendezvous_parameter = wire.connection_parameter
 keys_parameter = wire.keys_parameter
-node_records_path = wire.node_records_path
+records_location_parameter = wire.records_location_parameter
 controller_record_parameter = wire.controller_record_parameter
 keeper_parameter = wire.keeper_parameter
 notebook_parameter = wire.notebook_parameter

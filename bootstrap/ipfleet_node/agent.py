@@ -58,7 +58,6 @@ PARAMETERS = {
     "controller_record_parameter": wire.controller_record_parameter,
     "keeper_parameter": wire.keeper_parameter,
     "notebook_parameter": wire.notebook_parameter,
-    "node_records_path": wire.node_records_path,
 }
 
 
@@ -452,19 +451,12 @@ def read_failure(facts: dict) -> dict | None:
     return error if isinstance(error, dict) else {"step": "unknown (unreadable failure file)"}
 
 
-def record_name(facts: dict, identity: dict) -> str:
-    """The controller's record lives where only its role may write; an engine's, by id."""
-    if facts["role"] == "controller":
-        return parameter(facts, "controller_record_parameter")
-    return f"{parameter(facts, 'node_records_path')}/{identity['instanceId']}"
-
-
 def put_record(facts: dict, identity: dict, text: str) -> bool:
     """Best effort: a node that cannot report keeps working (and says so in its journal).
     The controller writes its own record; an engine node sends its record to the
     controller's collector, which writes it (collector.py)."""
     if facts["role"] == "controller":
-        name = record_name(facts, identity)
+        name = parameter(facts, "controller_record_parameter")
         try:
             ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
             return True
@@ -552,7 +544,7 @@ def forget() -> None:
         if send_to_collector(facts, "DELETE", identity):
             log("the controller forgot this node's record")
         return
-    name = record_name(facts, identity)
+    name = parameter(facts, "controller_record_parameter")
     try:
         ssm_client(facts).put_parameter(Name=name, Value=PENDING, Type="String", Overwrite=True)
         log(f"forgot {name}")
@@ -627,14 +619,15 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
 
 def collect() -> None:
     """Controller: serve the collector on this node's private address, for good."""
-    from .collector import Collector, serve
+    from .collector import Collector, RecordStore, serve
 
     facts = load_facts()
+    # The records document lives in the stack's bucket, beside the runtime's wheel.
+    store = RecordStore(aws_client(facts, "s3", patient=True), facts["runtime"]["bucket"], wire.RECORDS_KEY)
     collector = Collector(
         facts["stack"],
-        parameter(facts, "node_records_path"),
+        store,
         aws_client(facts, "ec2", patient=True),
-        ssm_client(facts, patient=True),
         aws_client(facts, "autoscaling", patient=True),
         log=log,
     )
@@ -642,6 +635,7 @@ def collect() -> None:
         collector,
         facts.get("records_address") or private_address(),
         int(facts.get("records_port") or wire.RECORDS_PORT),
+        reap_every=float(facts.get("records_reap_seconds") or 60),
     )
 
 

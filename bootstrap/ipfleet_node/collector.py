@@ -1,6 +1,8 @@
 """The controller's record collector: each engine node reports its record here, and the
-controller writes it under /ipfleet/STACK/nodes/ID. Engine nodes hold no right to any
-record parameter, so none can write, replace or delete another's.
+controller keeps every engine node's record in one document in the stack's bucket
+(RecordStore), which `ipfleet status` and `scale --wait` read in one call whatever the
+fleet's size. Engine nodes hold no right to it, so none can write, replace or delete
+another's record.
 
 A report is taken only when the network says who sent it:
 - from a source port below 1024, which only root on the sending node can bind (NFS's
@@ -16,19 +18,21 @@ drain hook (Terminating:Wait), the collector completes the hook for it, so engin
 need no Auto Scaling rights at all (none can let another go before it has drained).
 
 Runs on the controller as the service user, with the controller's role (EC2's view of
-the instances, the records path in SSM, its group's hook). `python -m ipfleet_node collect`.
+the instances, the records document, its group's hook). `python -m ipfleet_node collect`.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .wire import DRAIN_HOOK, RECORD_FORMAT, ROLE_TAG, STACK_TAG
+from .wire import DRAIN_HOOK, RECORD_FORMAT, RECORDS_FORMAT, ROLE_TAG, STACK_TAG
 
 # SSM's standard parameters hold 4 KB: a record is no longer.
 RECORD_LIMIT = 4096
@@ -40,6 +44,8 @@ IDENTITY_TTL = 300.0
 # A sender EC2 named otherwise is looked up again at most this often.
 RECHECK = 10.0
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+# How many removed nodes the store remembers, to refuse their late reports.
+FORGOTTEN_KEPT = 10_000
 PATH_PREFIX = "/nodes/"
 
 
@@ -59,23 +65,103 @@ class Report:
     body: bytes = b""
 
 
+class RecordStore:
+    """Every engine node's record, in memory and in one S3 object (wire.RECORDS_KEY in the
+    stack's bucket): written at most every few seconds, read back when the collector
+    starts again (a restarted or replaced controller keeps what the nodes said)."""
+
+    def __init__(self, s3, bucket: str, key: str):
+        self.s3 = s3
+        self.bucket = bucket
+        self.key = key
+        self.records: dict[str, dict] = {}
+        self.forgotten: dict[str, str] = {}  # instance -> when its record was removed
+        self.changed = False
+        self.lock = threading.Lock()
+
+    def load(self) -> int:
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return 0
+        try:
+            nodes = json.loads(body).get("nodes", {})
+        except (ValueError, AttributeError):
+            return 0  # not ours: written anew at the next change
+        with self.lock:
+            self.records = {k: v for k, v in nodes.items() if _is_instance_id(k) and isinstance(v, dict)}
+        return len(self.records)
+
+    def put(self, instance: str, record: dict) -> bool:
+        """Keep RECORD unless it is older than what is held: a node's reports may arrive out
+        of order (one it gave up on is still on its way), and a late one must not undo a
+        later one, nor bring back a node that has gone. False if it was older."""
+        updated = str(record.get("updated") or "")
+        with self.lock:
+            held = self.records.get(instance)
+            newest = max(str((held or {}).get("updated") or ""), self.forgotten.get(instance, ""))
+            if updated < newest:
+                return False
+            self.records[instance] = record
+            self.changed = True
+        return True
+
+    def remove(self, instances: list[str]) -> list[str]:
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with self.lock:
+            gone = [i for i in instances if self.records.pop(i, None) is not None]
+            # Reports sent before now are late: the node has gone (bounded: the newest only).
+            self.forgotten.update((i, now) for i in instances)
+            while len(self.forgotten) > FORGOTTEN_KEPT:
+                self.forgotten.pop(next(iter(self.forgotten)))
+            self.changed = self.changed or bool(gone)
+        return gone
+
+    def ids(self) -> list[str]:
+        with self.lock:
+            return sorted(self.records)
+
+    def flush(self) -> bool:
+        """Write the document if anything changed since the last write; True if written."""
+        with self.lock:
+            if not self.changed:
+                return False
+            document = {
+                "format": RECORDS_FORMAT,
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+                "nodes": dict(self.records),
+            }
+            self.changed = False
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Body=json.dumps(document).encode(),
+                ContentType="application/json",
+                ServerSideEncryption="AES256",
+            )
+        except Exception:
+            with self.lock:
+                self.changed = True  # written at the next round
+            raise
+        return True
+
+
 class Collector:
-    """What the collector decides; EC2 and SSM are boto3 clients (the controller's role)."""
+    """What the collector decides; EC2 and Auto Scaling are boto3 clients (the controller's role)."""
 
     def __init__(
         self,
         stack: str,
-        records_path: str,
+        store: RecordStore,
         ec2,
-        ssm,
         autoscaling=None,
         clock: Callable[[], float] = time.monotonic,
         log=print,
     ):
         self.stack = stack
-        self.records_path = records_path
+        self.store = store
         self.ec2 = ec2
-        self.ssm = ssm
         self.autoscaling = autoscaling  # None: drain hooks are not the collector's to complete
         self.clock = clock
         self.log = log
@@ -119,20 +205,17 @@ class Collector:
             raise Refused(403, f"EC2 has no running engine instance of stack {self.stack} at {report.address}")
         if instance != claimed:
             raise Refused(403, f"{report.address} is {instance}, which may not speak for {claimed}")
-        name = f"{self.records_path}/{instance}"
         if report.method == "DELETE":
-            try:
-                self.ssm.delete_parameter(Name=name)
-            except self.ssm.exceptions.ParameterNotFound:
-                pass
+            self.store.remove([instance])
             with self._lock:
                 self._known.pop(report.address, None)  # the address may go to another instance
-            return f"deleted {name}"
-        text = self.checked(report, instance)
-        self.ssm.put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
-        if json.loads(text).get("phase") == "drained":
-            return f"wrote {name}" + self.release(instance)
-        return f"wrote {name}"
+            return f"forgot {instance}"
+        record = self.checked(report, instance)
+        if not self.store.put(instance, record):
+            return f"kept {instance}'s newer record (this one is from {record.get('updated')})"
+        if record.get("phase") == "drained":
+            return f"recorded {instance}" + self.release(instance)
+        return f"recorded {instance}"
 
     def release(self, instance: str) -> str:
         """A drained node's drain hook, completed if Auto Scaling is holding it there."""
@@ -150,7 +233,7 @@ class Collector:
         )
         return f"; completed its drain hook {DRAIN_HOOK} in {group}"
 
-    def checked(self, report: Report, instance: str) -> str:
+    def checked(self, report: Report, instance: str) -> dict:
         """The record as the node sent it, once it says what the network says."""
         if len(report.body) > RECORD_LIMIT:
             raise Refused(413, f"{len(report.body)} bytes: a record holds {RECORD_LIMIT}")
@@ -164,19 +247,13 @@ class Collector:
             raise Refused(403, "only engine nodes report here")
         if record.get("instanceId") != instance or record.get("address") != report.address:
             raise Refused(403, f"the record does not speak for {instance} at {report.address}")
-        return report.body.decode()
+        return record
 
     def reap(self) -> list[str]:
-        """Delete the records of instances EC2 no longer runs (a node that went without
+        """Forget the records of instances EC2 no longer runs (a node that went without
         saying so: lost power, or terminated before its shutdown ran)."""
-        names = {}
-        for page in self.ssm.get_paginator("get_parameters_by_path").paginate(Path=self.records_path):
-            for parameter in page.get("Parameters", []):
-                names[parameter["Name"].rsplit("/", 1)[-1]] = parameter["Name"]
-        if not names:
-            return []
+        ids = self.store.ids()
         alive: set[str] = set()
-        ids = sorted(names)
         for start in range(0, len(ids), 200):  # EC2 takes up to 200 values in a filter
             found = self.ec2.describe_instances(
                 Filters=[
@@ -185,13 +262,7 @@ class Collector:
                 ]
             )
             alive |= {i["InstanceId"] for r in found.get("Reservations", []) for i in r.get("Instances", [])}
-        gone = [names[i] for i in ids if i not in alive]
-        for name in gone:
-            try:
-                self.ssm.delete_parameter(Name=name)
-            except self.ssm.exceptions.ParameterNotFound:
-                pass
-        return gone
+        return self.store.remove([i for i in ids if i not in alive])
 
 
 def _is_instance_id(text: str) -> bool:
@@ -242,16 +313,27 @@ def handler_for(collector: Collector) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(collector: Collector, address: str, port: int, reap_every: float = 60.0) -> None:
-    """Serve reports on ADDRESS:PORT for good; reap the records of gone instances."""
+def serve(collector: Collector, address: str, port: int, flush_every: float = 2.0, reap_every: float = 60.0) -> None:
+    """Serve reports on ADDRESS:PORT until SIGTERM: write the records document when it
+    changed (at most every FLUSH_EVERY seconds, and once more on the way out), forget the
+    records of gone instances."""
+    loaded = collector.store.load()
     server = ThreadingHTTPServer((address, port), handler_for(collector))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    collector.log(f"collecting engine nodes' records on {address}:{port}")
-    while True:
-        time.sleep(reap_every)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    collector.log(f"collecting engine nodes' records on {address}:{port} ({loaded} kept from before)")
+    next_reap = time.monotonic() + reap_every
+    while not stopping.wait(flush_every):
         try:
-            for name in collector.reap():
-                collector.log(f"reaped {name}: its instance is gone")
-        except Exception as e:
-            collector.log(f"could not reap records: {type(e).__name__}: {e}")
+            if time.monotonic() >= next_reap:
+                next_reap = time.monotonic() + reap_every
+                for instance in collector.reap():
+                    collector.log(f"forgot {instance}: EC2 no longer runs it")
+            collector.store.flush()
+        except Exception as e:  # S3 or EC2 failing: the next round tries again
+            collector.log(f"could not write or reap the records: {type(e).__name__}: {e}")
+    server.shutdown()
+    collector.store.flush()
+    collector.log("stopped; the records are written")

@@ -12,8 +12,12 @@ PENDING = "pending"
 FORMAT = 1
 # The format of the cluster's keys in the keys parameter.
 KEYS_FORMAT = 1
-# The format of a node's record under the stack's records path.
+# The format of a node's record.
 RECORD_FORMAT = 1
+# The format of the document holding every engine node's record, and where it lives in
+# the stack's bucket (records_location_parameter() names the bucket).
+RECORDS_FORMAT = 1
+RECORDS_KEY = "records/nodes.json"
 
 # The controller's ports. Clients (a laptop's ipyparallel.Client) connect to the first
 # range; engines to the second, whose first port is the registration socket.
@@ -76,8 +80,7 @@ def notebook_parameter(stack: str) -> str:
     return f"{stack_prefix(stack)}/notebook"
 
 
-def node_records_path(stack: str) -> str:
-    """Each engine node's phase, failure and engines: one String parameter per instance,
-    which the controller's collector writes for the node (from RECORDS_PORT) and deletes
-    when it goes; read by `ipfleet status`."""
-    return f"{stack_prefix(stack)}/nodes"
+def records_location_parameter(stack: str) -> str:
+    """The bucket holding the engine nodes' records (RECORDS_KEY): a String the program
+    writes and no node may change; read by `ipfleet status` and `scale --wait`."""
+    return f"{stack_prefix(stack)}/records"

@@ -123,10 +123,7 @@ def deploy_plan(state: TwinState, plan, settings) -> dict:
     byte), the VPC's subnet, the controller's instance at its address, the engine group
     (in that subnet, so EC2 gives each engine node its address) with its hook. Returns
     {"group", "subnet", "instances": [the controller's id]}."""
-    parameters = [
-        {"name": p.inputs["name"], "type": p.inputs["type"], "value": wire.PENDING}
-        for p in plan.of_type("aws:ssm/parameter:Parameter")
-    ]
+    parameters = stack_parameters(plan)
     # What the stack stores in S3 (the node runtime's wheel), byte for byte, in the bucket
     # the plan names; the S3 mounts' buckets are the user's, made empty.
     objects = [
@@ -146,6 +143,19 @@ def deploy_plan(state: TwinState, plan, settings) -> dict:
     spec_file.write_text(json.dumps(spec))
     made = client_python(state, ["-m", "ipfleet.twin.moto_deploy", f"@{spec_file}"], timeout=60)
     return json.loads(made.stdout)
+
+
+def stack_parameters(plan) -> list[dict]:
+    """The stack's SSM parameters as `pulumi up` leaves them: the controller's hold the
+    placeholder (their values are the nodes'), the others their planned value."""
+    return [
+        {
+            "name": p.inputs["name"],
+            "type": p.inputs["type"],
+            "value": p.inputs.get("insecureValue") or wire.PENDING,
+        }
+        for p in plan.of_type("aws:ssm/parameter:Parameter")
+    ]
 
 
 def controller_instance_spec(state: TwinState, address: str, subnet: str | None = None) -> dict:

@@ -6,14 +6,15 @@ import json
 
 import pulumi
 
+from bootstrap.ipfleet_node import wire
 from bootstrap.spec import DRAIN_HOOK
 from components.engine_fleet import DRAIN_TIMEOUT, EngineFleet, EngineFleetArgs
 from components.node_role import NodeRole, NodeRoleArgs
+from components.node_runtime import NodeRuntime, NodeRuntimeArgs
 from components.rendezvous import Rendezvous, RendezvousArgs
 from components.security_group import SecurityGroup, SecurityGroupArgs
 from components.shared_storage import SharedStorage, SharedStorageArgs
 from ipfleet import ports
-from ipfleet.partitions import AWS
 from tests.conftest import declare, settings_of
 
 
@@ -84,9 +85,6 @@ def test_rendezvous_grants_publish_and_read_separately():
                 "/ipfleet/x/keeper",
                 "controller-role",
                 ["engine-role"],
-                "/ipfleet/x/nodes",
-                AWS,
-                "us-east-1",
             ),
         ),
     )
@@ -110,24 +108,35 @@ def test_rendezvous_grants_publish_and_read_separately():
     assert publish[0]["Resource"] == [f"<rv-{part}.arn>" for part in parts]
     read = policies["engine-role", "ipfleet-rendezvous-read"]["Statement"]
     assert read == [{"Effect": "Allow", "Action": ["ssm:GetParameter"], "Resource": ["<rv-parameter.arn>"]}]
-    # Engine nodes hold no right to any record: the controller's collector writes each
-    # under the stack's nodes path, lists them to reap, and asks EC2 who sent one.
-    assert ("engine-role", "ipfleet-node-records") not in policies
-    assert policies["controller-role", "ipfleet-node-records"]["Statement"] == [
-        {
-            "Effect": "Allow",
-            "Action": ["ssm:PutParameter", "ssm:DeleteParameter"],
-            "Resource": "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes/*",
-        },
-        {
-            "Effect": "Allow",
-            "Action": ["ssm:GetParametersByPath"],
-            "Resource": "arn:aws:ssm:us-east-1:*:parameter/ipfleet/x/nodes",
-        },
-        {"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"},
-    ]
-    assert {role for role, _ in policies} == {"controller-role", "engine-role"}
-    assert [name for role, name in policies if role == "engine-role"] == ["ipfleet-rendezvous-read"]
+    assert {name for _, name in policies} == {"ipfleet-rendezvous-publish", "ipfleet-rendezvous-read"}
+
+
+def test_the_stacks_bucket_holds_the_runtime_and_the_records_only_the_controller_writes():
+    plan = declare(
+        settings_of(),
+        lambda: NodeRuntime("rt", NodeRuntimeArgs(stack="x", roles=["controller-role", "engine-role"])),
+    )
+    policies: dict[tuple[str, str], dict] = {
+        (r.inputs["role"], r.inputs["name"]): json.loads(r.inputs["policy"])
+        for r in plan.of_type("aws:iam/rolePolicy:RolePolicy")
+    }
+    # Each role reads the wheel; the controller's collector alone reads and writes the
+    # records document, and asks EC2 who sent a record. Engine nodes hold no right to it.
+    assert set(policies) == {
+        ("controller-role", "ipfleet-node-runtime"),
+        ("engine-role", "ipfleet-node-runtime"),
+        ("controller-role", "ipfleet-node-records"),
+    }
+    [records, describe] = policies["controller-role", "ipfleet-node-records"]["Statement"]
+    assert records["Action"] == ["s3:GetObject", "s3:PutObject"]
+    assert records["Resource"].startswith("arn:aws:s3:::ipfleet-x-runtime-")
+    assert records["Resource"].endswith("/" + wire.RECORDS_KEY)
+    assert describe == {"Effect": "Allow", "Action": ["ec2:DescribeInstances"], "Resource": "*"}
+    # Laptops find the bucket in a String of the stack's, value in the clear (a name).
+    [location] = plan.of_type("aws:ssm/parameter:Parameter")
+    assert location.inputs["name"] == wire.records_location_parameter("x") == "/ipfleet/x/records"
+    assert location.inputs["type"] == "String"
+    assert location.inputs["insecureValue"] == records["Resource"].split(":::")[1].split("/")[0]
 
 
 def test_engine_fleet_template_and_group():

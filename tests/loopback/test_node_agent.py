@@ -119,7 +119,7 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
 
     agent.report("failed", step="python venv", exit_code=1)
 
-    [record] = read_records(ssm, "bad")
+    [record] = read_records(ssm, boto3.client("s3", region_name="us-east-1"), "bad")
     assert (record.role, record.instance_id, record.phase) == ("controller", "i-0123456789abcdef0", "failed")
     assert record.error["step"] == "python venv" and record.error["exitCode"] == 1
     assert record.error["log"][-1] == "ERROR: No matching distribution for numpyy"

@@ -22,7 +22,7 @@ import pytest
 
 from bootstrap.ipfleet_node import wire
 from ipfleet.twin.moto_deploy import create_engine_group, create_network, run_instance
-from ipfleet.twin.plan_deploy import group_spec_of, node_facts_of, user_data_of, written_files
+from ipfleet.twin.plan_deploy import group_spec_of, node_facts_of, stack_parameters, user_data_of, written_files
 from tests.conftest import plan_of, run_cli
 from tests.fast.test_connect import client_info, published
 from tests.operations import (  # noqa: F401 (the shared tests, collected here)
@@ -46,8 +46,11 @@ def deploy_plan(aws_env: dict, plan) -> tuple[str, dict]:
     """The plan's parameters (placeholders), the subnet, the controller's instance, and
     the engine group with its hook, in moto. Returns the group's name and the controller."""
     clients = {s: boto3.client(s, region_name="us-east-1") for s in ("ssm", "ec2", "autoscaling")}
-    for p in plan.of_type("aws:ssm/parameter:Parameter"):
-        clients["ssm"].put_parameter(Name=p.inputs["name"], Type=p.inputs["type"], Value=wire.PENDING)
+    for p in stack_parameters(plan):
+        clients["ssm"].put_parameter(Name=p["name"], Type=p["type"], Value=p["value"])
+    # The stack's bucket (where the controller's collector keeps the engine nodes' records).
+    for bucket in {o.inputs["bucket"] for o in plan.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=bucket)
     subnet = create_network(clients["ec2"], NETWORK)
     controller_id = run_instance(
         clients["ec2"],
