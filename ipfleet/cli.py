@@ -306,20 +306,20 @@ def status(stack: DeployedStackArg, region: RegionOpt = None, as_json: JsonOpt =
     the controller's keeper says what the idle guard and autoscaler are doing.
     Needs AWS credentials only.
     """
-    import boto3
     import botocore.exceptions as boto_errors
 
+    from ipfleet import aws
     from ipfleet.node_status import describe_failure, describe_scaling, read_all_records
     from ipfleet.remote import printable
     from ipfleet.scaling import ScaleError, counted, find_group
 
     region = _region(stack, region)
     try:
-        found = read_all_records(boto3.client("ssm", region_name=region), boto3.client("s3", region_name=region), stack)
+        found = read_all_records(aws.client("ssm", region), aws.client("s3", region), stack)
     except (boto_errors.BotoCoreError, boto_errors.ClientError) as e:
         _fail(f"cannot read the node records of {stack!r} in {region}: {printable(e)}")
     try:  # the group's own view: which instances it holds, in which lifecycle state
-        group = find_group(boto3.client("autoscaling", region_name=region), stack)
+        group = find_group(aws.client("autoscaling", region), stack)
     except (ScaleError, boto_errors.BotoCoreError, boto_errors.ClientError):
         group = None
     states = group.instances if group else {}
@@ -408,18 +408,18 @@ def scale(
 
     Example: ipfleet scale demo 4 --wait
     """
-    import boto3
     import botocore.exceptions as boto_errors
 
+    from ipfleet import aws
     from ipfleet.scaling import scale as do_scale
 
     region = _region(stack, region)
     report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     try:
         result = do_scale(
-            boto3.client("autoscaling", region_name=region),
-            boto3.client("ssm", region_name=region),
-            boto3.client("s3", region_name=region),
+            aws.client("autoscaling", region),
+            aws.client("ssm", region),
+            aws.client("s3", region),
             stack,
             nodes,
             wait,
@@ -464,17 +464,17 @@ def run(
 
     Example: ipfleet run science --nodes 8 -- python analyse.py
     """
-    import boto3
     import botocore.exceptions as boto_errors
 
+    from ipfleet import aws
     from ipfleet.batch import check_request, run_batch
     from ipfleet.scaling import find_group
     from ipfleet.scaling import scale as do_scale
 
     region = _region(stack, region)
-    autoscaling = boto3.client("autoscaling", region_name=region)
-    ssm = boto3.client("ssm", region_name=region)
-    s3 = boto3.client("s3", region_name=region)
+    autoscaling = aws.client("autoscaling", region)
+    ssm = aws.client("ssm", region)
+    s3 = aws.client("s3", region)
     report = (lambda _: None) if as_json else (lambda line: typer.echo(line, err=True))
     try:
         group = find_group(autoscaling, stack)

@@ -138,11 +138,12 @@ def fetch(
     poll_seconds: float = 3.0,
 ) -> Fetched:
     """Wait (at most `timeout` s) for the stack's connection info and write the client file."""
-    import boto3
     import botocore.exceptions as boto_errors
 
+    from ipfleet import aws
+
     name = rendezvous_parameter(stack)
-    client = boto3.client("ssm", region_name=region)
+    client = aws.client("ssm", region)
     started = time.monotonic()
     while True:
         try:
@@ -175,7 +176,7 @@ def fetch(
         if failed is not None:
             # Believed only from the instance EC2 calls the stack's controller: any node
             # can write a record that claims the controller's role.
-            known = controller_instances(boto3.client("ec2", region_name=region), stack)
+            known = controller_instances(aws.client("ec2", region), stack)
             if isinstance(known, dict) and known and failed.instance_id not in known:
                 failed = None
         if failed is not None:
@@ -192,7 +193,7 @@ def fetch(
 
     document = _parse(name, value, stack)
     controller = PublishedController.parse(document.controller.model_dump(), name)
-    confirmed = confirm_with_ec2(boto3.client("ec2", region_name=region), stack, controller)
+    confirmed = confirm_with_ec2(aws.client("ec2", region), stack, controller)
     try:
         client_file = document.client.client_file()
     except remote.RemoteDataError as e:

@@ -84,8 +84,13 @@ def aws_client(facts: dict, service: str, patient: bool = False):
     # a busy node that can miss, and the client stays without credentials for good.
     os.environ.setdefault("AWS_METADATA_SERVICE_TIMEOUT", "5")
     os.environ.setdefault("AWS_METADATA_SERVICE_NUM_ATTEMPTS", "3")
-    # A hundred nodes booting at once share the account's few PutParameter calls a second.
-    config = Config(retries={"mode": "adaptive", "max_attempts": 10}) if patient else None
+    # AWS throttles per account: every call backs off with jitter, and gives up after a
+    # bound (saying "reached max retries" in its error); PATIENT callers (a hundred nodes
+    # booting at once share the account's few writes a second) also pace themselves.
+    if patient:
+        config = Config(retries={"mode": "adaptive", "total_max_attempts": 10})
+    else:
+        config = Config(retries={"mode": "standard", "total_max_attempts": 5})
     return boto3.client(service, region_name=facts["region"], endpoint_url=endpoint, config=config)
 
 
