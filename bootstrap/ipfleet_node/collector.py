@@ -41,8 +41,8 @@ PRIVILEGED_PORTS = 1024
 # EC2's answer about an address holds this long: addresses are reused only after their
 # instance terminated, and a terminated node's record is reaped.
 IDENTITY_TTL = 300.0
-# A sender EC2 named otherwise is looked up again at most this often.
-RECHECK = 10.0
+# EC2 is asked again for an unknown or stale sender at most this often.
+LOOK_AGAIN = 2.0
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 # How many removed nodes the store remembers, to refuse their late reports.
 FORGOTTEN_KEPT = 10_000
@@ -165,29 +165,46 @@ class Collector:
         self.autoscaling = autoscaling  # None: drain hooks are not the collector's to complete
         self.clock = clock
         self.log = log
-        self._known: dict[str, tuple[str | None, float]] = {}
+        self._known: dict[str, tuple[str | None, float]] = {}  # address -> (instance, when)
+        self._looked = float("-inf")  # when EC2 was last asked
         self._lock = threading.Lock()
+        self._looking = threading.Lock()
 
     def instance_at(self, address: str, fresh: bool = False) -> str | None:
-        """The stack's engine instance EC2 gives ADDRESS, if exactly one (cached a while;
-        FRESH: ask again, unless asked in the last RECHECK seconds)."""
+        """The stack's running engine instance at ADDRESS, from EC2's view of all of them:
+        one paged DescribeInstances for the whole fleet, asked again when an address is
+        unknown or stale (FRESH), at most every LOOK_AGAIN seconds, so a thousand nodes
+        arriving at once cost a few calls, not a thousand."""
         with self._lock:
             known = self._known.get(address)
-        if known and self.clock() - known[1] < (RECHECK if fresh else IDENTITY_TTL):
+            looked = self._looked
+        if known and not fresh and self.clock() - known[1] < IDENTITY_TTL:
             return known[0]
-        found = self.ec2.describe_instances(
+        with self._looking:  # one look at a time; those who waited use its answer
+            if self._looked == looked and self.clock() - self._looked >= LOOK_AGAIN:
+                self._look()
+        with self._lock:
+            return self._known.get(address, (None, 0.0))[0]
+
+    def _look(self) -> None:
+        at: dict[str, list[str]] = {}
+        pages = self.ec2.get_paginator("describe_instances").paginate(
             Filters=[
-                {"Name": "private-ip-address", "Values": [address]},
                 {"Name": f"tag:{STACK_TAG}", "Values": [self.stack]},
                 {"Name": f"tag:{ROLE_TAG}", "Values": ["engine"]},
                 {"Name": "instance-state-name", "Values": LIVE_STATES},
             ]
         )
-        ids = [i["InstanceId"] for r in found.get("Reservations", []) for i in r.get("Instances", [])]
-        instance = ids[0] if len(ids) == 1 else None
+        for page in pages:
+            for reservation in page.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    if instance.get("PrivateIpAddress"):
+                        at.setdefault(instance["PrivateIpAddress"], []).append(instance["InstanceId"])
+        now = self.clock()
         with self._lock:
-            self._known[address] = (instance, self.clock())
-        return instance
+            # An address two instances claim (never, in one VPC) speaks for neither.
+            self._known = {address: (ids[0] if len(ids) == 1 else None, now) for address, ids in at.items()}
+            self._looked = now
 
     def handle(self, report: Report) -> str:
         """Take REPORT or raise Refused; returns what was done, for the log."""
@@ -199,7 +216,7 @@ class Collector:
         if not _is_instance_id(claimed):
             raise Refused(400, "not an instance id")
         instance = self.instance_at(report.address)
-        if instance != claimed:  # a new instance may have the address of one that went
+        if instance != claimed:  # a new instance, or one with the address of one that went
             instance = self.instance_at(report.address, fresh=True)
         if instance is None:
             raise Refused(403, f"EC2 has no running engine instance of stack {self.stack} at {report.address}")

@@ -314,3 +314,33 @@ def test_status_reads_a_fleet_of_any_size_in_the_same_few_calls(aws_env):
 
     few, many = calls_for(2), calls_for(2000)
     assert few == many == ["GetParameter", "GetParameter", "GetObject"]
+
+
+def test_a_fleet_arriving_at_once_costs_ec2_a_few_calls(aws_env):
+    """Who sent a report comes from EC2's view of the whole fleet, asked once for many
+    senders (and again at most every 2 s): 60 nodes reporting at once, one call."""
+    from bootstrap.ipfleet_node.collector import Collector, Report
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    subnet = create_network(ec2, {"vpc_cidr": "10.9.0.0/16", "subnet_cidr": "10.9.0.0/24", "zone": "us-east-1a"})
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tags = [{"Key": wire.STACK_TAG, "Value": STACK}, {"Key": wire.ROLE_TAG, "Value": "engine"}]
+    made = ec2.run_instances(
+        ImageId=image,
+        MinCount=60,
+        MaxCount=60,
+        SubnetId=subnet,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": tags}],
+    )["Instances"]
+    calls: list[str] = []
+    ec2.meta.events.register("before-call.ec2.*", lambda model, **_: calls.append(model.name))
+    collector = Collector(STACK, RecordStore(s3, BUCKET, wire.RECORDS_KEY), ec2, log=lambda _: None)
+    for instance in made:
+        address = instance["PrivateIpAddress"]
+        body = record_of(instance["InstanceId"], address)
+        done = collector.handle(Report("PUT", f"/nodes/{instance['InstanceId']}", address, 700, body))
+        assert done == f"recorded {instance['InstanceId']}"
+    assert calls == ["DescribeInstances"]
+    assert len(collector.store.ids()) == 60
