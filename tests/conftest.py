@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -279,3 +280,25 @@ def facts(tmp_path, monkeypatch):
         return values
 
     return write
+
+
+@contextlib.contextmanager
+def running_collector(env: dict[str, str], log: Path) -> Iterator[None]:
+    """The controller's collector (`python -m bootstrap.ipfleet_node collect`) with the
+    facts ENV names, its output in LOG, until the end (then SIGTERM: it writes and stops)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bootstrap.ipfleet_node", "collect"],
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "collecting" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)

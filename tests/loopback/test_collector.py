@@ -13,9 +13,6 @@ import http.client
 import json
 import os
 import random
-import signal
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -25,6 +22,7 @@ import pytest
 from bootstrap.ipfleet_node import agent, wire
 from bootstrap.ipfleet_node.collector import RecordStore
 from ipfleet.twin.moto_deploy import create_network, run_instance
+from tests.conftest import running_collector
 
 STACK = "rec"
 CONTROLLER = "127.0.0.10"
@@ -78,22 +76,8 @@ def cluster(aws_env, tmp_path):
         )
     )
     log = tmp_path / "collector.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bootstrap.ipfleet_node", "collect"],
-        env={**os.environ, "IPFLEET_NODE_FACTS": str(facts)},
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while "collecting" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with running_collector({**os.environ, "IPFLEET_NODE_FACTS": str(facts)}, log):
         yield engines, log
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
 
 
 def send(method: str, instance_id: str, body: bytes, source: tuple[str, str]) -> tuple[int, str]:

@@ -7,15 +7,10 @@ where it publishes it. The twin runs the same tests on booted nodes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import pytest
@@ -23,7 +18,7 @@ import pytest
 from bootstrap.ipfleet_node import wire
 from ipfleet.twin.moto_deploy import create_engine_group, create_network, run_instance
 from ipfleet.twin.plan_deploy import group_spec_of, node_facts_of, stack_parameters, user_data_of, written_files
-from tests.conftest import plan_of, run_cli
+from tests.conftest import plan_of, run_cli, running_collector
 from tests.fast.test_connect import client_info, published
 from tests.operations import (  # noqa: F401 (the shared tests, collected here)
     Deployed,
@@ -106,27 +101,6 @@ def report_as(node: dict, role: str, plan, aws_env: dict, imds, tmp_path) -> Non
     assert done.returncode == 0, done.stderr
 
 
-@contextlib.contextmanager
-def collector(env: dict[str, str], log: Path) -> Iterator[None]:
-    """The controller's collector (`python -m bootstrap.ipfleet_node collect`), until the end."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bootstrap.ipfleet_node", "collect"],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while "collecting" not in log.read_text():
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        yield
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-
-
 @pytest.fixture
 def deployed(aws_env, imds, tmp_path):
     if os.geteuid() != 0:
@@ -147,7 +121,7 @@ def deployed(aws_env, imds, tmp_path):
         AutoScalingGroupNames=[group]
     )["AutoScalingGroups"][0]["Instances"]
     assert len(members) == ENGINE_NODES
-    with collector(node_facts(controller, "controller", plan, aws_env, tmp_path), tmp_path / "collector.log"):
+    with running_collector(node_facts(controller, "controller", plan, aws_env, tmp_path), tmp_path / "collector.log"):
         for member in members:
             [node] = ec2.describe_instances(InstanceIds=[member["InstanceId"]])["Reservations"][0]["Instances"]
             report_as(node, "engine", plan, aws_env, imds, tmp_path)
