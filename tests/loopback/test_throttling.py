@@ -97,10 +97,10 @@ def throttled(aws_env, monkeypatch):
 
 
 def test_a_throttled_call_backs_off_and_goes_through(throttled):
-    proxy = throttled(3)
+    proxy = throttled(2)
     found = read_all_records(aws.client("ssm", "us-east-1"), aws.client("s3", "us-east-1"), "thr")
     assert [r.instance_id for r in found.valid] == ["i-0123456789abcdef0"]
-    assert proxy.throttled == 3 and proxy.forwarded >= 1
+    assert proxy.throttled == 2 and proxy.forwarded >= 1
 
 
 def test_a_call_throttled_every_time_gives_up_after_its_bound_and_says_so(throttled, monkeypatch):
