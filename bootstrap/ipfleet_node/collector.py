@@ -1,6 +1,6 @@
 """The controller's record collector: each engine node reports its record here, and the
 controller keeps every engine node's record in one document in the stack's bucket
-(RecordStore), which `ipfleet status` and `scale --wait` read in one call whatever the
+(RecordStore), which `ipfleet status` and `scale --wait` read with one GET whatever the
 fleet's size. Engine nodes hold no right to it, so none can write, replace or delete
 another's record.
 
@@ -34,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .wire import DRAIN_HOOK, RECORD_FORMAT, RECORDS_FORMAT, ROLE_TAG, STACK_TAG
 
-# SSM's standard parameters hold 4 KB: a record is no longer.
+# A record is at most 4 KB, as the controller's own in SSM (the agent cuts its log tail to fit).
 RECORD_LIMIT = 4096
 # A source port below this one is bound by root on the sender.
 PRIVILEGED_PORTS = 1024
