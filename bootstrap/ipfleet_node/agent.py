@@ -640,6 +640,7 @@ def collect() -> None:
         collector,
         facts.get("records_address") or private_address(),
         int(facts.get("records_port") or wire.RECORDS_PORT),
+        flush_every=float(facts.get("records_flush_seconds") or 2),
         reap_every=float(facts.get("records_reap_seconds") or 60),
     )
 

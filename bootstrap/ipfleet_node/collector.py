@@ -223,9 +223,10 @@ class Collector:
         if instance != claimed:
             raise Refused(403, f"{report.address} is {instance}, which may not speak for {claimed}")
         if report.method == "DELETE":
+            # The address stays known: a report of this node's that arrives late is taken
+            # and ignored (the store remembers the removal); another instance given the
+            # address later does not match, and EC2 is asked again.
             self.store.remove([instance])
-            with self._lock:
-                self._known.pop(report.address, None)  # the address may go to another instance
             return f"forgot {instance}"
         record = self.checked(report, instance)
         if not self.store.put(instance, record):

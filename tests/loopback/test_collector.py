@@ -71,6 +71,7 @@ def cluster(aws_env, tmp_path):
                 "aws_endpoint_url": aws_env["AWS_ENDPOINT_URL"],
                 "records_address": CONTROLLER,
                 "records_reap_seconds": 1,
+                "records_flush_seconds": 0.2,
                 "runtime": {"bucket": BUCKET},
             }
         )
@@ -115,8 +116,7 @@ def record_of(instance_id: str, address: str, phase: str = "running", updated: s
 
 
 def stored(until=lambda nodes: True, timeout: float = 15) -> dict[str, dict]:
-    """The records document's nodes once UNTIL holds of them (the collector writes it
-    every 2 s)."""
+    """The records document's nodes once UNTIL holds of them."""
     s3 = boto3.client("s3", region_name="us-east-1")
     deadline = time.monotonic() + timeout
     while True:
@@ -131,8 +131,9 @@ def stored(until=lambda nodes: True, timeout: float = 15) -> dict[str, dict]:
 
 
 def settled() -> dict[str, dict]:
-    """The document after the collector's next write would have happened."""
-    time.sleep(2.5)
+    """The document after the collector's next write would have happened (it writes
+    every 0.2 s here)."""
+    time.sleep(1.0)
     return stored()
 
 
