@@ -12,6 +12,8 @@ Runs with the node's venv Python (boto3 is there). Reads its facts from
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import json
 import os
 import platform
@@ -476,19 +478,25 @@ REPORT_SOURCE_PORTS = (600, 1023)
 _collector_at: dict[str, str] = {}
 
 
+def records_port(facts: dict) -> int:
+    """The collector's port (the wire's; a facts file may move it, as the tests' do)."""
+    return int(facts.get("records_port") or wire.RECORDS_PORT)
+
+
 def collector_address(facts: dict, fresh: bool = False) -> str | None:
     """The controller's address, from the connection document it published (read here,
-    by root, rather than from the engine file the service user writes)."""
+    by root, rather than from the engine file the service user writes). A document
+    without an IP address there is refused, in a line: root does not crash on it."""
     name = parameter(facts, "rendezvous_parameter")
     if fresh or name not in _collector_at:
         try:
             document = read_published(ssm_client(facts), name)
-        except Exception as e:
-            log(f"cannot read the controller's address: {type(e).__name__}: {e}")
+            if document is None:
+                return None
+            _collector_at[name] = str(ipaddress.ip_address(document["controller"]["address"]))
+        except Exception as e:  # unreadable, or no address where the controller's should be
+            log(f"cannot read the controller's address from {name}: {type(e).__name__}")
             return None
-        if document is None:
-            return None
-        _collector_at[name] = str(document["controller"]["address"])
     return _collector_at[name]
 
 
@@ -497,7 +505,7 @@ def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"
     second try asks where the controller is now (it may have been replaced)."""
     import http.client
 
-    port = int(facts.get("records_port") or wire.RECORDS_PORT)
+    port = records_port(facts)
     for fresh in (False, True):
         address = collector_address(facts, fresh)
         if address is None:
@@ -515,7 +523,7 @@ def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"
                 response = connection.getresponse()
                 answer = response.read(500).decode(errors="replace")
             except OSError as e:
-                if getattr(e, "errno", None) == 98:  # EADDRINUSE
+                if e.errno == errno.EADDRINUSE:
                     continue
                 log(f"could not report to the controller at {address}:{port}: {type(e).__name__}: {e}")
                 break
@@ -639,7 +647,7 @@ def collect() -> None:
     serve(
         collector,
         facts.get("records_address") or private_address(),
-        int(facts.get("records_port") or wire.RECORDS_PORT),
+        records_port(facts),
         flush_every=float(facts.get("records_flush_seconds") or 2),
         reap_every=float(facts.get("records_reap_seconds") or 60),
     )

@@ -329,3 +329,28 @@ def test_a_fleet_arriving_at_once_costs_ec2_a_few_calls(aws_env):
         assert done == f"recorded {instance['InstanceId']}"
     assert calls == ["DescribeInstances"]
     assert len(collector.store.ids()) == 60
+
+
+@pytest.mark.parametrize(
+    "controller",
+    [None, "10.0.0.10", {"address": "$(id)"}, {"address": ["10.0.0.10"]}, {"address": "10.0.0.10\nHost: x"}, {}],
+)
+def test_a_connection_document_without_an_address_is_refused_by_root_not_followed(controller, facts, aws_env, capsys):
+    """Root's watch reads where the controller is from the document the controller's role
+    writes: one with no IP address there is a line in the journal, and no report is sent
+    (nor does the watch crash)."""
+    document = {"format": wire.FORMAT, "engine": {}}
+    if controller is not None:
+        document["controller"] = controller
+    name = wire.connection_parameter(STACK)
+    boto3.client("ssm", region_name="us-east-1").put_parameter(
+        Name=name, Value=json.dumps(document), Type="SecureString", Overwrite=True
+    )
+    facts(role="engine", stack=STACK, region="us-east-1", aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"])
+    agent._collector_at.clear()
+    assert agent.collector_address(agent.load_facts()) is None
+    identity = {"instanceId": "i-0123456789abcdef0", "address": "127.0.0.1"}
+    assert agent.send_to_collector(agent.load_facts(), "PUT", identity, b"{}") is False
+    out = capsys.readouterr().out
+    assert f"cannot read the controller's address from {name}" in out
+    assert "$(id)" not in out and "Host: x" not in out
