@@ -120,7 +120,7 @@ def read_all_records(ssm, s3, stack: str) -> Records:
     refused: list[str] = []
     controller = _controller_record(ssm, stack, refused)
     if controller is not None:
-        valid.append(controller)
+        valid.append(_with_scaling(ssm, stack, controller, refused))
     for owner, value, where in _engine_records(ssm, s3, stack, refused):
         try:
             record = NodeRecord.parse(value, where)
@@ -176,6 +176,12 @@ def _controller_record(ssm, stack: str, refused: list[str]) -> NodeRecord | None
     if record.role != "controller":
         refused.append(f"{name}: holds a record of role {record.role}")
         return None
+    return record
+
+
+def _with_scaling(ssm, stack: str, record: NodeRecord, refused: list[str]) -> NodeRecord:
+    """The controller's record with what its keeper says of the engine group (its own
+    parameter), when that parses."""
     summary = _value(ssm, keeper_parameter(stack))
     if summary is None:
         return record
@@ -202,7 +208,7 @@ def read_records(ssm, s3, stack: str) -> list[NodeRecord]:
 
 
 def controller_record(ssm, stack: str) -> NodeRecord | None:
-    """The controller's record alone (what `fetch` waits on), if valid."""
+    """The controller's record alone, without its keeper's summary (what `fetch` waits on), if valid."""
     return _controller_record(ssm, stack, [])
 
 

@@ -165,8 +165,8 @@ class Collector:
         self.autoscaling = autoscaling  # None: drain hooks are not the collector's to complete
         self.clock = clock
         self.log = log
-        self._known: dict[str, tuple[str | None, float]] = {}  # address -> (instance, when)
-        self._looked = float("-inf")  # when EC2 was last asked
+        self._known: dict[str, str | None] = {}  # address -> instance, as EC2 last said
+        self._looked = float("-inf")  # when EC2 last said it
         self._lock = threading.Lock()
         self._looking = threading.Lock()
 
@@ -176,15 +176,14 @@ class Collector:
         unknown or stale (FRESH), at most every LOOK_AGAIN seconds, so a thousand nodes
         arriving at once cost a few calls, not a thousand."""
         with self._lock:
-            known = self._known.get(address)
-            looked = self._looked
-        if known and not fresh and self.clock() - known[1] < IDENTITY_TTL:
-            return known[0]
+            known, instance, looked = address in self._known, self._known.get(address), self._looked
+        if known and not fresh and self.clock() - looked < IDENTITY_TTL:
+            return instance
         with self._looking:  # one look at a time; those who waited use its answer
             if self._looked == looked and self.clock() - self._looked >= LOOK_AGAIN:
                 self._look()
         with self._lock:
-            return self._known.get(address, (None, 0.0))[0]
+            return self._known.get(address)
 
     def _look(self) -> None:
         at: dict[str, list[str]] = {}
@@ -200,11 +199,10 @@ class Collector:
                 for instance in reservation.get("Instances", []):
                     if instance.get("PrivateIpAddress"):
                         at.setdefault(instance["PrivateIpAddress"], []).append(instance["InstanceId"])
-        now = self.clock()
         with self._lock:
             # An address two instances claim (never, in one VPC) speaks for neither.
-            self._known = {address: (ids[0] if len(ids) == 1 else None, now) for address, ids in at.items()}
-            self._looked = now
+            self._known = {address: ids[0] if len(ids) == 1 else None for address, ids in at.items()}
+            self._looked = self.clock()
 
     def handle(self, report: Report) -> str:
         """Take REPORT or raise Refused; returns what was done, for the log."""
