@@ -33,6 +33,6 @@ def loopback_controller_config(settings: Settings, keys_file: Path, state_dir: P
         if node_path not in text:
             raise ValueError(f"the controller's config no longer mentions {node_path}")
         text = text.replace(node_path, here)
-    # The node runtime's hub (when the stack checks clients' addresses), from this checkout.
-    text = text.replace("from ipfleet_node import hub", "from bootstrap.ipfleet_node import hub")
+    # The node runtime's modules (scheduler, task database, hub), from this checkout.
+    text = text.replace("from ipfleet_node import ", "from bootstrap.ipfleet_node import ")
     return text + '\nc.IPController.ip = "127.0.0.1"\nc.IPController.location = "127.0.0.1"\n'
