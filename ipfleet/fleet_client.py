@@ -22,9 +22,23 @@ from datetime import UTC, datetime
 
 import ipyparallel as ipp
 
+from bootstrap.ipfleet_node import wire
+
 DEFAULT_TASK_RETRIES = 3
+# Task ids per status request: about 400 KB of ids, far under the controller's bound.
+STATUS_BATCH = 10_000
+# Waiting tasks asked about first: the oldest, and as many spread over the rest.
+SAMPLE = 100
+# How long a look at the waiting tasks waits for a controller still taking them in.
+CATCH_UP_SECONDS = 120.0
 log = logging.getLogger("ipfleet.client")
 UNKNOWN_TASK = re.compile(r"No such message: ([^'\"\s]+)")
+
+
+def sample(msg_ids: list[str]) -> list[str]:
+    """The first SAMPLE of MSG_IDS (the oldest, in the order kept), and SAMPLE more
+    spread over the rest."""
+    return msg_ids[:SAMPLE] + msg_ids[SAMPLE :: max(1, len(msg_ids) // SAMPLE)]
 
 
 class ControllerUnreachable(RuntimeError):
@@ -147,12 +161,16 @@ class FleetClient(ipp.Client):
         """Send again the waiting tasks the controller does not know; returns how many."""
         now = time.monotonic()
         with self._waiting_lock:
-            candidates = sorted(m for m, (sent, *_rest) in self._waiting.items() if now - sent >= grace)
-        unknown = self._unknown_to_controller(candidates, timeout)
+            waiting = sorted((sent, m) for m, (sent, *_rest) in self._waiting.items() if now - sent >= grace)
+        candidates = [m for _sent, m in waiting]
+        # A restarted controller has lost every task its scheduler held, the oldest too;
+        # a controller that is only behind knows the oldest. A sample tells them apart
+        # in one small request, so a long queue costs the controller little to watch.
+        if not self._unknown_to_controller(sample(candidates), timeout):
+            return 0
+        unknown = self._after_catching_up(self._unknown_to_controller(candidates, timeout), timeout)
         if not unknown:
             return 0
-        time.sleep(1.0)  # a task still on its way would be known by now
-        unknown = self._unknown_to_controller(unknown, timeout)
         with self._waiting_lock:
             lost = [(m, self._waiting[m]) for m in unknown if m in self._waiting]
         for msg_id, (_sent, msg, buffers, ident) in lost:
@@ -161,6 +179,19 @@ class FleetClient(ipp.Client):
         if lost:
             log.warning("the controller lost %d waiting tasks (was it restarted?): sent them again", len(lost))
         return len(lost)
+
+    def _after_catching_up(self, unknown: list[str], timeout: float) -> list[str]:
+        """UNKNOWN less what the controller learns of while it is still taking tasks in
+        (a batch sent before): a task on its way is known a second later. Asked by
+        sample while it learns, so the asking does not slow its learning."""
+        deadline = time.monotonic() + CATCH_UP_SECONDS
+        while unknown and time.monotonic() < deadline:
+            time.sleep(1.0)
+            probe = sample(unknown)
+            if len(self._unknown_to_controller(probe, timeout)) == len(probe):
+                break  # it learns of none of them: they are lost
+            unknown = self._unknown_to_controller(unknown, timeout)
+        return unknown
 
     def _resend(self, msg_id: str, msg: dict, buffers: list, ident) -> None:
         """Send a kept request again through this client's task socket, and keep waiting
@@ -181,12 +212,27 @@ class FleetClient(ipp.Client):
             raise ControllerUnreachable(f"the controller did not answer in {timeout:.0f} s") from None
 
     def _unknown_to_controller(self, msg_ids: list[str], timeout: float) -> list[str]:
-        """Which of MSG_IDS the controller has neither pending nor done.
+        """Which of MSG_IDS the controller has neither pending nor done: one request per
+        STATUS_BATCH tasks, whatever the number lost."""
+        asked, unknown = set(msg_ids), []
+        for start in range(0, len(msg_ids), STATUS_BATCH):
+            batch = msg_ids[start : start + STATUS_BATCH]
+            content = self._ask(wire.TASK_STATUS_REQUEST, {"msg_ids": batch}, timeout)
+            if content.get("status") != "ok":
+                if "Bad Message Type" in str(content.get("evalue", "")):
+                    # A controller deployed before it answered in bulk.
+                    return self._unknown_one_by_one(msg_ids, timeout)
+                raise RuntimeError(f"the controller refused a status request: {content.get('evalue')}")
+            said = content.get("unknown")
+            if not isinstance(said, list):
+                raise RuntimeError("the controller's status reply names no unknown tasks")
+            # Only what was asked: a reply cannot add tasks to send again.
+            unknown += [m for m in said if isinstance(m, str) and m in asked]
+        return unknown
 
-        The controller answers a status request with an error naming the first
-        id it does not know, so ask until it knows all that remain (at most one
-        request per unknown id, and only after replies stopped coming).
-        """
+    def _unknown_one_by_one(self, msg_ids: list[str], timeout: float) -> list[str]:
+        """ipyparallel's result request answers with an error naming the first id it
+        does not know, so ask until it knows all that remain."""
         remaining, unknown = list(msg_ids), []
         while remaining:
             content = self._ask("result_request", {"msg_ids": remaining, "status_only": True}, timeout)

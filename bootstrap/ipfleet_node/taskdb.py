@@ -18,6 +18,21 @@ class TaskDB(SQLiteDB):
         wanted = [(key, self._types[key].lower()) for key in self._keys]
         return not found or [(row[1], row[2].lower()) for row in found] == wanted
 
+    def oldest_finished(self, count: int) -> list[str]:
+        """The COUNT tasks that finished first (success or failure)."""
+        rows = self._db.execute(
+            f"SELECT msg_id FROM '{self.table}' WHERE completed IS NOT NULL ORDER BY completed LIMIT ?", (count,)
+        )
+        return [row[0] for row in rows]
+
+    def drop_records(self, msg_ids: list[str]) -> None:
+        """Delete MSG_IDS, in statements SQLite takes (at most 32,766 parameters)."""
+        for start in range(0, len(msg_ids), 10_000):
+            batch = msg_ids[start : start + 10_000]
+            marks = ",".join("?" * len(batch))
+            self._db.execute(f"DELETE FROM '{self.table}' WHERE msg_id IN ({marks})", batch)
+        self._db.commit()
+
 
 def install(config, state_dir: str) -> None:
     """Tasks in STATE_DIR/tasks.db, table `tasks`."""

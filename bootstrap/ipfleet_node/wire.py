@@ -28,6 +28,11 @@ CLIENT_FACING_PORTS = (CLIENT_PORTS[0], ENGINE_PORTS[0])
 # The controller's record collector: engine nodes send their records here (from root).
 RECORDS_PORT = CLIENT_PORTS[0] - 1
 
+# The controller's answer to "which of these tasks do you know?", for any number of
+# tasks in one round trip (a client recovering what a restarted controller lost).
+TASK_STATUS_REQUEST = "ipfleet_task_status_request"
+TASK_STATUS_REPLY = "ipfleet_task_status_reply"
+
 # Tags the program puts on what it makes, by which nodes and laptops find it.
 STACK_TAG = "ipfleet:stack"
 ROLE_TAG = "ipfleet:role"

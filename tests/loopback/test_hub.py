@@ -13,6 +13,7 @@ from pathlib import Path
 import zmq
 from jupyter_client.session import Session
 
+from bootstrap.ipfleet_node import wire
 from tests.loopback.test_rendezvous import (
     agent,
     controller_config_from_user_data,
@@ -63,6 +64,13 @@ def test_queries_are_answered_to_client_networks_and_registration_to_anyone(aws_
         assert refused == "hub_error" and "answered to clients only, not to 127.0.0.2" in content["evalue"]
         assert ask(info, "127.0.0.2", "shutdown_request", {})[0] == "hub_error"
         assert controller.poll() is None  # the shutdown was refused
+        # Which tasks it knows, in bulk: to clients only, and only for a list of ids.
+        status = ask(info, "127.0.0.1", wire.TASK_STATUS_REQUEST, {"msg_ids": ["never-sent", "nor-this"]})
+        assert status == (wire.TASK_STATUS_REPLY, {"status": "ok", "unknown": ["never-sent", "nor-this"]})
+        for hostile in ({"msg_ids": "never-sent"}, {"msg_ids": [1]}, {"msg_ids": ["x"] * 100_001}, {}):
+            kind, content = ask(info, "127.0.0.1", wire.TASK_STATUS_REQUEST, hostile)
+            assert kind == wire.TASK_STATUS_REPLY and content["status"] == "error", content
+        assert ask(info, "127.0.0.2", wire.TASK_STATUS_REQUEST, {"msg_ids": []})[0] == "hub_error"
         # An engine registers from anywhere.
         registered, content = ask(info, "127.0.0.2", "registration_request", {"uuid": "engine-on-127.0.0.2"})
         assert registered == "registration_reply" and content["status"] == "ok", content

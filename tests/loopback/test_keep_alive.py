@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bootstrap.ipfleet_node import wire
 from ipfleet.fleet_client import FleetClient
 from tests.loopback.test_rendezvous import (
     agent,
@@ -38,11 +39,13 @@ def slow_square(x):
 class Cluster:
     """One controller and N engines on loopback, the controller restartable in place."""
 
-    def __init__(self, tmp_path: Path, aws_env: dict, engines: int):
+    def __init__(self, tmp_path: Path, aws_env: dict, engines: int, extra_config: str = ""):
         create_pending_parameter(aws_env)
         self.tmp = tmp_path
         self.profile = tmp_path / "controller" / "profile_default"
         controller_config_from_user_data(self.profile, tmp_path / "keys.json", state_dir=tmp_path)
+        with (self.profile / "ipcontroller_config.py").open("a") as config:
+            config.write(extra_config)
         facts = facts_file(tmp_path, "controller", self.profile, aws_env)
         assert agent(facts, "keys").returncode == 0
         self.restarts = 0
@@ -117,6 +120,9 @@ def wait_for_progress(result, done: int, timeout: float = 60) -> None:
 
 def test_a_restarted_controller_keeps_engine_ids_tasks_and_results(cluster):
     rc = cluster.client(stall_seconds=2.0)
+    asked = []
+    ask = rc._ask
+    rc._ask = lambda msg_type, *args: asked.append(msg_type) or ask(msg_type, *args)  # type: ignore[method-assign]
     try:
         ids_before = sorted(rc.ids)
         first = rc.load_balanced_view().apply_async(slow_square, 7)
@@ -128,6 +134,9 @@ def test_a_restarted_controller_keeps_engine_ids_tasks_and_results(cluster):
         assert mapped.get(timeout=120) == [x * x for x in range(TASKS)]
         # The tasks the old controller had queued or running were sent again, once.
         assert 0 < rc.tasks_sent_again < TASKS
+        # Found in bulk: each look at the waiting tasks is one request, however many.
+        assert "result_request" not in asked
+        assert 2 <= asked.count(wire.TASK_STATUS_REQUEST) <= 6
         # The same engines, by the same ids, and the restored controller still schedules.
         assert rc.engine_ids() == ids_before
         assert rc.load_balanced_view().map_sync(slow_square, range(4)) == [0, 1, 4, 9]
@@ -187,3 +196,38 @@ def test_without_retries_a_killed_engine_fails_its_task(cluster):
             mapped.get(timeout=120)
     finally:
         rc.close()
+
+
+def noop():
+    return None
+
+
+def test_the_controller_keeps_the_newest_finished_tasks_and_culls_the_rest(aws_env, tmp_path):
+    """ipfleet:ipyparallel.keepTasks at 20 (culled every half second here, every minute
+    on a node): after 100 tasks, the newest are still there, the oldest are gone from
+    the task database and the hub, and the controller goes on."""
+    cluster = Cluster(
+        tmp_path, aws_env, engines=2, extra_config="c.FleetHub.keep_tasks = 20\nc.FleetHub.cull_seconds = 0.5\n"
+    )
+    try:
+        rc = cluster.client()
+        view = rc.load_balanced_view()
+        sent = [view.apply_async(noop) for _ in range(100)]
+        for result in sent:
+            result.get(timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            kept = rc.db_query({"completed": {"$ne": None}}, keys=["msg_id"])
+            if len(kept) <= 22 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        kept_ids = {record["msg_id"] for record in kept}
+        assert 20 <= len(kept_ids) <= 22, len(kept_ids)
+        assert sent[-1].msg_ids[0] in kept_ids and sent[0].msg_ids[0] not in kept_ids
+        # The hub forgot them too: a culled task is unknown, a kept one known.
+        assert rc._unknown_to_controller([sent[0].msg_ids[0], sent[-1].msg_ids[0]], 10) == [sent[0].msg_ids[0]]
+        assert view.apply_sync(lambda: 42) == 42
+    finally:
+        rc.close()
+        cluster.close()
+    assert "culled the" in (tmp_path / "controller-0.log").read_text()
