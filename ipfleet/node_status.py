@@ -244,4 +244,6 @@ def describe_scaling(scaling: dict | None) -> str:
         line += " Idle guard off."
     if scaling.get("autoscale"):
         line += " Autoscaling on the queue."
+    for near in scaling.get("limits") or []:
+        line += f"\nThe controller is near a limit: {printable(near)}."
     return line

@@ -217,6 +217,8 @@ class KeeperSummary(_Strict):
     idleSince: Annotated[str, StringConstraints(max_length=40)] | None = None
     idledAt: Annotated[str, StringConstraints(max_length=40)] | None = None
     lastChanges: Annotated[list[KeeperChange], Field(max_length=10)] = []
+    # The limits the controller is near (bootstrap/ipfleet_node/limits.py), a sentence each.
+    limits: Annotated[list[Short], Field(max_length=10)] = []
 
 
 class NodeRecordDocument(_Strict):

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import agent as node
+from . import limits
 from .wire import CLIENT_PORTS as CLIENT_PORT_RANGE
 from .wire import tagged
 
@@ -47,6 +48,8 @@ class Policy:
     autoscale: bool
     tasks_per_engine: int
     cooldown_seconds: int
+    # The heartbeat period: what the controller's engine capacity is measured against.
+    ping_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,8 @@ def keep(interval: float = INTERVAL) -> None:
     autoscaling = node.aws_client(facts, "autoscaling", patient=True)
     ssm = node.ssm_client(facts, patient=True)
     last_written = None
+    controller = limits.Controller()
+    said: list[str] = []
     while True:
         time.sleep(interval)
         try:
@@ -275,6 +280,11 @@ def keep(interval: float = INTERVAL) -> None:
             except Exception as e:
                 memory.desired = seen.desired
                 node.log(f"keeper: could not set the desired capacity to {target}: {type(e).__name__}: {e}")
+        near = limits.warnings(controller.read(engines, policy.ping_ms))
+        for line in near:
+            if line not in said:
+                node.log(f"keeper: the controller is near a limit: {line}")
+        said = near
         summary = {
             "group": group["AutoScalingGroupName"],
             "desired": seen.desired,
@@ -288,6 +298,7 @@ def keep(interval: float = INTERVAL) -> None:
             "idleSince": _iso(memory.last_activity) if not (outstanding or seen.clients) else None,
             "idledAt": _iso(memory.idled_at),
             "lastChanges": memory.changes,
+            "limits": near,
             "memory": {"idled_from": memory.idled_from, "idled_at": memory.idled_at},
         }
         # Written when something a reader cares about changed, not every look.
