@@ -289,6 +289,17 @@ def read_published(client, name: str) -> dict | None:
     return document
 
 
+# SSM's reads are shared by the whole account (about 40 a second by default): a fleet's
+# engine nodes, which all look at the rendezvous at once after a controller loss, keep to
+# half of that between them.
+FLEET_READS_PER_SECOND = 20.0
+
+
+def rendezvous_spread(facts: dict) -> float:
+    """Seconds over which the fleet's nodes spread their looks at the rendezvous."""
+    return max(0, int(facts.get("fleet_nodes") or 0)) / FLEET_READS_PER_SECOND
+
+
 def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
     """Engine: wait (bounded) for the controller to publish, then write the engine file.
 
@@ -302,6 +313,17 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
         age = time.time() - target.stat().st_mtime
         if 0 <= age < fresh_within:
             log(f"{target} read from the rendezvous {age:.0f} s ago: used as it is")
+            return
+    spread = rendezvous_spread(facts)
+    if target.exists() and spread > 1:
+        # Restarted after losing its controller, as every engine of the fleet is now.
+        pause = random.uniform(0, spread)
+        log(f"looking at the rendezvous in {pause:.0f} s (a fleet of {facts.get('fleet_nodes')} nodes looks in turn)")
+        before = time.time()
+        time.sleep(pause)
+        # (File times come from a coarse clock, a few ms behind time.time().)
+        if target.stat().st_mtime >= before - 1:  # another engine of this node looked meanwhile
+            log(f"{target} read from the rendezvous meanwhile: used as it is")
             return
     client = ssm_client(facts)
     name = parameter(facts, "rendezvous_parameter")
@@ -323,7 +345,7 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
         time.sleep(delay)
         # Engines boot beside their controller: look every second or so at first, then
         # back off, jittered, so that a big fleet stays within SSM's read rate.
-        delay = min(delay * 1.2, 10.0) * random.uniform(0.9, 1.1)
+        delay = min(delay * 1.2, max(10.0, spread)) * random.uniform(0.9, 1.1)
     text = json.dumps(document["engine"])
     previous = target.read_text() if target.exists() else None
     if previous == text:

@@ -128,3 +128,31 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
     assert json.loads((tmp_path / "root-state" / "bootstrap-failure.json").read_text())["step"] == "python venv"
     with pytest.raises(FetchError, match=r"(?s)failed its bootstrap at python venv \(exit 1\).*numpyy"):
         fetch("bad", "us-east-1", timeout=60, poll_seconds=0.1)
+
+
+def test_a_big_fleet_looks_at_the_rendezvous_in_turn(engine_node, monkeypatch, capsys):
+    """1,000 engine nodes that lost their controller spread their looks over 50 s (20 a
+    second, half SSM's shared read rate) and poll no faster than that while it is away;
+    an engine whose node's other engine looked meanwhile does not look at all."""
+    publish, engine_file = engine_node
+    publish("10.0.0.10")
+    agent.wait_connection(timeout=5)  # at boot: no pause
+    facts = agent.load_facts()
+    facts["fleet_nodes"] = 1000
+    monkeypatch.setattr(agent, "load_facts", lambda: facts)
+    assert agent.rendezvous_spread(facts) == 50
+    old = time.time() - 120
+    os.utime(engine_file, (old, old))
+    pauses: list[float] = []
+    monkeypatch.setattr(agent.time, "sleep", pauses.append)
+    publish("10.0.0.42")
+    agent.wait_connection(timeout=5, fresh_within=60)
+    assert len(pauses) == 1 and 0 <= pauses[0] <= 50
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    # Another engine of the node refreshes the file while this one waits its turn.
+    os.utime(engine_file, (old, old))
+    monkeypatch.setattr(agent.time, "sleep", lambda s: (pauses.append(s), os.utime(engine_file)))
+    publish("10.0.0.99")
+    agent.wait_connection(timeout=5, fresh_within=60)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
+    assert "read from the rendezvous meanwhile" in capsys.readouterr().out
