@@ -6,6 +6,8 @@ writes (or this machine's hard limit, when lower: the table says which), and a s
 lightweight engines (benchmarks/light_engines.py) that all register at once:
 
   registered / purged   engines the hub took, and registrations it gave up on
+  gave_up               registrations an engine gave up on (no reply in a real engine's
+                        5 s; it starts again 3 s later, as systemd restarts a real one)
   register_s            from the storm's start to the last engine registered
   ctl_cpu_ms_per_task   the controller's CPU (hub and schedulers, every process of the
                         unit) per no-op task through a load-balanced view, its idle CPU
@@ -185,7 +187,7 @@ def engines(kind: str, count: int, security: Path):
                         start_new_session=True,
                     ).pid
                 )
-        yield pids
+        yield work
     finally:
         for pid in pids:
             stop_session(pid)
@@ -200,7 +202,7 @@ def measure(kind: str, count: int, tasks: int, config: str, limit: int, applied:
         rc = Client(str(security / "ipcontroller-client.json"))
         started = time.monotonic()
         peak_fds = 0
-        with engines(kind, count, security):
+        with engines(kind, count, security) as swarm_dir:
             registered_at = None
             while time.monotonic() - started < STORM_TIMEOUT:
                 rc.spin()
@@ -210,6 +212,7 @@ def measure(kind: str, count: int, tasks: int, config: str, limit: int, applied:
                     break
                 time.sleep(0.1)
             registered = len(rc.ids)
+            gave_up = sum(json.loads(f.read_text() or "{}").get("gave_up", 0) for f in swarm_dir.glob("ready-*"))
             time.sleep(3)  # the storm's tail: late hearts, the hub's state file
             view = rc.load_balanced_view()
             view.apply_sync(_noop)  # the function reaches the engines once
@@ -230,6 +233,7 @@ def measure(kind: str, count: int, tasks: int, config: str, limit: int, applied:
         "kind": kind,
         "registered": registered,
         "purged": purged,
+        "gave_up": gave_up,
         "register_s": None if registered_at is None else round(registered_at, 1),
         "ctl_cpu_ms_per_task": round(1000 * used / tasks, 2),
         "idle_cpu_percent": round(100 * idle_rate, 1),
@@ -239,12 +243,143 @@ def measure(kind: str, count: int, tasks: int, config: str, limit: int, applied:
     }
 
 
+def recovery(tasks: int, config: str, applied: int) -> dict:
+    """TASKS no-op tasks queued on a controller with no engines (so all wait), the
+    controller restarted in place (its scheduler's queue is gone): how long until
+    `ipfleet.client()` has found and sent again every one, and the new controller
+    knows them all."""
+    import gc
+
+    from ipfleet.fleet_client import FleetClient, sample
+
+    with controller(config, applied) as (pid, security, log_path):
+        rc = FleetClient(str(security / "ipcontroller-client.json"), stall_seconds=5.0)
+        view = rc.load_balanced_view()
+        submitted_from = time.monotonic()
+        # ipyparallel's client slows as its heap grows (the collector walks every result it
+        # keeps): this setup is not what is measured.
+        gc.disable()
+        pending = [view.apply_async(_noop) for _ in range(tasks)]
+        gc.enable()
+        submit_s = time.monotonic() - submitted_from
+        ids = [r.msg_ids[0] for r in pending]
+        time.sleep(2)
+        profile = security.parent
+        stop_session(pid)
+        asks: list[int] = []
+        ask = rc._ask
+
+        def counted(msg_type: str, content: dict | None, timeout: float) -> dict:
+            asks.append(len((content or {}).get("msg_ids", [])))
+            return ask(msg_type, content, timeout)
+
+        rc._ask = counted  # type: ignore[method-assign]
+        restarted_at = time.monotonic()
+        with open(log_path, "a") as log:
+            again = subprocess.Popen(
+                [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={profile}", "--ip=127.0.0.1"],
+                env={**os.environ, "IPYTHONDIR": str(profile.parent / "ipython"), "PYTHONPATH": str(PROJECT)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (applied, applied)),
+            )
+        client_cpu = time.process_time()
+        try:
+            recovered_s = None
+            controller_cpu = 0.0
+            while time.monotonic() - restarted_at < STORM_TIMEOUT:
+                time.sleep(1)
+                if rc.tasks_sent_again < tasks:
+                    continue
+                # A sample first: asking for all 100,000 every second would slow the hub.
+                if rc._unknown_to_controller(sample(ids), timeout=60):
+                    continue
+                unknown = rc._unknown_to_controller(ids, timeout=60)
+                if not unknown:
+                    recovered_s = time.monotonic() - restarted_at
+                    controller_cpu = cpu_seconds(session_processes(again.pid))
+                    break
+        finally:
+            rc.close()
+            stop_session(again.pid)
+    return {
+        "tasks": tasks,
+        "submit_s": round(submit_s, 1),
+        "recovered_s": None if recovered_s is None else round(recovered_s, 1),
+        "sent_again": rc.tasks_sent_again,
+        "controller_cpu_s": round(controller_cpu, 1),
+        "client_cpu_s": round(time.process_time() - client_cpu, 1),
+        "status_requests": len(asks),
+        "most_ids_per_request": max(asks, default=0),
+    }
+
+
+def long_run(tasks: int, config: str, applied: int, engines_count: int = 8, chunk: int = 10_000) -> dict:
+    """TASKS no-op tasks through one controller, CHUNK at a time (the client forgets each
+    chunk's results, as a long-running client must): the controller's memory (every
+    process) and tasks.db, sampled as it goes."""
+    import gc
+
+    from ipfleet.fleet_client import FleetClient
+
+    samples = []
+    with controller(config, applied) as (pid, security, log_path):
+        processes = session_processes(pid)
+        found = re.search(r"taskdb\.install\(c, \"([^\"]+)\"\)", config)
+        if found is None:
+            raise SystemExit("the controller's config installs no task database")
+        state = Path(found.group(1)) / "tasks.db"
+        with engines("light", engines_count, security):
+            rc = FleetClient(str(security / "ipcontroller-client.json"))
+            rc.wait_for_engines(engines_count, timeout=120)
+            view = rc.load_balanced_view()
+            started = time.monotonic()
+            done = 0
+            while done < tasks:
+                batch = min(chunk, tasks - done)
+                view.map(_noop_arg, range(batch), block=True)
+                done += batch
+                # The client keeps every result and message it saw; a long run forgets them.
+                rc.purge_local_results("all")
+                rc.history.clear()
+                view.history.clear()
+                gc.collect()
+                memory = sum(p.memory_info().rss for p in processes if p.is_running())
+                samples.append({"tasks": done, "memory": memory, "db": state.stat().st_size if state.exists() else 0})
+                print(
+                    f"  long run: {done} tasks, controller {memory >> 20} MiB, tasks.db {samples[-1]['db'] >> 20} MiB",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            wall = time.monotonic() - started
+            rc.close()
+        culled = log_path.read_text().count("culled the")
+    return {
+        "tasks": tasks,
+        "tasks_per_s": round(tasks / wall),
+        "memory_mib": round(samples[-1]["memory"] / 2**20),
+        "most_memory_mib": round(max(s["memory"] for s in samples) / 2**20),
+        "tasks_db_mib": round(samples[-1]["db"] / 2**20),
+        "culls": culled,
+        "samples": samples,
+    }
+
+
+def _noop_arg(_):
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", nargs="?", default="example")
-    parser.add_argument("--engines", type=int, nargs="+", default=[64, 1024, 2048])
+    parser.add_argument("--engines", type=int, nargs="*", default=[64, 1024, 2048])
     parser.add_argument("--validate", type=int, default=8, help="real and lightweight engines compared (0: skip)")
     parser.add_argument("--tasks", type=int, default=3000)
+    parser.add_argument(
+        "--recovery", type=int, default=100_000, help="queued tasks a restarted controller loses (0: skip)"
+    )
+    parser.add_argument("--long", type=int, default=1_000_000, help="no-op tasks through one controller (0: skip)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -261,25 +396,52 @@ def main() -> None:
             row = measure(kind, count, args.tasks, config, limit, applied)
             print(f"  {kind} {count}: {row}", file=sys.stderr, flush=True)
             rows.append(row)
+        recovered = recovery(args.recovery, config, applied) if args.recovery else None
+        if recovered:
+            print(f"  recovery: {recovered}", file=sys.stderr, flush=True)
+        long = long_run(args.long, config, applied) if args.long else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"unit_limit": limit, "applied_limit": applied, "tasks": args.tasks, "rows": rows}
+    report = {
+        "unit_limit": limit,
+        "applied_limit": applied,
+        "tasks": args.tasks,
+        "rows": rows,
+        "recovery": recovered,
+        "long": long,
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"descriptor limit: the unit's {limit}, applied here {applied}; {args.tasks} no-op tasks per row")
     print(
-        "| engines | kind | registered | purged | register s | ctl CPU ms/task | vs first light "
+        "| engines | kind | registered | purged | gave up | register s | ctl CPU ms/task | vs first light "
         "| idle CPU % | tasks/s | fds | fd fraction |"
     )
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = next((r for r in rows if r["kind"] == "light"), rows[0])
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = next((r for r in rows if r["kind"] == "light"), None)
     for r in rows:
-        ratio = r["ctl_cpu_ms_per_task"] / base["ctl_cpu_ms_per_task"] if base["ctl_cpu_ms_per_task"] else 0
+        first = base["ctl_cpu_ms_per_task"] if base else 0
+        ratio = r["ctl_cpu_ms_per_task"] / first if first else 0
         print(
-            f"| {r['engines']} | {r['kind']} | {r['registered']} | {r['purged']} | {r['register_s']} | "
+            f"| {r['engines']} | {r['kind']} | {r['registered']} | {r['purged']} | {r['gave_up']} | "
+            f"{r['register_s']} | "
             f"{r['ctl_cpu_ms_per_task']} | {ratio:.2f}x | {r['idle_cpu_percent']} | {r['tasks_per_s']} | "
             f"{r['fds']} | {r['fd_fraction']} |"
+        )
+    if recovered:
+        print(
+            f"\nrecovery: {recovered['tasks']} queued tasks lost by a restarted controller, all sent again "
+            f"and known to it {recovered['recovered_s']} s after the restart, in {recovered['status_requests']} "
+            f"status requests (at most {recovered['most_ids_per_request']} ids each); "
+            f"{recovered['sent_again']} sends again; submitting them took {recovered['submit_s']} s at first"
+        )
+
+    if long:
+        print(
+            f"\nlong run: {long['tasks']} no-op tasks at {long['tasks_per_s']}/s; at the end the controller held "
+            f"{long['memory_mib']} MiB (at most {long['most_memory_mib']}) and tasks.db {long['tasks_db_mib']} MiB, "
+            f"after {long['culls']} culls"
         )
 
 

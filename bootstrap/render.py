@@ -111,6 +111,8 @@ def facts(spec: NodeSpec) -> dict:
         return {
             **common,
             "engines_per_node": spec.engines_per_node,
+            # The group's most nodes: how widely they spread their looks at the rendezvous.
+            "fleet_nodes": spec.fleet_nodes,
         }
     return {
         **common,

@@ -83,6 +83,8 @@ class NodeSpec:
     scheme: str
     ping_ms: int
     high_water_mark: int
+    fleet_nodes: int
+    keep_tasks: int
     mounts: tuple[Mount, ...] = ()
     shared_mount_point: str | None = None
     # The shared file system is one the stack made (EFS): the bootstrap hands its root to
@@ -196,6 +198,8 @@ def node_spec(
         scheme=settings.ipyparallel.scheme,
         ping_ms=settings.ipyparallel.ping_ms,
         high_water_mark=settings.ipyparallel.high_water_mark,
+        keep_tasks=settings.ipyparallel.keep_tasks,
+        fleet_nodes=settings.fleet_max,
         mounts=tuple(mounts),
         shared_mount_point=shared.mount_point if shared.enabled else None,
         shared_made_by_stack=shared.creates_efs,
@@ -236,6 +240,7 @@ def _keeper(settings: Settings) -> tuple[tuple[str, float | int | bool], ...]:
         ("autoscale", scale.enabled),
         ("tasks_per_engine", scale.tasks_per_engine),
         ("cooldown_seconds", scale.cooldown_seconds),
+        ("ping_ms", settings.ipyparallel.ping_ms),
     )
 
 

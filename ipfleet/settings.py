@@ -195,6 +195,9 @@ class IpyparallelSettings(_Model):
     # autoscaler sees the queue, and a lost node takes only its running tasks. 0 (no limit)
     # ran short tasks 1.1x to 1.5x faster in benchmarks/throughput.py, for a fixed fleet.
     high_water_mark: int = Field(default=1, ge=0, le=1000)
+    # Finished tasks the controller keeps (task database and hub), the newest; older
+    # ones are culled. 0 keeps all: a long run then grows the controller without bound.
+    keep_tasks: int = Field(default=100_000, ge=0, le=10_000_000)
 
     @field_validator("scheme")
     @classmethod

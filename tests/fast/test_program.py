@@ -529,4 +529,4 @@ def test_the_controller_unit_lifts_the_descriptor_limit(example):
     stopped a controller at about 480 engines, silently."""
     document = yaml.safe_load(user_data(example, "controller"))
     unit = next(f["content"] for f in document["write_files"] if f["path"].endswith("/ipcontroller.service"))
-    assert "LimitNOFILE=65536" in unit.splitlines()
+    assert "LimitNOFILE=524288" in unit.splitlines()
