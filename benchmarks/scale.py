@@ -194,6 +194,13 @@ def engines(kind: str, count: int, security: Path):
         shutil.rmtree(work, ignore_errors=True)
 
 
+# The baseline: the same configuration with ipyparallel's own task scheduler.
+IPYPARALLEL_SCHEDULER = (
+    "\nfrom ipyparallel.controller import app as _app, task_scheduler as _task_scheduler\n"
+    "_app.TaskScheduler = _task_scheduler.TaskScheduler\n"
+)
+
+
 def measure(kind: str, count: int, tasks: int, config: str, limit: int, applied: int) -> dict:
     from ipyparallel import Client
 
@@ -374,6 +381,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("stack", nargs="?", default="example")
     parser.add_argument("--engines", type=int, nargs="*", default=[64, 1024, 2048])
+    parser.add_argument(
+        "--baseline", type=int, nargs="*", default=[64, 1024], help="engines, with ipyparallel's own scheduler"
+    )
     parser.add_argument("--validate", type=int, default=8, help="real and lightweight engines compared (0: skip)")
     parser.add_argument("--tasks", type=int, default=3000)
     parser.add_argument(
@@ -389,11 +399,14 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ipfleet-scale-config-"))
     try:
         config = controller_config(args.stack, work)
-        plan = [("real", args.validate), ("light", args.validate)] if args.validate else []
-        plan += [("light", n) for n in args.engines]
+        plan = [("real", args.validate, config), ("light", args.validate, config)] if args.validate else []
+        plan += [("light", n, config) for n in args.engines]
+        plan += [("light", n, config + IPYPARALLEL_SCHEDULER) for n in args.baseline]
         rows = []
-        for kind, count in plan:
-            row = measure(kind, count, args.tasks, config, limit, applied)
+        for kind, count, text in plan:
+            row = measure(kind, count, args.tasks, text, limit, applied)
+            if text != config:
+                row["kind"] = "light, ipyparallel's scheduler"
             print(f"  {kind} {count}: {row}", file=sys.stderr, flush=True)
             rows.append(row)
         recovered = recovery(args.recovery, config, applied) if args.recovery else None
@@ -415,13 +428,18 @@ def main() -> None:
         return
     print(f"descriptor limit: the unit's {limit}, applied here {applied}; {args.tasks} no-op tasks per row")
     print(
-        "| engines | kind | registered | purged | gave up | register s | ctl CPU ms/task | vs first light "
+        "| engines | kind | registered | purged | gave up | register s | ctl CPU ms/task | vs its kind's first "
         "| idle CPU % | tasks/s | fds | fd fraction |"
     )
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    base = next((r for r in rows if r["kind"] == "light"), None)
+    # Each kind against its own smallest row; the real engines against the light ones.
+    firsts: dict[str, dict] = {}
     for r in rows:
-        first = base["ctl_cpu_ms_per_task"] if base else 0
+        if r["kind"] != "real":
+            firsts.setdefault(r["kind"], r)
+    for r in rows:
+        base = next((x for x in rows if x["kind"] == "light"), r) if r["kind"] == "real" else firsts[r["kind"]]
+        first = base["ctl_cpu_ms_per_task"]
         ratio = r["ctl_cpu_ms_per_task"] / first if first else 0
         print(
             f"| {r['engines']} | {r['kind']} | {r['registered']} | {r['purged']} | {r['gave_up']} | "
