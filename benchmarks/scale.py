@@ -28,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -392,6 +393,8 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=1_000_000, help="no-op tasks through one controller (0: skip)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    # Stopped (timeout, kill): the finally blocks stop the controllers and engines.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     limit = unit_descriptor_limit(args.stack)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -18,13 +18,26 @@ scheduler by name, as it does the hub).
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import compress
 
+from ipyparallel import error
 from ipyparallel.controller import app, task_scheduler
 from ipyparallel.controller.task_scheduler import TaskScheduler
+from traitlets import Integer
 
 
 class FlatTaskScheduler(TaskScheduler):
+    keep_tasks = Integer(
+        0,
+        config=True,
+        help="Finished tasks remembered for dependencies, the newest (ipfleet:ipyparallel.keepTasks); 0: all.",
+    )
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._finished: deque[str] = deque()
+
     def available_engines(self) -> list[int]:
         loads = self.loads
         hwm = self.hwm
@@ -52,6 +65,41 @@ class FlatTaskScheduler(TaskScheduler):
             self.graph.pop(dep_id, None)
             dep_id = None
         super().update_graph(dep_id, success)
+
+    # -- forgetting what finished long ago ---------------------------------------------
+    # ipyparallel remembers every task that ever finished (for dependencies on it), a few
+    # hundred bytes each: a million tasks would hold the controller's memory. The newest
+    # keep_tasks are remembered, as the hub keeps them; a task that depends on one
+    # forgotten fails as one naming a task never sent (InvalidDependency).
+
+    def handle_result(self, idents, parent, raw_msg, success=True) -> None:
+        super().handle_result(idents, parent, raw_msg, success)
+        self._remember(parent["msg_id"])
+
+    def fail_unreachable(self, msg_id, why=error.ImpossibleDependency) -> None:
+        queued = msg_id in self.queue_map
+        super().fail_unreachable(msg_id, why)
+        if queued:
+            self._remember(msg_id)
+
+    def _remember(self, msg_id: str) -> None:
+        keep = self.keep_tasks
+        if not keep:
+            return
+        self._finished.append(msg_id)
+        if len(self._finished) > keep + max(1, keep // 10):
+            self._forget(len(self._finished) - keep)
+
+    def _forget(self, count: int) -> None:
+        done, completed, failed, ids = self.all_done, self.all_completed, self.all_failed, self.all_ids
+        for _ in range(count):
+            msg_id = self._finished.popleft()
+            for known in (done, completed, failed, ids):
+                known.discard(msg_id)
+            engine = self.destinations.pop(msg_id, None)
+            if engine is not None:
+                self.completed.get(engine, set()).discard(msg_id)
+                self.failed.get(engine, set()).discard(msg_id)
 
 
 def install() -> None:

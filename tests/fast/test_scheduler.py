@@ -173,3 +173,34 @@ def test_the_controller_config_installs_the_flat_scheduler():
         assert app.TaskScheduler is FlatTaskScheduler
     finally:
         app.TaskScheduler = before
+
+
+def test_the_flat_scheduler_remembers_the_newest_finished_tasks_only():
+    """ipfleet:ipyparallel.keepTasks at 10: after 200 tasks it remembers 10 to 11 of them
+    (for dependencies), and a task that depends on one forgotten fails as one naming a
+    task never sent, while one depending on a remembered task runs after it."""
+    made, streams = scheduler(FlatTaskScheduler, hwm=1, scheme="leastload")
+    made.keep_tasks = 10
+    client = Session(key=KEY, session="client")
+    engine = b"engine-0"
+    made._register_engine(engine)
+    sent = []
+    for _ in range(200):
+        msg = client.msg("apply_request", content={}, metadata={})
+        sent.append(msg["header"]["msg_id"])
+        made.dispatch_submission(frames(client.serialize(msg, ident=[b"client"])))
+        reply = client.msg("apply_reply", content={"status": "ok"}, parent=msg["header"], metadata={"status": "ok"})
+        made.dispatch_result(frames(client.serialize(reply, ident=[engine, b"client"])))
+    assert 10 <= len(made.all_done) <= 11 and made.all_done <= set(sent[-11:])
+    assert len(made.all_ids) == len(made.destinations) == len(made.completed[engine]) == len(made.all_done)
+    streams["client_stream"].sent.clear()
+
+    def after(msg_id: str) -> bytes:
+        msg = client.msg("apply_request", content={}, metadata={"after": [msg_id]})
+        made.dispatch_submission(frames(client.serialize(msg, ident=[b"client"])))
+        return b"".join(b"".join(m) for m in streams["client_stream"].sent)
+
+    assert b"InvalidDependency" in after(sent[0])
+    streams["client_stream"].sent.clear()
+    assert b"InvalidDependency" not in after(sent[-1])
+    assert made.pending[engine]  # it ran: its dependency is remembered as done

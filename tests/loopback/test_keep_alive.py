@@ -205,9 +205,12 @@ def noop():
 def test_the_controller_keeps_the_newest_finished_tasks_and_culls_the_rest(aws_env, tmp_path):
     """ipfleet:ipyparallel.keepTasks at 20 (culled every half second here, every minute
     on a node): after 100 tasks, the newest are still there, the oldest are gone from
-    the task database and the hub, and the controller goes on."""
+    the task database, the hub and the scheduler, and the controller goes on."""
     cluster = Cluster(
-        tmp_path, aws_env, engines=2, extra_config="c.FleetHub.keep_tasks = 20\nc.FleetHub.cull_seconds = 0.5\n"
+        tmp_path,
+        aws_env,
+        engines=2,
+        extra_config="c.FleetHub.keep_tasks = c.FlatTaskScheduler.keep_tasks = 20\nc.FleetHub.cull_seconds = 0.5\n",
     )
     try:
         rc = cluster.client()
@@ -227,6 +230,14 @@ def test_the_controller_keeps_the_newest_finished_tasks_and_culls_the_rest(aws_e
         # The hub forgot them too: a culled task is unknown, a kept one known.
         assert rc._unknown_to_controller([sent[0].msg_ids[0], sent[-1].msg_ids[0]], 10) == [sent[0].msg_ids[0]]
         assert view.apply_sync(lambda: 42) == 42
+        # The scheduler forgot them as well: a task after a culled one cannot run.
+        with view.temp_flags(after=[sent[0].msg_ids[0]]):
+            forgotten = view.apply_async(noop)
+        with pytest.raises(Exception) as refused:
+            forgotten.get(timeout=30)
+        assert "InvalidDependency" in f"{refused.value!r} {getattr(refused.value, 'ename', '')}"
+        with view.temp_flags(after=[sent[-1].msg_ids[0]]):
+            assert view.apply_async(lambda: 7).get(timeout=30) == 7
     finally:
         rc.close()
         cluster.close()
