@@ -109,6 +109,9 @@ def controller(config: str, limit: int):
                 raise RuntimeError(f"ipcontroller did not start: {log_path}")
             time.sleep(0.2)
         time.sleep(1)  # the schedulers' processes bind their ports
+        # ipcontroller starts with its defaults when its config fails: that is not ipfleet's.
+        if "Exception while loading config" in log_path.read_text():
+            raise RuntimeError(f"ipcontroller could not load ipfleet's configuration: {log_path}")
         yield process.pid, security, log_path
     finally:
         stop_session(process.pid)
