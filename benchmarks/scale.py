@@ -54,7 +54,6 @@ def _noop():
 
 def unit_descriptor_limit(stack: str) -> int:
     """LimitNOFILE of the ipcontroller.service the controller's user data writes."""
-    from bootstrap.ipfleet_node import paths
     from bootstrap.render import render_user_data
     from bootstrap.spec import node_spec
     from ipfleet.project import resolve_stack
@@ -65,7 +64,6 @@ def unit_descriptor_limit(stack: str) -> int:
     ref = resolve_stack(stack)
     settings = parse_settings(ref.name, read_stack_file(ref.path))
     files = written_files(render_user_data(node_spec(settings, "controller", "fs-0.efs.example.invalid")).encode())
-    del paths
     unit = written(files, "/etc/systemd/system/ipcontroller.service")
     found = re.search(r"^\s*LimitNOFILE=(\d+)\s*$", unit, re.MULTILINE)
     if not found:
@@ -80,6 +78,18 @@ def controller_config(stack: str, work: Path) -> str:
     return ipfleet_controller_config(stack, work)
 
 
+def start_controller(profile: Path, log, limit: int) -> subprocess.Popen:
+    """ipcontroller for PROFILE under descriptor limit LIMIT, in a session of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={profile}", "--ip=127.0.0.1"],
+        env={**os.environ, "IPYTHONDIR": str(profile.parent / "ipython"), "PYTHONPATH": str(PROJECT)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)),
+    )
+
+
 @contextmanager
 def controller(config: str, limit: int):
     """ipcontroller with CONFIG under descriptor limit LIMIT, in a session of its own."""
@@ -90,17 +100,7 @@ def controller(config: str, limit: int):
     log_path = work / "controller.log"
     log = open(log_path, "w")
 
-    def limited():
-        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={profile}", "--ip=127.0.0.1"],
-        env={**os.environ, "IPYTHONDIR": str(work / "ipython"), "PYTHONPATH": str(PROJECT)},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        preexec_fn=limited,
-    )
+    process = start_controller(profile, log, limit)
     security = profile / "security"
     try:
         deadline = time.monotonic() + 60
@@ -287,14 +287,7 @@ def recovery(tasks: int, config: str, applied: int) -> dict:
         rc._ask = counted  # type: ignore[method-assign]
         restarted_at = time.monotonic()
         with open(log_path, "a") as log:
-            again = subprocess.Popen(
-                [sys.executable, "-m", "ipyparallel.controller", f"--profile-dir={profile}", "--ip=127.0.0.1"],
-                env={**os.environ, "IPYTHONDIR": str(profile.parent / "ipython"), "PYTHONPATH": str(PROJECT)},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (applied, applied)),
-            )
+            again = start_controller(profile, log, applied)
         client_cpu = time.process_time()
         try:
             recovered_s = None

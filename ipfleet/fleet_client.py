@@ -214,9 +214,10 @@ class FleetClient(ipp.Client):
     def _unknown_to_controller(self, msg_ids: list[str], timeout: float) -> list[str]:
         """Which of MSG_IDS the controller has neither pending nor done: one request per
         STATUS_BATCH tasks, whatever the number lost."""
-        asked, unknown = set(msg_ids), []
+        unknown: list[str] = []
         for start in range(0, len(msg_ids), STATUS_BATCH):
             batch = msg_ids[start : start + STATUS_BATCH]
+            asked = set(batch)
             content = self._ask(wire.TASK_STATUS_REQUEST, {"msg_ids": batch}, timeout)
             if content.get("status") != "ok":
                 if "Bad Message Type" in str(content.get("evalue", "")):
@@ -226,7 +227,8 @@ class FleetClient(ipp.Client):
             said = content.get("unknown")
             if not isinstance(said, list):
                 raise RuntimeError("the controller's status reply names no unknown tasks")
-            # Only what was asked: a reply cannot add tasks to send again.
+            # Only what this request asked: a reply cannot add tasks to send again, nor
+            # name one twice by naming another batch's.
             unknown += [m for m in said if isinstance(m, str) and m in asked]
         return unknown
 

@@ -58,3 +58,9 @@ def test_a_controller_without_the_bulk_answer_is_asked_one_by_one():
     rc = client_asking(answer)
     assert rc._unknown_to_controller(["a", "b", "c"], 5) == ["a", "c"]
     assert [t for t, _ in rc.asked] == [wire.TASK_STATUS_REQUEST, "result_request", "result_request", "result_request"]
+
+
+def test_a_reply_cannot_name_another_batchs_task(monkeypatch):
+    monkeypatch.setattr(fleet_client, "STATUS_BATCH", 2)
+    rc = client_asking(lambda _t, c: {"status": "ok", "unknown": ["a", "c"]})  # whatever was asked
+    assert rc._unknown_to_controller(["a", "b", "c", "d"], 5) == ["a", "c"]

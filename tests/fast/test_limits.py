@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from bootstrap.ipfleet_node import limits
 from ipfleet import remote
@@ -28,22 +29,14 @@ def test_a_controller_within_every_limit_says_nothing():
 
 
 def test_each_limit_is_said_with_its_figure_in_steps_of_ten_percent():
-    near = limits.Reading(
-        descriptors=40_000,
-        descriptor_limit=65536,
-        memory=7 << 30,
-        memory_total=8 << 30,
-        busiest_cpu=0.97,
-        engines=2001,
-        ping_ms=1000,
-    )
+    near = replace(QUIET, descriptors=40_000, memory=7 << 30, busiest_cpu=0.97, engines=2001)
     said = limits.warnings(near)
     assert [line.split(":")[0] for line in said] == ["descriptors", "memory", "CPU", "engines"]
     assert "60% of its limit of 65536" in said[0]
     assert "80% of this node's" in said[1] and "90% of a core" in said[2]
     assert "2001 registered, more than the 2000 measured at a 1000 ms ping" in said[3]
     # A slower ping holds more engines.
-    assert not [w for w in limits.warnings(limits.Reading(**{**near.__dict__, "ping_ms": 5000})) if "engines" in w]
+    assert not [w for w in limits.warnings(replace(near, ping_ms=5000)) if "engines" in w]
 
 
 def test_the_controllers_processes_are_read_as_they_are(tmp_path):
