@@ -1,79 +1,18 @@
 """The laptop's AWS calls under throttling (ipfleet/aws.py), against moto behind a proxy
-that answers as AWS does past an account's quota: `ThrottlingException`. A call retries,
+that answers as AWS does past an account's quota (ipfleet/twin/throttling.py). A call retries,
 backing off, and goes through; one throttled every time gives up after its bound and
 says so."""
 
 from __future__ import annotations
 
-import http.client
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
 import pytest
 
 from bootstrap.ipfleet_node import wire
 from ipfleet import aws
 from ipfleet.node_status import read_all_records
-
-
-class ThrottlingProxy:
-    """Forwards to moto, but answers the first THROTTLE requests (None: every one) of the
-    JSON-protocol services (SSM) with AWS's throttling error."""
-
-    def __init__(self, upstream: str, throttle: int | None):
-        self.upstream = urlsplit(upstream)
-        self.throttle = throttle
-        self.throttled = 0
-        self.forwarded = 0
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                json_protocol = "json" in (self.headers.get("Content-Type") or "")
-                if json_protocol and (proxy.throttle is None or proxy.throttled < proxy.throttle):
-                    proxy.throttled += 1
-                    answer = json.dumps({"__type": "ThrottlingException", "message": "Rate exceeded"}).encode()
-                    self.send_response(400)
-                    self.send_header("Content-Type", "application/x-amz-json-1.1")
-                    self.send_header("Content-Length", str(len(answer)))
-                    self.end_headers()
-                    self.wfile.write(answer)
-                    return
-                proxy.forwarded += 1
-                self._forward("POST", body)
-
-            def do_GET(self) -> None:  # noqa: N802
-                proxy.forwarded += 1
-                self._forward("GET", None)
-
-            def _forward(self, method: str, body: bytes | None) -> None:
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
-                upstream.request(method, self.path, body=body, headers=headers)
-                response = upstream.getresponse()
-                data = response.read()
-                self.send_response(response.status)
-                for key, value in response.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                upstream.close()
-
-            def log_message(self, format: str, *args) -> None:  # noqa: A002
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from ipfleet.twin.throttling import Quota, ThrottlingProxy, api_of
 
 
 @pytest.fixture
@@ -86,7 +25,7 @@ def throttled(aws_env, monkeypatch):
     proxies = []
 
     def behind(throttle: int | None) -> ThrottlingProxy:
-        proxy = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"], throttle)
+        proxy = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"], throttle_first=throttle)
         proxies.append(proxy)
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         return proxy
@@ -112,3 +51,87 @@ def test_a_call_throttled_every_time_gives_up_after_its_bound_and_says_so(thrott
         read_all_records(aws.client("ssm", "us-east-1"), aws.client("s3", "us-east-1"), "thr")
     assert proxy.throttled == 3 and proxy.forwarded == 0
     assert "ThrottlingException" in str(refused.value) and "reached max retries: 2" in str(refused.value)
+
+
+def test_each_service_is_refused_as_aws_spells_it_and_botocore_retries_it(aws_env):
+    """Past its bucket, every API the nodes and the laptop call is refused in its own
+    protocol's words, which botocore takes for throttling: it retries, then gives up."""
+    import boto3
+    import botocore.exceptions
+    from botocore.config import Config
+
+    s3 = aws.client("s3", "us-east-1")
+    s3.create_bucket(Bucket="thr-bucket")
+    s3.put_object(Bucket="thr-bucket", Key="records.json", Body=b"{}")
+    quotas = [
+        Quota(("ssm:GetParameter", "ssm:GetParameters"), rate=0.001, burst=1),
+        Quota(("ec2:DescribeInstances",), rate=0.001, burst=1),
+        Quota(("autoscaling:DescribeAutoScalingGroups",), rate=0.001, burst=1),
+        Quota(("s3:GetObject",), rate=0.001, burst=1),
+    ]
+    proxy = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"], quotas)
+    try:
+        config = Config(retries={"mode": "standard", "total_max_attempts": 2})
+
+        def client(service):
+            return boto3.client(service, region_name="us-east-1", endpoint_url=proxy.url, config=config)
+
+        calls = {
+            "ThrottlingException": lambda: client("ssm").get_parameters(Names=["a"]),
+            "RequestLimitExceeded": lambda: client("ec2").describe_instances(),
+            "Throttling": lambda: client("autoscaling").describe_auto_scaling_groups(),
+            "SlowDown": lambda: client("s3").get_object(Bucket="thr-bucket", Key="records.json"),
+        }
+        for code, call in calls.items():
+            call()  # the bucket's one token
+            with pytest.raises(botocore.exceptions.ClientError) as refused:
+                call()
+            assert refused.value.response["Error"]["Code"] == code
+            assert "reached max retries: 1" in str(refused.value)
+        # ssm:GetParameter shares the reads' bucket: GetParameters took its token.
+        with pytest.raises(botocore.exceptions.ClientError):
+            client("ssm").get_parameter(Name="a")
+        apis = [c.api for c in proxy.calls]
+        assert apis[:3] == ["ssm:GetParameters"] * 3
+        assert {"ec2:DescribeInstances", "autoscaling:DescribeAutoScalingGroups", "s3:GetObject"} <= set(apis)
+        assert sum(c.throttled for c in proxy.calls) == 2 * 4 + 2
+        # Calls the quotas do not name are never refused.
+        client("ssm").put_parameter(Name="free", Value="x", Type="String")
+        assert proxy.calls[-1] == type(proxy.calls[-1])(proxy.calls[-1].at, "ssm:PutParameter", False, None)
+    finally:
+        proxy.close()
+
+
+def test_the_nodes_clients_retry_throttling_with_a_bound(aws_env):
+    """The agent's clients (bootstrap/ipfleet_node/agent.py): 5 attempts, 10 for the
+    patient ones (a fleet booting at once shares a few writes a second), then the error."""
+    import botocore.exceptions
+
+    from bootstrap.ipfleet_node import agent
+
+    proxy = ThrottlingProxy(aws_env["AWS_ENDPOINT_URL"], throttle_first=None)
+    try:
+        facts = {"region": "us-east-1", "aws_endpoint_url": proxy.url}
+        with pytest.raises(botocore.exceptions.ClientError, match="reached max retries: 4"):
+            agent.ssm_client(facts).get_parameter(Name="anything")
+        assert proxy.throttled == 5
+        # The patient ones wait up to a minute in all before saying so: their bound is read here.
+        patient = agent.ssm_client(facts, patient=True).meta.config.retries
+        assert patient == {"mode": "adaptive", "total_max_attempts": 10}
+    finally:
+        proxy.close()
+
+
+def test_api_names():
+    class Headers(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+    scope = "AWS4-HMAC-SHA256 Credential=AKID/20261130/us-east-1/{}/aws4_request, SignedHeaders=host"
+    ssm = Headers({"Authorization": scope.format("ssm"), "X-Amz-Target": "AmazonSSM.PutParameter"})
+    assert api_of("POST", "/", ssm, b"{}") == "ssm:PutParameter"
+    ec2 = Headers({"Authorization": scope.format("ec2")})
+    assert api_of("POST", "/", ec2, b"Action=DescribeInstances&Version=2016-11-15") == "ec2:DescribeInstances"
+    s3 = Headers({"Authorization": scope.format("s3")})
+    assert api_of("PUT", "/bucket/ipfleet/records.json", s3, b"") == "s3:PutObject"
+    assert api_of("GET", "/bucket?list-type=2", s3, b"") == "s3:GetBucket"
