@@ -21,7 +21,9 @@ import random
 import secrets
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +52,7 @@ NODE_PATHS = {
     "node_state_dir": paths.NODE_STATE_DIR,
     "profile_dir": paths.PROFILE_DIR,
     "keys_file": paths.KEYS_FILE,
+    "boot_finished": paths.BOOT_FINISHED,
 }
 
 
@@ -115,17 +118,39 @@ def private_address() -> str:
     raise SystemExit("ipfleet-node: no global IPv4 address on this node")
 
 
-def instance_metadata(path: str) -> str | None:
-    """One instance metadata value through IMDSv2 (the only version nodes allow)."""
-    try:
+# A metadata session token is asked for once and used until shortly before it expires
+# (as AWS advises): a watch that looks every few seconds asks for one value per look,
+# not two requests. Each thread keeps its own (a token belongs to its caller).
+TOKEN_SECONDS = 21600
+_tokens = threading.local()
+
+
+def _metadata_token(fresh: bool = False) -> str:
+    token, expires = getattr(_tokens, "held", ("", 0.0))
+    if fresh or time.monotonic() > expires - 60:
         token_request = urllib.request.Request(
-            f"{METADATA}/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"}
+            f"{METADATA}/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_SECONDS)}
         )
         with urllib.request.urlopen(token_request, timeout=2) as response:
             token = response.read().decode()
-        request = urllib.request.Request(f"{METADATA}/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token})
-        with urllib.request.urlopen(request, timeout=2) as response:
-            return response.read().decode().strip() or None
+        _tokens.held = (token, time.monotonic() + TOKEN_SECONDS)
+    return token
+
+
+def instance_metadata(path: str) -> str | None:
+    """One instance metadata value through IMDSv2 (the only version nodes allow)."""
+    try:
+        for fresh in (False, True):
+            request = urllib.request.Request(
+                f"{METADATA}/meta-data/{path}", headers={"X-aws-ec2-metadata-token": _metadata_token(fresh)}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    return response.read().decode().strip() or None
+            except urllib.error.HTTPError as e:
+                if e.code != 401:  # 401: the token is no longer good; ask for another, once
+                    raise
+        return None
     except OSError:  # no metadata service, or no such value (no public address)
         return None
 
@@ -619,7 +644,7 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
     collector then lets it go (it completes the drain hook; engines hold no such right)."""
     facts = load_facts()
     identity = node_identity()
-    booted = Path("/var/lib/cloud/instance/boot-finished")
+    booted = node_path(facts, "boot_finished")
     last, last_sent, drained_for = None, 0.0, None
     retry_at, backoff = 0.0, interval
     while True:

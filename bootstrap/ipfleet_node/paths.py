@@ -30,6 +30,8 @@ PYTHON_CONSTRAINTS = f"{CONFIG_DIR}/python-constraints.txt"
 NODE_STATE_DIR = "/var/lib/ipfleet-node"
 # The cluster's keys on the controller (0640 root:ipfleet: ipcontroller reads them); see the agent.
 KEYS_FILE = f"{NODE_STATE_DIR}/keys.json"
+# cloud-init writes this when the node's boot has finished (its last module ran).
+BOOT_FINISHED = "/var/lib/cloud/instance/boot-finished"
 # The controller's login for tunnels: its home holds the authorized key.
 LOGIN_HOME = "/home/ipfleet-admin"
 

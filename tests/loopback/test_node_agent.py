@@ -61,6 +61,30 @@ def test_interruption_notices_from_the_metadata(imds, monkeypatch):
     assert agent.interruption() == "auto scaling: Terminated"
 
 
+def test_the_metadata_token_is_asked_for_once_and_again_when_refused(imds, monkeypatch):
+    """A watch looks every few seconds: one request per value, not a token each time; a
+    token the service no longer knows (it restarted) is replaced, once."""
+    import urllib.request
+
+    base, _nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    monkeypatch.setattr(agent, "_tokens", __import__("threading").local())
+    asked: list[str] = []
+    real = urllib.request.urlopen
+
+    def counting(request, *args, **kwargs):
+        asked.append(request.get_method())
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", counting)
+    for _ in range(5):
+        assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
+    assert asked == ["PUT"] + ["GET"] * 5
+    agent._tokens.held = ("a-token-nobody-gave", agent._tokens.held[1])
+    assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
+    assert asked[6:] == ["GET", "PUT", "GET"]  # 401, a new token, the value
+
+
 def test_engines_follow_a_controller_that_moved(engine_node, capsys):
     """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
     publish, engine_file = engine_node
