@@ -113,6 +113,8 @@ def facts(spec: NodeSpec) -> dict:
             "engines_per_node": spec.engines_per_node,
             # The group's most nodes: how widely they spread their looks at the rendezvous.
             "fleet_nodes": spec.fleet_nodes,
+            # Whose engines may read root's copy of the connection info (agent.root_copy).
+            "service_user": spec.service_user,
         }
     return {
         **common,

@@ -314,10 +314,11 @@ def read_published(client, name: str) -> dict | None:
     return document
 
 
-# SSM's reads are shared by the whole account (about 40 a second by default): a fleet's
-# engine nodes, which all look at the rendezvous at once after a controller loss, keep to
-# half of that between them.
-FLEET_READS_PER_SECOND = 20.0
+# SSM's reads are shared by the whole account (about 40 a second by default). A fleet
+# whose nodes all look at the rendezvous at once (a cold start; a controller loss, when
+# every engine restarts) spreads its looks at this rate, a quarter of the quota: laptops,
+# the controller and the account's other users share the rest.
+FLEET_READS_PER_SECOND = 10.0
 
 
 def rendezvous_spread(facts: dict) -> float:
@@ -325,33 +326,50 @@ def rendezvous_spread(facts: dict) -> float:
     return max(0, int(facts.get("fleet_nodes") or 0)) / FLEET_READS_PER_SECOND
 
 
-def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
-    """Engine: wait (bounded) for the controller to publish, then write the engine file.
+def root_copy(facts: dict) -> Path:
+    """Root's copy of what the controller published for this node: the engines' section
+    and the controller's address, in root's own folder (readable by the service user's
+    group, never writable by it). Read once at boot by root (`wait-connection --root`),
+    it serves the engines' first start and the watch's reports without asking AWS again."""
+    return node_path(facts, "node_state_dir") / "connection.json"
 
-    FRESH_WITHIN: seconds; a file read from the rendezvous that recently (at boot,
-    or by this node's other engine) is used as it is, without AWS and boto3's
-    second of CPU per engine. An engine that restarts after losing its controller
-    finds the file older than that and reads again."""
-    facts = load_facts()
-    target = security_dir(facts) / "ipcontroller-engine.json"
-    if fresh_within > 0 and target.exists():
-        age = time.time() - target.stat().st_mtime
-        if 0 <= age < fresh_within:
-            log(f"{target} read from the rendezvous {age:.0f} s ago: used as it is")
-            return
+
+def read_root_copy(facts: dict, fresh_within: float | None = None) -> dict | None:
+    """Root's copy ({"controller": address, "engine": {...}}), if there, well-formed and
+    (with FRESH_WITHIN) written that recently."""
+    path = root_copy(facts)
+    try:
+        if fresh_within is not None and not 0 <= time.time() - path.stat().st_mtime < fresh_within:
+            return None
+        copy = json.loads(path.read_text())
+        ipaddress.ip_address(copy["controller"])
+        if not isinstance(copy["engine"], dict):
+            return None
+        return copy
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _look_in_turn(facts: dict, target: Path) -> bool:
+    """A fleet booting at once, or every engine of it restarted after losing its
+    controller: the nodes look at the rendezvous in turn. True if TARGET was refreshed
+    meanwhile (by another engine of this node): no look needed."""
     spread = rendezvous_spread(facts)
-    if target.exists() and spread > 1:
-        # Restarted after losing its controller, as every engine of the fleet is now.
-        pause = random.uniform(0, spread)
-        log(f"looking at the rendezvous in {pause:.0f} s (a fleet of {facts.get('fleet_nodes')} nodes looks in turn)")
-        before = time.time()
-        time.sleep(pause)
-        # (File times come from a coarse clock, a few ms behind time.time().)
-        if target.stat().st_mtime >= before - 1:  # another engine of this node looked meanwhile
-            log(f"{target} read from the rendezvous meanwhile: used as it is")
-            return
+    if spread <= 1:
+        return False
+    pause = random.uniform(0, spread)
+    log(f"looking at the rendezvous in {pause:.0f} s (a fleet of {facts.get('fleet_nodes')} nodes looks in turn)")
+    before = time.time()
+    time.sleep(pause)
+    # (File times come from a coarse clock, a few ms behind time.time().)
+    return target.exists() and target.stat().st_mtime >= before - 1
+
+
+def read_rendezvous(facts: dict, timeout: float) -> dict:
+    """The published document, waited for (bounded), polling gently."""
     client = ssm_client(facts)
     name = parameter(facts, "rendezvous_parameter")
+    spread = rendezvous_spread(facts)
     deadline = time.monotonic() + timeout
     delay, attempt = 1.0, 0
     while True:
@@ -363,7 +381,7 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
             document = None
             client = ssm_client(facts)  # a client that found no credentials never looks again
         if document is not None:
-            break
+            return document
         if time.monotonic() + delay > deadline:
             raise SystemExit(f"ipfleet-node: nothing published at {name} after {timeout:.0f} s")
         log(f"attempt {attempt}: controller has not published yet; next look in {delay:.1f} s")
@@ -371,13 +389,57 @@ def wait_connection(timeout: float, fresh_within: float = 0.0) -> None:
         # Engines boot beside their controller: look every second or so at first, then
         # back off, jittered, so that a big fleet stays within SSM's read rate.
         delay = min(delay * 1.2, max(10.0, spread)) * random.uniform(0.9, 1.1)
-    text = json.dumps(document["engine"])
+
+
+def _write_if_changed(target: Path, text: str, group: str | None = None) -> str | None:
+    """Write TEXT to TARGET unless it holds it already (then only its time: confirmed
+    now); returns what it held before, or None."""
     previous = target.read_text() if target.exists() else None
     if previous == text:
-        os.utime(target)  # confirmed now: fresh for --fresh-within
+        os.utime(target)
+    else:
+        _write_private(target, text, group)
+    return previous
+
+
+def wait_connection(timeout: float, fresh_within: float = 0.0, root: bool = False) -> None:
+    """Engine node: wait (bounded) for the controller to publish, then write the engine file.
+
+    ROOT: root's look at boot, which writes root's copy (root_copy) instead: one read of
+    the rendezvous serves the node's engines and its watch.
+    FRESH_WITHIN: seconds; an engine file, or root's copy, read from the rendezvous that
+    recently (at boot, or by this node's other engine) is used as it is, without AWS
+    and boto3's second of CPU per engine. An engine that restarts after losing its
+    controller finds both older than that and reads again."""
+    facts = load_facts()
+    if root:
+        target = root_copy(facts)
+        if not _look_in_turn(facts, target):
+            document = read_rendezvous(facts, timeout)
+            address = str(ipaddress.ip_address(document["controller"]["address"]))
+            copy = {"controller": address, "engine": document["engine"], "published_at": document["published_at"]}
+            _write_if_changed(target, json.dumps(copy), facts.get("service_user"))
+            log(f"controller at {address} (published {document['published_at']}); wrote {target}")
+        return
+    target = security_dir(facts) / "ipcontroller-engine.json"
+    if fresh_within > 0:
+        if target.exists() and 0 <= time.time() - target.stat().st_mtime < fresh_within:
+            log(f"{target} read from the rendezvous {time.time() - target.stat().st_mtime:.0f} s ago: used as it is")
+            return
+        copy = read_root_copy(facts, fresh_within)
+        if copy is not None:
+            _write_if_changed(target, json.dumps(copy["engine"]))
+            log(f"controller at {copy['controller']}: taken from {root_copy(facts)}, read at boot")
+            return
+    if _look_in_turn(facts, target):
+        log(f"{target} read from the rendezvous meanwhile: used as it is")
+        return
+    document = read_rendezvous(facts, timeout)
+    text = json.dumps(document["engine"])
+    previous = _write_if_changed(target, text)
+    if previous == text:
         log(f"controller at {document['controller']['address']} (published {document['published_at']}) unchanged")
         return
-    _write_private(target, text)
     moved = "" if previous is None else f" (was {json.loads(previous).get('location')})"
     log(
         f"controller at {document['controller']['address']}{moved} published {document['published_at']}; wrote {target}"
@@ -531,10 +593,16 @@ def records_port(facts: dict) -> int:
 
 
 def collector_address(facts: dict, fresh: bool = False) -> str | None:
-    """The controller's address, from the connection document it published (read here,
-    by root, rather than from the engine file the service user writes). A document
-    without an IP address there is refused, in a line: root does not crash on it."""
+    """The controller's address: from root's copy of the connection document (read at
+    boot), else from the document itself (read here, by root, never from the engine file
+    the service user writes). A document without an IP address there is refused, in a
+    line: root does not crash on it. FRESH: ask the rendezvous (the controller may have
+    been replaced)."""
     name = parameter(facts, "rendezvous_parameter")
+    if not fresh and name not in _collector_at:
+        copy = read_root_copy(facts)
+        if copy is not None:
+            _collector_at[name] = copy["controller"]
     if fresh or name not in _collector_at:
         try:
             document = read_published(ssm_client(facts), name)
@@ -637,7 +705,7 @@ def drain(facts: dict, reason: str) -> None:
     log("drained: engines stopped")
 
 
-def watch(interval: float, heartbeat: float = 600.0) -> None:
+def watch(interval: float, heartbeat: float = 600.0, stop: threading.Event | None = None) -> None:
     """Every node, for its life: report when its phase or engines change, and on an
     engine node, drain as soon as an interruption notice appears (two minutes on spot).
     A drained node reports again once Auto Scaling is taking it out, and the controller's
@@ -647,7 +715,14 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
     booted = node_path(facts, "boot_finished")
     last, last_sent, drained_for = None, 0.0, None
     retry_at, backoff = 0.0, interval
-    while True:
+    # An engine node's first report needs the controller's address, which root's look
+    # at the rendezvous (taken in turn by a big fleet) is about to write: it waits for
+    # that, within a bound, rather than ask AWS a second time. A notice meanwhile is
+    # acted on at once.
+    awaiting_copy = facts["role"] == "engine" and read_root_copy(facts) is None
+    first_look_by = time.monotonic() + rendezvous_spread(facts) + 30
+    stop = stop or threading.Event()
+    while not stop.is_set():
         reason = interruption() if facts["role"] == "engine" and drained_for is None else None
         if reason:
             # Stop first, record after: the engines' two minutes are not spent waiting on AWS.
@@ -665,8 +740,10 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
         leaving = bool(drained_for) and instance_metadata("autoscaling/target-lifecycle-state") == "Terminated"
         state = (phase, json.dumps(engines_now(facts)), leaving)
         due = state != last or time.monotonic() - last_sent > heartbeat
+        if awaiting_copy and (read_root_copy(facts) is not None or time.monotonic() >= first_look_by):
+            awaiting_copy = False
         # A draining node does not wait out the backoff: it has two minutes.
-        if due and (time.monotonic() >= retry_at or drained_for):
+        if due and ((not awaiting_copy and time.monotonic() >= retry_at) or drained_for):
             if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
                 last, last_sent, backoff = state, time.monotonic(), interval
             else:
@@ -674,7 +751,7 @@ def watch(interval: float, heartbeat: float = 600.0) -> None:
                 # later, jittered, so that a big fleet does not ask all at once.
                 backoff = min(backoff * 2, 60.0)
                 retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.0)
-        time.sleep(interval)
+        stop.wait(interval)
 
 
 def collect() -> None:
@@ -732,6 +809,7 @@ def main(argv: list[str] | None = None) -> None:
         p = sub.add_parser(name)
         p.add_argument("--timeout", type=float, default=1800.0)
     p.add_argument("--fresh-within", type=float, default=0.0)  # see wait_connection
+    p.add_argument("--root", action="store_true", help="root, at boot: write root's copy (see wait_connection)")
     p = sub.add_parser("mount", help="root: start a mount unit, waiting for its server (bounded)")
     p.add_argument("unit")
     p.add_argument("--timeout", type=float, default=600.0)
@@ -769,7 +847,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "collect":
         collect()
     else:
-        wait_connection(args.timeout, args.fresh_within)
+        wait_connection(args.timeout, args.fresh_within, args.root)
 
 
 if __name__ == "__main__":

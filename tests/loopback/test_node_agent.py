@@ -25,6 +25,7 @@ def engine_node(facts, aws_env, tmp_path):
         region="us-east-1",
         rendezvous_parameter=RENDEZVOUS,
         profile_dir=str(tmp_path / "profile"),
+        node_state_dir=str(tmp_path / "root-state"),
         aws_endpoint_url=aws_env["AWS_ENDPOINT_URL"],
     )
     assert values["rendezvous_parameter"] == RENDEZVOUS
@@ -155,23 +156,29 @@ def test_a_failed_bootstrap_step_is_reported_and_fetch_stops_waiting(facts, aws_
 
 
 def test_a_big_fleet_looks_at_the_rendezvous_in_turn(engine_node, monkeypatch, capsys):
-    """1,000 engine nodes that lost their controller spread their looks over 50 s (20 a
-    second, half SSM's shared read rate) and poll no faster than that while it is away;
-    an engine whose node's other engine looked meanwhile does not look at all."""
+    """1,000 engine nodes booting at once, or that lost their controller, spread their
+    looks over 100 s (10 a second for each of a node's two readers: half SSM's shared
+    read rate) and poll no faster than that while it is away; an engine whose node's
+    other engine looked meanwhile does not look at all."""
     publish, engine_file = engine_node
     publish("10.0.0.10")
-    agent.wait_connection(timeout=5)  # at boot: no pause
+    agent.wait_connection(timeout=5)  # a small fleet (no fleet_nodes): no pause
     facts = agent.load_facts()
     facts["fleet_nodes"] = 1000
     monkeypatch.setattr(agent, "load_facts", lambda: facts)
-    assert agent.rendezvous_spread(facts) == 50
+    assert agent.rendezvous_spread(facts) == 100
+    engine_file.unlink()  # at boot, a big fleet looks in turn too
+    booting: list[float] = []
+    monkeypatch.setattr(agent.time, "sleep", booting.append)
+    agent.wait_connection(timeout=5)
+    assert len(booting) == 1 and 0 <= booting[0] <= 100 and engine_file.exists()
     old = time.time() - 120
     os.utime(engine_file, (old, old))
     pauses: list[float] = []
     monkeypatch.setattr(agent.time, "sleep", pauses.append)
     publish("10.0.0.42")
     agent.wait_connection(timeout=5, fresh_within=60)
-    assert len(pauses) == 1 and 0 <= pauses[0] <= 50
+    assert len(pauses) == 1 and 0 <= pauses[0] <= 100
     assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
     # Another engine of the node refreshes the file while this one waits its turn.
     os.utime(engine_file, (old, old))
@@ -180,3 +187,50 @@ def test_a_big_fleet_looks_at_the_rendezvous_in_turn(engine_node, monkeypatch, c
     agent.wait_connection(timeout=5, fresh_within=60)
     assert json.loads(engine_file.read_text())["location"] == "10.0.0.42"
     assert "read from the rendezvous meanwhile" in capsys.readouterr().out
+
+
+def test_one_look_at_boot_serves_the_engines_and_the_watch(engine_node, tmp_path, monkeypatch, capsys):
+    """Root looks at the rendezvous once at boot (`wait-connection --root`) and keeps its
+    copy in its own folder; the engines' first start and the watch's reports use it,
+    so a node booting reads SSM once, not three times."""
+    publish, engine_file = engine_node
+    publish("10.0.0.10")
+    monkeypatch.setattr(agent, "_collector_at", {})
+    reads: list[str] = []
+    real = agent.read_published
+    monkeypatch.setattr(agent, "read_published", lambda client, name: reads.append(name) or real(client, name))
+    agent.wait_connection(timeout=5, root=True)
+    copy = json.loads((tmp_path / "root-state" / "connection.json").read_text())
+    assert copy["controller"] == "10.0.0.10" and copy["engine"]["location"] == "10.0.0.10"
+    assert not engine_file.exists()  # root writes nothing where the service user writes
+    agent.wait_connection(timeout=5, fresh_within=60)  # the engines' first start
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.10"
+    assert "taken from" in capsys.readouterr().out
+    assert agent.collector_address(agent.load_facts()) == "10.0.0.10"  # the watch
+    assert reads == [RENDEZVOUS]
+    # A copy that is stale (the controller since lost) is not used: the engine reads again.
+    old = time.time() - 120
+    os.utime(tmp_path / "root-state" / "connection.json", (old, old))
+    os.utime(engine_file, (old, old))
+    publish("10.0.0.42")
+    agent.wait_connection(timeout=5, fresh_within=60)
+    assert json.loads(engine_file.read_text())["location"] == "10.0.0.42" and len(reads) == 2
+
+
+def test_root_s_copy_is_checked_before_use(engine_node, tmp_path, monkeypatch):
+    """A copy that does not parse, or names no IP address, is not used: the watch asks the
+    rendezvous instead (a half-written file must not send records elsewhere)."""
+    publish, _engine_file = engine_node
+    publish("10.0.0.10")
+    facts = agent.load_facts()
+    copy = tmp_path / "root-state" / "connection.json"
+    copy.parent.mkdir(parents=True)
+    for text in ("{", json.dumps({"controller": "evil.example", "engine": {}}), json.dumps({"controller": "10.9.9.9"})):
+        copy.write_text(text)
+        assert agent.read_root_copy(facts) is None
+        monkeypatch.setattr(agent, "_collector_at", {})
+        assert agent.collector_address(facts) == "10.0.0.10"
+    copy.write_text(json.dumps({"controller": "10.9.9.9", "engine": {"location": "10.9.9.9"}}))
+    monkeypatch.setattr(agent, "_collector_at", {})
+    assert agent.collector_address(facts) == "10.9.9.9"
+    assert agent.collector_address(facts, fresh=True) == "10.0.0.10"  # asked again after a failure
