@@ -66,6 +66,7 @@ class Call:
     api: str
     throttled: bool
     instance: str | None = None
+    source: str | None = None  # the caller's address
 
 
 def api_of(method: str, path: str, headers, body: bytes) -> str:
@@ -160,7 +161,7 @@ class ThrottlingProxy:
                 api = api_of(self.command, self.path, self.headers, body)
                 refused = proxy.refuses(api)
                 with proxy._lock:
-                    proxy.calls.append(Call(time.time(), api, refused, instance_named(body)))
+                    proxy.calls.append(Call(time.time(), api, refused, instance_named(body), self.client_address[0]))
                     if refused:
                         proxy.throttled += 1
                     else:
@@ -203,3 +204,28 @@ class ThrottlingProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def main() -> None:
+    """`python -m ipfleet.twin.throttling UPSTREAM QUOTAS_JSON CALLS_FILE`: serve until
+    SIGTERM (printing its URL first), then write every call to CALLS_FILE (JSON lines).
+    QUOTAS_JSON: [{"apis": [...], "rate": R, "burst": B}]."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    upstream, quotas_file, calls_file = sys.argv[1:4]
+    quotas = [Quota(tuple(q["apis"]), q["rate"], q["burst"]) for q in json.loads(Path(quotas_file).read_text())]
+    proxy = ThrottlingProxy(upstream, quotas)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    print(proxy.url, flush=True)
+    stopping.wait()
+    with proxy._lock:
+        calls = list(proxy.calls)
+    Path(calls_file).write_text("".join(json.dumps(c.__dict__) + "\n" for c in calls))
+    proxy.close()
+
+
+if __name__ == "__main__":
+    main()
