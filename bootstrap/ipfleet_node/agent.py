@@ -567,18 +567,24 @@ def read_failure(facts: dict) -> dict | None:
     return error if isinstance(error, dict) else {"step": "unknown (unreadable failure file)"}
 
 
-def put_record(facts: dict, identity: dict, text: str) -> bool:
+# The collector took a drained node's record, but Auto Scaling does not hold the node in
+# its drain hook yet: the node says it again a little later (collector.py).
+NOT_HELD_YET = 202
+
+
+def put_record(facts: dict, identity: dict, text: str) -> int:
     """Best effort: a node that cannot report keeps working (and says so in its journal).
     The controller writes its own record; an engine node sends its record to the
-    controller's collector, which writes it (collector.py)."""
+    controller's collector, which writes it (collector.py). Returns 0 if it could not,
+    else the answer's status (200 for the controller's own)."""
     if facts["role"] == "controller":
         name = parameter(facts, "controller_record_parameter")
         try:
             ssm_client(facts, patient=True).put_parameter(Name=name, Value=text, Type="String", Overwrite=True)
-            return True
+            return 200
         except Exception as e:
             log(f"could not report to {name}: {type(e).__name__}: {e}")
-            return False
+            return 0
     return send_to_collector(facts, "PUT", identity, text.encode())
 
 
@@ -615,9 +621,10 @@ def collector_address(facts: dict, fresh: bool = False) -> str | None:
     return _collector_at[name]
 
 
-def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"") -> bool:
+def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"") -> int:
     """One report to the collector, from this node's address and a root-only port; a
-    second try asks where the controller is now (it may have been replaced)."""
+    second try asks where the controller is now (it may have been replaced). Returns the
+    collector's status when it took the report, else 0."""
     import http.client
 
     port = records_port(facts)
@@ -625,7 +632,7 @@ def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"
         address = collector_address(facts, fresh)
         if address is None:
             log("could not report: the controller has not published yet")
-            return False
+            return 0
         for _ in range(5):  # a source port still in use: take another
             source = random.randint(*REPORT_SOURCE_PORTS)
             connection = http.client.HTTPConnection(
@@ -645,10 +652,10 @@ def send_to_collector(facts: dict, method: str, identity: dict, body: bytes = b"
             finally:
                 connection.close()
             if response.status < 300:
-                return True
+                return response.status
             log(f"the controller at {address}:{port} refused the record: {response.status} {answer}")
-            return False
-    return False
+            return 0
+    return 0
 
 
 def report(phase: str, step: str | None = None, exit_code: int | None = None, unit: str | None = None) -> None:
@@ -715,6 +722,7 @@ def watch(interval: float, heartbeat: float = 600.0, stop: threading.Event | Non
     booted = node_path(facts, "boot_finished")
     last, last_sent, drained_for = None, 0.0, None
     retry_at, backoff = 0.0, interval
+    say_again_at, say_again = 0.0, 5.0
     # An engine node's first report needs the controller's address, which root's look
     # at the rendezvous (taken in turn by a big fleet) is about to write: it waits for
     # that, within a bound, rather than ask AWS a second time. A notice meanwhile is
@@ -742,9 +750,20 @@ def watch(interval: float, heartbeat: float = 600.0, stop: threading.Event | Non
         due = state != last or time.monotonic() - last_sent > heartbeat
         if awaiting_copy and (read_root_copy(facts) is not None or time.monotonic() >= first_look_by):
             awaiting_copy = False
+        now = time.monotonic()
         # A draining node does not wait out the backoff: it has two minutes.
-        if due and ((not awaiting_copy and time.monotonic() >= retry_at) or drained_for):
-            if put_record(facts, identity, node_record(facts, identity, phase, error, drained_for)):
+        if drained_for:
+            may_send = now >= say_again_at
+        else:
+            may_send = not awaiting_copy and now >= retry_at
+        if due and may_send:
+            status = put_record(facts, identity, node_record(facts, identity, phase, error, drained_for))
+            if status == NOT_HELD_YET and leaving:
+                # Its metadata says Auto Scaling holds it, the group did not say so yet to
+                # the collector: said again shortly (a few times in the two minutes).
+                say_again_at = now + say_again
+                say_again = min(say_again * 2, 30.0)
+            elif status:
                 last, last_sent, backoff = state, time.monotonic(), interval
             else:
                 # Not reachable yet (no controller published, AWS throttling): try again

@@ -206,6 +206,12 @@ class Collector:
 
     def handle(self, report: Report) -> str:
         """Take REPORT or raise Refused; returns what was done, for the log."""
+        return self.answer(report)[1]
+
+    def answer(self, report: Report) -> tuple[int, str]:
+        """Take REPORT or raise Refused: (the HTTP status to answer, what was done). 202: a
+        drained node's record, taken, whose drain hook Auto Scaling does not hold yet (the
+        node says again once it does); 204: done."""
         if report.port >= PRIVILEGED_PORTS:
             raise Refused(403, f"from port {report.port}: only root on a node reports (a port below 1024)")
         if not report.path.startswith(PATH_PREFIX):
@@ -225,29 +231,37 @@ class Collector:
             # and ignored (the store remembers the removal); another instance given the
             # address later does not match, and EC2 is asked again.
             self.store.remove([instance])
-            return f"forgot {instance}"
+            return 204, f"forgot {instance}"
         record = self.checked(report, instance)
         if not self.store.put(instance, record):
-            return f"kept {instance}'s newer record (this one is from {record.get('updated')})"
+            return 204, f"kept {instance}'s newer record (this one is from {record.get('updated')})"
         if record.get("phase") == "drained":
-            return f"recorded {instance}" + self.release(instance)
-        return f"recorded {instance}"
+            held, done = self.release(instance)
+            return (204 if held or self.autoscaling is None else 202), f"recorded {instance}{done}"
+        return 204, f"recorded {instance}"
 
-    def release(self, instance: str) -> str:
-        """A drained node's drain hook, completed if Auto Scaling is holding it there."""
+    def release(self, instance: str) -> tuple[bool, str]:
+        """A drained node's drain hook, completed if Auto Scaling is holding it there:
+        (whether it was held, what was done)."""
         if self.autoscaling is None:
-            return ""
+            return False, ""
         found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
         if not found or found[0].get("LifecycleState") != "Terminating:Wait":
-            return "; not held in its drain hook"
+            return False, "; not held in its drain hook"
         group = found[0]["AutoScalingGroupName"]
-        self.autoscaling.complete_lifecycle_action(
-            AutoScalingGroupName=group,
-            LifecycleHookName=DRAIN_HOOK,
-            InstanceId=instance,
-            LifecycleActionResult="CONTINUE",
-        )
-        return f"; completed its drain hook {DRAIN_HOOK} in {group}"
+        try:
+            self.autoscaling.complete_lifecycle_action(
+                AutoScalingGroupName=group,
+                LifecycleHookName=DRAIN_HOOK,
+                InstanceId=instance,
+                LifecycleActionResult="CONTINUE",
+            )
+        except self.autoscaling.exceptions.ClientError as e:
+            # The node said it twice (its first report's answer was late): the first did it.
+            if "No active Lifecycle Action" not in str(e):
+                raise
+            return True, f"; its drain hook in {group} was completed already"
+        return True, f"; completed its drain hook {DRAIN_HOOK} in {group}"
 
     def checked(self, report: Report, instance: str) -> dict:
         """The record as the node sent it, once it says what the network says."""
@@ -298,8 +312,8 @@ def handler_for(collector: Collector) -> type[BaseHTTPRequestHandler]:
                     self.rfile.read(min(length, 16 * RECORD_LIMIT))  # so the answer is not lost in a reset
                     raise Refused(413, f"{length} bytes: a record holds {RECORD_LIMIT}")
                 body = self.rfile.read(length) if length > 0 else b""
-                done = collector.handle(Report(method, self.path, address, port, body))
-                self.send_response(204)
+                status, done = collector.answer(Report(method, self.path, address, port, body))
+                self.send_response(status)
                 self.end_headers()
                 collector.log(f"{address}: {done}")
             except Refused as e:

@@ -261,11 +261,13 @@ def test_a_drained_node_is_let_go_by_the_controller_and_only_once_drained(cluste
     [staying] = [i for i, state in members().items() if state == "InService"]
     # Still running its engines: held.
     assert send("PUT", leaving, record_of(leaving, address(leaving)), (address(leaving), "root"))[0] == 204
-    # A node in service that says it drained: recorded, not let go.
-    assert send("PUT", staying, record_of(staying, address(staying), "drained"), (address(staying), "root"))[0] == 204
+    # A node in service that says it drained: recorded, not let go; the answer says its
+    # group does not hold it (it says so again if its metadata says otherwise).
+    assert send("PUT", staying, record_of(staying, address(staying), "drained"), (address(staying), "root"))[0] == 202
     assert members() == {leaving: "Terminating:Wait", staying: "InService"}
     # The leaving node, drained: its hook completed, it leaves the group.
-    assert send("PUT", leaving, record_of(leaving, address(leaving), "drained"), (address(leaving), "root"))[0] == 204
+    drained = record_of(leaving, address(leaving), "drained")
+    assert send("PUT", leaving, drained, (address(leaving), "root"))[0] == 204
     assert members() == {staying: "InService"}
     _, log = cluster
     assert f"completed its drain hook {wire.DRAIN_HOOK} in {group}" in log.read_text()
@@ -350,7 +352,34 @@ def test_a_connection_document_without_an_address_is_refused_by_root_not_followe
     agent._collector_at.clear()
     assert agent.collector_address(agent.load_facts()) is None
     identity = {"instanceId": "i-0123456789abcdef0", "address": "127.0.0.1"}
-    assert agent.send_to_collector(agent.load_facts(), "PUT", identity, b"{}") is False
+    assert agent.send_to_collector(agent.load_facts(), "PUT", identity, b"{}") == 0
     out = capsys.readouterr().out
     assert f"cannot read the controller's address from {name}" in out
     assert "$(id)" not in out and "Host: x" not in out
+
+
+def test_a_drain_hook_completed_by_an_earlier_report_is_not_a_failure():
+    """A drained node whose first report's answer came late says it again: Auto Scaling
+    refuses to complete the hook twice, and the collector takes that as done (not a 503
+    that would have the node say it a third time). Another refusal is still an error."""
+    import botocore.exceptions
+
+    from bootstrap.ipfleet_node.collector import Collector
+
+    class Group:
+        exceptions = botocore.exceptions
+        refusal = "No active Lifecycle Action found with instance ID i-0123456789abcdef0"
+
+        def describe_auto_scaling_instances(self, InstanceIds):  # noqa: N803 (boto3's names)
+            return {"AutoScalingInstances": [{"LifecycleState": "Terminating:Wait", "AutoScalingGroupName": "g"}]}
+
+        def complete_lifecycle_action(self, **_):
+            error = {"Error": {"Code": "ValidationError", "Message": self.refusal}}
+            raise botocore.exceptions.ClientError(error, "CompleteLifecycleAction")
+
+    group = Group()
+    collector = Collector(STACK, None, None, group, log=lambda _: None)
+    assert collector.release("i-0123456789abcdef0") == (True, "; its drain hook in g was completed already")
+    group.refusal = "Rate exceeded"
+    with pytest.raises(botocore.exceptions.ClientError):
+        collector.release("i-0123456789abcdef0")

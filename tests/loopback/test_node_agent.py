@@ -234,3 +234,45 @@ def test_root_s_copy_is_checked_before_use(engine_node, tmp_path, monkeypatch):
     monkeypatch.setattr(agent, "_collector_at", {})
     assert agent.collector_address(facts) == "10.9.9.9"
     assert agent.collector_address(facts, fresh=True) == "10.0.0.10"  # asked again after a failure
+
+
+def test_a_drained_node_stops_first_and_says_again_until_its_group_holds_it(facts, tmp_path, monkeypatch):
+    """On a notice the watch stops the engines before it reports; a drained record the
+    collector took while Auto Scaling did not hold the node yet (202) is said again a
+    few seconds later, not only at the next heartbeat, so that its hook is completed."""
+    import threading
+
+    facts(role="engine", stack="mv", region="us-east-1", engines_per_node=2, node_state_dir=str(tmp_path / "root"))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "connection.json").write_text(json.dumps({"controller": "10.0.0.10", "engine": {}}))
+    happened: list[tuple[str, float]] = []
+    answers = iter([204, 202, 204])
+    stop = threading.Event()
+
+    def put_record(_facts, _identity, text):
+        happened.append((json.loads(text)["phase"], time.monotonic()))
+        answer = next(answers, 204)
+        if answer == 204 and json.loads(text)["phase"] == "drained" and len(happened) > 2:
+            stop.set()
+        return answer
+
+    monkeypatch.setattr(agent, "put_record", put_record)
+    monkeypatch.setattr(agent, "node_identity", lambda: {"instanceId": "i-0123456789abcdef0", "address": "10.0.0.5"})
+    monkeypatch.setattr(agent, "engines_now", lambda _facts: {"running": 0, "expected": 2})
+    notice = {"spot/instance-action": None, "autoscaling/target-lifecycle-state": "Terminated"}
+    monkeypatch.setattr(agent, "instance_metadata", lambda path: notice.get(path))
+    monkeypatch.setattr(agent, "interruption", lambda: "spot interruption: terminate" if notice["armed"] else None)
+    monkeypatch.setattr(agent, "drain", lambda _facts, _reason: happened.append(("engines stopped", time.monotonic())))
+    notice["armed"] = False
+    watching = threading.Thread(target=agent.watch, args=(0.05,), kwargs={"stop": stop}, daemon=True)
+    watching.start()
+    deadline = time.monotonic() + 5
+    while not happened and time.monotonic() < deadline:
+        time.sleep(0.05)
+    notice["armed"] = True
+    watching.join(timeout=20)
+    stop.set()
+    phases = [what for what, _ in happened]
+    assert phases[:4] == ["booting", "engines stopped", "drained", "drained"], phases
+    said_again = happened[3][1] - happened[2][1]
+    assert 4.5 <= said_again < 8, said_again  # after the 202: shortly, not at the heartbeat
