@@ -19,7 +19,9 @@ Terminating:Wait learns it from its instance metadata, and the hook's timeout.
 
 from __future__ import annotations
 
+import functools
 import sys
+import threading
 
 from moto.autoscaling import models, responses
 from moto.autoscaling.exceptions import ValidationError
@@ -105,11 +107,35 @@ def complete_lifecycle_action(self) -> EmptyResult:
     return EmptyResult()
 
 
+# moto's server answers on many threads, and a scale-in above rewrites a group's list
+# of instances in steps: Auto Scaling's calls on groups take turns here, so that none
+# sees a group halfway through a change (AWS's answers are consistent too).
+_groups_lock = threading.RLock()
+
+
+def _one_at_a_time(method):
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with _groups_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def install() -> None:
     # Patched into moto's classes (setattr: replacing methods is the point).
     setattr(models.FakeAutoScalingGroup, "set_desired_capacity", _group_set_desired)  # noqa: B010
     setattr(models.AutoScalingBackend, "set_desired_capacity", _backend_set_desired)  # noqa: B010
     setattr(responses.AutoScalingResponse, "complete_lifecycle_action", complete_lifecycle_action)  # noqa: B010
+    for name in (
+        "set_desired_capacity",
+        "complete_lifecycle_action",
+        "describe_auto_scaling_groups",
+        "describe_auto_scaling_instances",
+        "terminate_instance_in_auto_scaling_group",
+        "update_auto_scaling_group",
+    ):
+        setattr(responses.AutoScalingResponse, name, _one_at_a_time(getattr(responses.AutoScalingResponse, name)))
 
 
 if __name__ == "__main__":
