@@ -158,8 +158,9 @@ def most_descriptors(processes: list[psutil.Process]) -> int:
 
 
 @contextmanager
-def engines(kind: str, count: int, security: Path):
-    """COUNT engines of KIND (`light` or `real`), started at once; yields their sessions."""
+def engines(kind: str, count: int, security: Path, over: float = 0.0):
+    """COUNT engines of KIND (`light` or `real`), started at once (or light ones arriving
+    over OVER seconds); yields the folder their ready files are in."""
     work = Path(tempfile.mkdtemp(prefix="ipfleet-swarm-"))
     pids = []
     try:
@@ -185,6 +186,7 @@ def engines(kind: str, count: int, security: Path):
                             str(security / "ipcontroller-engine.json"),
                             str(size),
                             str(work / f"ready-{index}"),
+                            str(over),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=open(work / f"swarm-{index}.log", "w"),
@@ -319,6 +321,71 @@ def recovery(tasks: int, config: str, applied: int) -> dict:
     }
 
 
+# EC2's launch rate (AWS's figure, not measurable here): a burst of about 1,000
+# instances at once, then about 2 a second.
+EC2_BURST = 1000
+EC2_PER_SECOND = 2.0
+
+
+def paced_registration(count: int, over: float, config: str, applied: int) -> dict:
+    """COUNT lightweight engines arriving at random over OVER seconds, as a fleet's nodes
+    reach the controller after their boot and their turn at the rendezvous: does the
+    controller keep up (each engine's wait from its start to its registration)?"""
+    from ipyparallel import Client
+
+    with controller(config, applied) as (_pid, security, _log_path):
+        rc = Client(str(security / "ipcontroller-client.json"))
+        started = time.monotonic()
+        with engines("light", count, security, over) as swarm_dir:
+            all_at = None
+            while time.monotonic() - started < over + STORM_TIMEOUT:
+                rc.spin()
+                if len(rc.ids) >= count:
+                    all_at = time.monotonic() - started
+                    break
+                time.sleep(0.2)
+            time.sleep(1)  # the last ready files
+            ready = [json.loads(f.read_text() or "{}") for f in swarm_dir.glob("ready-*")]
+            registered = len(rc.ids)
+        rc.close()
+    return {
+        "engines": count,
+        "over_s": over,
+        "registered": registered,
+        "all_registered_s": None if all_at is None else round(all_at, 1),
+        "after_last_arrival_s": None if all_at is None else round(max(0.0, all_at - over), 1),
+        "wait_p99_s": max((r.get("p99_s", 0) for r in ready), default=None),
+        "wait_slowest_s": max((r.get("slowest_s", 0) for r in ready), default=None),
+        "gave_up": sum(r.get("gave_up", 0) for r in ready),
+    }
+
+
+def cold_start(nodes: int, engines_per_node: int, config: str, applied: int, budget: dict | None, twin: dict | None):
+    """The time from `ipfleet scale` to every engine registered, stage by stage, each from
+    a measurement: EC2's launch curve (AWS's figure), a node's boot on the twin
+    (benchmarks/twin_startup.py --json), a node's path through AWS's APIs at scaled quotas
+    (benchmarks/aws_budget.py --json: boot to its engines registered, p99), and the
+    controller taking arrivals at that pace (measured here)."""
+    import math
+
+    from bootstrap.ipfleet_node.agent import rendezvous_spread
+
+    spread = rendezvous_spread({"fleet_nodes": nodes})
+    launch_s = max(0, nodes - EC2_BURST) / EC2_PER_SECOND
+    paced = paced_registration(nodes * engines_per_node, spread, config, applied)
+    stages: dict[str, float | None] = {"ec2_launch_s": launch_s}
+    for form in ("baked", "wheelhouse"):
+        rows = [r for r in (twin or {}).get("rows", []) if r.get("image") == form and r.get("engine_nodes") == 1]
+        stages[f"boot_{form}_s"] = rows[0]["boot_to_registered"] if rows else None
+    stages["api_path_p99_s"] = (budget or {}).get("engines_p99_s")
+    stages["registration_after_last_s"] = paced["after_last_arrival_s"]
+    known = [v for k, v in stages.items() if v is not None and k != "boot_baked_s"]
+    total = None
+    if all(stages[k] is not None for k in ("boot_wheelhouse_s", "api_path_p99_s", "registration_after_last_s")):
+        total = math.ceil(sum(known))
+    return {"nodes": nodes, "engines": nodes * engines_per_node, "stages": stages, "total_s": total, "paced": paced}
+
+
 def long_run(tasks: int, config: str, applied: int, engines_count: int = 8, chunk: int = 10_000) -> dict:
     """TASKS no-op tasks through one controller, CHUNK at a time (the client forgets each
     chunk's results, as a long-running client must): the controller's memory (every
@@ -387,6 +454,11 @@ def main() -> None:
         "--recovery", type=int, default=100_000, help="queued tasks a restarted controller loses (0: skip)"
     )
     parser.add_argument("--long", type=int, default=1_000_000, help="no-op tasks through one controller (0: skip)")
+    parser.add_argument(
+        "--cold-start", type=int, default=1000, help="engine nodes in the cold-start model, 2 engines each (0: skip)"
+    )
+    parser.add_argument("--budget", type=Path, help="benchmarks/aws_budget.py --json's output, for the model")
+    parser.add_argument("--twin", type=Path, help="benchmarks/twin_startup.py --json's output, for the model")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     # Stopped (timeout, kill): the finally blocks stop the controllers and engines.
@@ -412,6 +484,12 @@ def main() -> None:
         if recovered:
             print(f"  recovery: {recovered}", file=sys.stderr, flush=True)
         long = long_run(args.long, config, applied) if args.long else None
+        cold = None
+        if args.cold_start:
+            budget = json.loads(args.budget.read_text()) if args.budget else None
+            twin = json.loads(args.twin.read_text()) if args.twin else None
+            cold = cold_start(args.cold_start, 2, config, applied, budget, twin)
+            print(f"  cold start: {cold}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report = {
@@ -421,6 +499,7 @@ def main() -> None:
         "rows": rows,
         "recovery": recovered,
         "long": long,
+        "cold_start": cold,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -460,6 +539,32 @@ def main() -> None:
             f"{long['memory_mib']} MiB (at most {long['most_memory_mib']}) and tasks.db {long['tasks_db_mib']} MiB, "
             f"after {long['culls']} culls"
         )
+    if cold:
+        print_cold_start(cold)
+
+
+def print_cold_start(cold: dict) -> None:
+    stages, paced = cold["stages"], cold["paced"]
+
+    def shown(value) -> str:
+        return "not measured in this run (give --twin / --budget)" if value is None else f"{value} s"
+
+    print(f"\ncold start, 0 to {cold['nodes']} engine nodes ({cold['engines']} engines):")
+    print("| stage | seconds | from |")
+    print("|---|---:|---|")
+    print(f"| EC2 launches them all | {stages['ec2_launch_s']} | AWS's curve: {EC2_BURST} at once, then 2/s |")
+    print(f"| a node boots (wheelhouse image) | {shown(stages['boot_wheelhouse_s'])} | twin_startup.py, 1 node |")
+    print(f"| (baked image, instead) | {shown(stages['boot_baked_s'])} | twin_startup.py, 1 node |")
+    print(
+        f"| its API path, boot to engines registered (p99) | {shown(stages['api_path_p99_s'])} "
+        "| aws_budget.py, scaled quotas |"
+    )
+    print(
+        f"| the controller's registration after the last arrival | {shown(stages['registration_after_last_s'])} "
+        f"| here: {paced['engines']} engines arriving over {paced['over_s']} s, wait p99 {paced['wait_p99_s']} s |"
+    )
+    total = cold["total_s"]
+    print(f"| **sum** | **{total if total is not None else '-'}** | budget: 300 s |")
 
 
 if __name__ == "__main__":

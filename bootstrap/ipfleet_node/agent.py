@@ -426,10 +426,10 @@ def wait_connection(timeout: float, fresh_within: float = 0.0, root: bool = Fals
         if target.exists() and 0 <= time.time() - target.stat().st_mtime < fresh_within:
             log(f"{target} read from the rendezvous {time.time() - target.stat().st_mtime:.0f} s ago: used as it is")
             return
-        copy = read_root_copy(facts, fresh_within)
-        if copy is not None:
-            _write_if_changed(target, json.dumps(copy["engine"]))
-            log(f"controller at {copy['controller']}: taken from {root_copy(facts)}, read at boot")
+        held = read_root_copy(facts, fresh_within)
+        if held is not None:
+            _write_if_changed(target, json.dumps(held["engine"]))
+            log(f"controller at {held['controller']}: taken from {root_copy(facts)}, read at boot")
             return
     if _look_in_turn(facts, target):
         log(f"{target} read from the rendezvous meanwhile: used as it is")

@@ -179,7 +179,9 @@ class ThrottlingProxy:
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _serve  # noqa: N815 (http.server's naming)
 
             def _forward(self, body: bytes) -> None:
-                upstream = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=60)
+                upstream = http.client.HTTPConnection(
+                    proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=60
+                )
                 try:
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
                     upstream.request(self.command, self.path, body=body or None, headers=headers)
