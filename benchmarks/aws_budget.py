@@ -453,6 +453,16 @@ def run(args) -> dict:
             "runtime": stack["runtime"],
             "records_address": CONTROLLER,
             "records_port": records_port,
+            "state_dir": str(work / "controller" / "state"),
+            # The keeper as a stack without autoscaling has it (it still looks at the group).
+            "keeper": {
+                "idle_minutes": 60,
+                "min_engine_nodes": 0,
+                "autoscale": False,
+                "tasks_per_engine": 1,
+                "cooldown_seconds": 300,
+                "ping_ms": 1000,
+            },
         }
         facts_file = work / "controller" / "node.json"
         facts_file.write_text(json.dumps(controller_facts))
@@ -463,6 +473,7 @@ def run(args) -> dict:
         if publish.wait(120) != 0:
             raise RuntimeError(f"publish failed: {work / 'publish.log'}")
         processes.start("controller-watch", [*agent, "watch"], node_env)
+        processes.start("keeper", [sys.executable, "-m", "ipfleet_node.keeper"], node_env)
 
         # The engine nodes, booting over the launch window.
         start = time.time() + 5
