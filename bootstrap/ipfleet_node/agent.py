@@ -137,22 +137,41 @@ def _metadata_token(fresh: bool = False) -> str:
     return token
 
 
+# How often a metadata read is tried when the service does not answer (a busy node's
+# service times out or refuses for a moment; AWS throttles it per instance): a value
+# that exists must not be taken for one that does not.
+METADATA_ATTEMPTS = 3
+
+
 def instance_metadata(path: str) -> str | None:
-    """One instance metadata value through IMDSv2 (the only version nodes allow)."""
-    try:
-        for fresh in (False, True):
-            request = urllib.request.Request(
-                f"{METADATA}/meta-data/{path}", headers={"X-aws-ec2-metadata-token": _metadata_token(fresh)}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=2) as response:
-                    return response.read().decode().strip() or None
-            except urllib.error.HTTPError as e:
-                if e.code != 401:  # 401: the token is no longer good; ask for another, once
-                    raise
-        return None
-    except OSError:  # no metadata service, or no such value (no public address)
-        return None
+    """One instance metadata value through IMDSv2 (the only version nodes allow). None
+    when the node has no such value (404) or the service did not answer, after a few
+    tries a fraction of a second apart."""
+    for attempt in range(METADATA_ATTEMPTS):
+        try:
+            return _metadata_value(path)
+        except urllib.error.HTTPError as e:
+            if e.code == 404:  # no such value (no public address, no notice)
+                return None
+        except OSError:  # timed out, refused, reset: tried again
+            pass
+        if attempt + 1 < METADATA_ATTEMPTS:
+            time.sleep(0.25 * 2**attempt * random.uniform(0.5, 1.0))
+    return None
+
+
+def _metadata_value(path: str) -> str | None:
+    for fresh in (False, True):
+        request = urllib.request.Request(
+            f"{METADATA}/meta-data/{path}", headers={"X-aws-ec2-metadata-token": _metadata_token(fresh)}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.read().decode().strip() or None
+        except urllib.error.HTTPError as e:
+            if e.code != 401 or fresh:  # 401: the token is no longer good; ask for another, once
+                raise
+    return None
 
 
 def host_keys() -> list[str]:
@@ -756,6 +775,15 @@ def watch(interval: float, heartbeat: float = 600.0, stop: threading.Event | Non
             may_send = now >= say_again_at
         else:
             may_send = not awaiting_copy and now >= retry_at
+        if due and may_send and facts["role"] == "engine" and not wire.is_instance_id(identity["instanceId"]):
+            # The metadata service did not say who this node is when the watch started:
+            # the collector takes records only under the node's instance id, so ask again.
+            identity = node_identity()
+            if not wire.is_instance_id(identity["instanceId"]):
+                log("the instance metadata service did not give this node's instance id; the record waits")
+                may_send = False
+                backoff = min(backoff * 2, 60.0)
+                retry_at = now + backoff * random.uniform(0.5, 1.0)
         if due and may_send:
             status = put_record(facts, identity, node_record(facts, identity, phase, error, drained_for))
             if status == NOT_HELD_YET and leaving:

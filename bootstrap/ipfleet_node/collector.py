@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from .wire import DRAIN_HOOK, RECORD_FORMAT, RECORDS_FORMAT, ROLE_TAG, STACK_TAG
+from .wire import DRAIN_HOOK, RECORD_FORMAT, RECORDS_FORMAT, ROLE_TAG, STACK_TAG, is_instance_id
 
 # A record is at most 4 KB, as the controller's own in SSM (the agent cuts its log tail to fit).
 RECORD_LIMIT = 4096
@@ -89,7 +89,7 @@ class RecordStore:
         except (ValueError, AttributeError):
             return 0  # not ours: written anew at the next change
         with self.lock:
-            self.records = {k: v for k, v in nodes.items() if _is_instance_id(k) and isinstance(v, dict)}
+            self.records = {k: v for k, v in nodes.items() if is_instance_id(k) and isinstance(v, dict)}
         return len(self.records)
 
     def put(self, instance: str, record: dict) -> bool:
@@ -217,7 +217,7 @@ class Collector:
         if not report.path.startswith(PATH_PREFIX):
             raise Refused(404, "records are under /nodes/")
         claimed = report.path.removeprefix(PATH_PREFIX)
-        if not _is_instance_id(claimed):
+        if not is_instance_id(claimed):
             raise Refused(400, "not an instance id")
         instance = self.instance_at(report.address)
         if instance != claimed:  # a new instance, or one with the address of one that went
@@ -293,11 +293,6 @@ class Collector:
             )
             alive |= {i["InstanceId"] for r in found.get("Reservations", []) for i in r.get("Instances", [])}
         return self.store.remove([i for i in ids if i not in alive])
-
-
-def _is_instance_id(text: str) -> bool:
-    tail = text.removeprefix("i-")
-    return text.startswith("i-") and 8 <= len(tail) <= 17 and all(c in "0123456789abcdef" for c in tail)
 
 
 def handler_for(collector: Collector) -> type[BaseHTTPRequestHandler]:

@@ -43,6 +43,12 @@ def tagged(stack: str, role: str) -> list[dict]:
     return [{"Name": f"tag:{STACK_TAG}", "Values": [stack]}, {"Name": f"tag:{ROLE_TAG}", "Values": [role]}]
 
 
+def is_instance_id(text: str) -> bool:
+    """An EC2 instance id: i- and 8 or 17 hex digits (what records are named after)."""
+    tail = text.removeprefix("i-")
+    return text.startswith("i-") and len(tail) in (8, 17) and all(c in "0123456789abcdef" for c in tail)
+
+
 # The engine group's lifecycle hook: a node leaving the group waits in it until drained.
 DRAIN_HOOK = "ipfleet-drain"
 

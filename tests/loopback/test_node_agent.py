@@ -86,6 +86,60 @@ def test_the_metadata_token_is_asked_for_once_and_again_when_refused(imds, monke
     assert asked[6:] == ["GET", "PUT", "GET"]  # 401, a new token, the value
 
 
+def test_a_metadata_service_that_does_not_answer_is_asked_again(imds, monkeypatch):
+    """A busy node's metadata service can time out for a moment: the value that exists
+    is read on the next try, and a value that does not exist (404) is not asked twice."""
+    import urllib.request
+
+    base, _nodes = imds
+    monkeypatch.setattr(agent, "METADATA", base)
+    monkeypatch.setattr(agent, "_tokens", __import__("threading").local())
+    asked: list[str] = []
+    real = urllib.request.urlopen
+
+    def slow_once(request, *args, **kwargs):
+        asked.append(request.full_url.rsplit("/", 1)[-1])
+        if len(asked) == 2:  # the first value's read, after the token
+            raise TimeoutError("timed out")
+        return real(request, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", slow_once)
+    assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
+    assert asked == ["token", "instance-id", "instance-id"]
+    assert agent.instance_metadata("public-ipv4") is None
+    assert asked[3:] == ["public-ipv4"]
+
+
+def test_the_watch_reports_under_the_instance_id_once_the_metadata_says_it(facts, tmp_path, monkeypatch):
+    """A watch that started while the metadata service did not answer has only the host
+    name: it asks again and reports under the instance id, never under the host name."""
+    import threading
+
+    facts(role="engine", stack="mv", region="us-east-1", engines_per_node=2, node_state_dir=str(tmp_path / "root"))
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "connection.json").write_text(json.dumps({"controller": "10.0.0.10", "engine": {}}))
+    identities = iter([{"instanceId": "vm", "address": "10.0.0.5"}, {"instanceId": "vm", "address": "10.0.0.5"}])
+    monkeypatch.setattr(
+        agent, "node_identity", lambda: next(identities, {"instanceId": "i-0123456789abcdef0", "address": "10.0.0.5"})
+    )
+    sent: list[str] = []
+    stop = threading.Event()
+
+    def put_record(_facts, identity, _text):
+        sent.append(identity["instanceId"])
+        stop.set()
+        return 204
+
+    monkeypatch.setattr(agent, "put_record", put_record)
+    monkeypatch.setattr(agent, "engines_now", lambda _facts: {"running": 2, "expected": 2})
+    monkeypatch.setattr(agent, "instance_metadata", lambda path: None)
+    watching = threading.Thread(target=agent.watch, args=(0.05,), kwargs={"stop": stop}, daemon=True)
+    watching.start()
+    watching.join(timeout=10)
+    stop.set()
+    assert sent == ["i-0123456789abcdef0"]
+
+
 def test_engines_follow_a_controller_that_moved(engine_node, capsys):
     """What an engine does at every start: re-read the rendezvous, rewrite its file if it changed."""
     publish, engine_file = engine_node
