@@ -47,6 +47,15 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 # How many removed nodes the store remembers, to refuse their late reports.
 FORGOTTEN_KEPT = 10_000
 PATH_PREFIX = "/nodes/"
+# Auto Scaling publishes no rate for its calls; ipfleet assumes 10 a second for each
+# (as EC2's) and the collector keeps to half of that, all its calls together: a drain
+# burst of hundreds of nodes waits its turn here rather than be throttled.
+AUTOSCALING_CALLS_PER_SECOND = 5.0
+# A drained node's report waits at most this long for its turn; past it, the node is
+# answered 202 and says it again a few seconds later.
+AUTOSCALING_WAIT = 5.0
+# DescribeAutoScalingInstances takes up to 50 instance ids.
+DESCRIBE_BATCH = 50
 
 
 class Refused(Exception):
@@ -147,6 +156,32 @@ class RecordStore:
         return True
 
 
+class Pacer:
+    """Calls taken in turn, at most RATE a second. take(within) waits for the caller's
+    turn, or says False at once if its turn is further than WITHIN seconds away."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, sleep=time.sleep):
+        self.interval = 1.0 / rate
+        self.clock, self.sleep = clock, sleep
+        self._next = float("-inf")
+        self._lock = threading.Lock()
+
+    def take(self, within: float) -> bool:
+        with self._lock:
+            now = self.clock()
+            turn = max(now, self._next)
+            if turn - now > within:
+                return False
+            self._next = turn + self.interval
+        if turn > now:
+            self.sleep(turn - now)
+        return True
+
+
+class NoTurn(Exception):
+    """Auto Scaling's calls are queued past AUTOSCALING_WAIT."""
+
+
 class Collector:
     """What the collector decides; EC2 and Auto Scaling are boto3 clients (the controller's role)."""
 
@@ -169,6 +204,10 @@ class Collector:
         self._looked = float("-inf")  # when EC2 last said it
         self._lock = threading.Lock()
         self._looking = threading.Lock()
+        self._pacer = Pacer(AUTOSCALING_CALLS_PER_SECOND, clock)
+        self._wanted: set[str] = set()  # drained nodes whose hook is to be looked at
+        self._hooks: dict[str, str | None] = {}  # what a shared look found for them
+        self._asking = threading.Lock()
 
     def instance_at(self, address: str, fresh: bool = False) -> str | None:
         """The stack's running engine instance at ADDRESS, from EC2's view of all of them:
@@ -242,13 +281,18 @@ class Collector:
 
     def release(self, instance: str) -> tuple[bool, str]:
         """A drained node's drain hook, completed if Auto Scaling is holding it there:
-        (whether it was held, what was done)."""
+        (whether it was held, what was done). Not held, or no turn for Auto Scaling's
+        calls soon enough: the node is answered 202 and says it again."""
         if self.autoscaling is None:
             return False, ""
-        found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance])["AutoScalingInstances"]
-        if not found or found[0].get("LifecycleState") != "Terminating:Wait":
+        try:
+            group = self.hook_group(instance)
+        except NoTurn:
+            return False, "; Auto Scaling's calls are queued (the node says it again)"
+        if group is None:
             return False, "; not held in its drain hook"
-        group = found[0]["AutoScalingGroupName"]
+        if not self._pacer.take(AUTOSCALING_WAIT):
+            return False, "; Auto Scaling's calls are queued (the node says it again)"
         try:
             self.autoscaling.complete_lifecycle_action(
                 AutoScalingGroupName=group,
@@ -262,6 +306,29 @@ class Collector:
                 raise
             return True, f"; its drain hook in {group} was completed already"
         return True, f"; completed its drain hook {DRAIN_HOOK} in {group}"
+
+    def hook_group(self, instance: str) -> str | None:
+        """The group holding INSTANCE in its drain hook (Terminating:Wait), else None.
+        Drained nodes reporting together share one DescribeAutoScalingInstances (up to 50
+        ids): whoever asks takes the others' ids along, and they use its answer."""
+        with self._lock:
+            self._wanted.add(instance)
+        with self._asking:
+            with self._lock:
+                if instance in self._hooks:
+                    return self._hooks.pop(instance)
+                others = sorted(self._wanted - {instance})[: DESCRIBE_BATCH - 1]
+                self._wanted.difference_update([instance, *others])
+            if not self._pacer.take(AUTOSCALING_WAIT):
+                raise NoTurn()
+            found = self.autoscaling.describe_auto_scaling_instances(InstanceIds=[instance, *others])
+            held = {
+                i["InstanceId"]: (i["AutoScalingGroupName"] if i.get("LifecycleState") == "Terminating:Wait" else None)
+                for i in found["AutoScalingInstances"]
+            }
+            with self._lock:
+                self._hooks.update({other: held.get(other) for other in others})
+            return held.get(instance)
 
     def checked(self, report: Report, instance: str) -> dict:
         """The record as the node sent it, once it says what the network says."""

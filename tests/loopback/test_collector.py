@@ -371,7 +371,12 @@ def test_a_drain_hook_completed_by_an_earlier_report_is_not_a_failure():
         refusal = "No active Lifecycle Action found with instance ID i-0123456789abcdef0"
 
         def describe_auto_scaling_instances(self, InstanceIds):  # noqa: N803 (boto3's names)
-            return {"AutoScalingInstances": [{"LifecycleState": "Terminating:Wait", "AutoScalingGroupName": "g"}]}
+            return {
+                "AutoScalingInstances": [
+                    {"InstanceId": i, "LifecycleState": "Terminating:Wait", "AutoScalingGroupName": "g"}
+                    for i in InstanceIds
+                ]
+            }
 
         def complete_lifecycle_action(self, **_):
             error = {"Error": {"Code": "ValidationError", "Message": self.refusal}}
@@ -383,3 +388,99 @@ def test_a_drain_hook_completed_by_an_earlier_report_is_not_a_failure():
     group.refusal = "Rate exceeded"
     with pytest.raises(botocore.exceptions.ClientError):
         collector.release("i-0123456789abcdef0")
+
+
+def test_auto_scaling_calls_are_taken_in_turn_at_a_bounded_rate():
+    """The collector's pacer: at most its rate, in turn; a caller whose turn is too far
+    away is told at once (and answered 202), not kept waiting."""
+    from bootstrap.ipfleet_node.collector import Pacer
+
+    now = [100.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(round(seconds, 3))
+
+    pacer = Pacer(5.0, clock=lambda: now[0], sleep=sleep)
+    assert [pacer.take(within=1.1) for _ in range(7)] == [True] * 6 + [False]
+    assert slept == [0.2, 0.4, 0.6, 0.8, 1.0]
+    now[0] += 10  # later, the first call goes at once again
+    assert pacer.take(within=0.0) and slept[-1] == 1.0
+
+
+def test_drained_nodes_reporting_together_share_one_look_at_their_group():
+    """A drain burst: 40 drained nodes report at once; the collector asks Auto Scaling
+    about them in a few shared calls (up to 50 ids each), not one call each, and each
+    node gets its own answer."""
+    import threading
+
+    import botocore.exceptions
+
+    from bootstrap.ipfleet_node.collector import Collector
+
+    held = {f"i-{n:017x}" for n in range(0, 40, 2)}
+    asked: list[list[str]] = []
+
+    class Group:
+        exceptions = botocore.exceptions
+
+        def describe_auto_scaling_instances(self, InstanceIds):  # noqa: N803 (boto3's names)
+            asked.append(list(InstanceIds))
+            time.sleep(0.3)  # Auto Scaling's answer takes a while: the others queue meanwhile
+            return {
+                "AutoScalingInstances": [
+                    {
+                        "InstanceId": i,
+                        "AutoScalingGroupName": "g",
+                        "LifecycleState": "Terminating:Wait" if i in held else "InService",
+                    }
+                    for i in InstanceIds
+                ]
+            }
+
+    collector = Collector(STACK, None, None, Group(), log=lambda _: None)
+    answers: dict[str, str | None] = {}
+
+    def ask(instance: str) -> None:
+        answers[instance] = collector.hook_group(instance)
+
+    threads = [threading.Thread(target=ask, args=(f"i-{n:017x}",)) for n in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert answers == {f"i-{n:017x}": ("g" if f"i-{n:017x}" in held else None) for n in range(40)}
+    assert sorted(i for ids in asked for i in ids) == sorted(answers)  # each asked about once
+    assert len(asked) <= 4, [len(ids) for ids in asked]
+
+
+def test_a_drained_node_whose_turn_is_far_away_is_asked_to_say_it_again(monkeypatch):
+    """Auto Scaling's calls queued past the collector's bound: the node is answered as
+    not held yet (202), and says it again a few seconds later."""
+    import botocore.exceptions
+
+    from bootstrap.ipfleet_node import collector as collector_module
+
+    class Group:
+        exceptions = botocore.exceptions
+        completed: list[str] = []
+
+        def describe_auto_scaling_instances(self, InstanceIds):  # noqa: N803 (boto3's names)
+            return {
+                "AutoScalingInstances": [
+                    {"InstanceId": i, "LifecycleState": "Terminating:Wait", "AutoScalingGroupName": "g"}
+                    for i in InstanceIds
+                ]
+            }
+
+        def complete_lifecycle_action(self, InstanceId, **_):  # noqa: N803
+            self.completed.append(InstanceId)
+
+    group = Group()
+    collector = collector_module.Collector(STACK, None, None, group, log=lambda _: None)
+    collector._pacer = collector_module.Pacer(0.05)  # a turn every 20 s: the bound is 5 s
+    assert collector.release("i-0123456789abcdef0") == (
+        False,
+        "; Auto Scaling's calls are queued (the node says it again)",
+    )  # its look took the first turn; its completion would wait 20 s
+    assert group.completed == []
