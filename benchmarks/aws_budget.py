@@ -527,12 +527,16 @@ def run(args) -> dict:
                     seen.setdefault(record.instance_id, now)
 
         threading.Thread(target=laptop, daemon=True).start()
-        wait_for(
-            "every node visible in status",
-            lambda: len([i for i in boots if i in seen]) == args.nodes,
-            args.boot_window + 420,
-            every=2,
-        )
+        said = [time.monotonic()]
+
+        def all_visible_yet() -> bool:
+            count = len([i for i in boots if i in seen])
+            if time.monotonic() - said[0] > 30:
+                say(f"{count} of {args.nodes} nodes visible in status")
+                said[0] = time.monotonic()
+            return count == args.nodes
+
+        wait_for("every node visible in status", all_visible_yet, args.boot_window + 420, every=2)
         all_visible = time.time()
         visible = [seen[i] - boots[i] for i in boots]
         report["visible_p99_s"] = percentile(visible, 99)

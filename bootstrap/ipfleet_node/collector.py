@@ -16,6 +16,9 @@ address; the laptop checks its fields again (ipfleet/node_status.py).
 A drained node's record also lets it go: when Auto Scaling holds the instance in its
 drain hook (Terminating:Wait), the collector completes the hook for it, so engine nodes
 need no Auto Scaling rights at all (none can let another go before it has drained).
+Its Auto Scaling calls go in turn, within half the rate assumed for the account, and
+drained nodes reporting together share one look at their group: a drain burst of
+hundreds of nodes is not throttled.
 
 Runs on the controller as the service user, with the controller's role (EC2's view of
 the instances, the records document, its group's hook). `python -m ipfleet_node collect`.
