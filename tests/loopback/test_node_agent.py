@@ -62,52 +62,52 @@ def test_interruption_notices_from_the_metadata(imds, monkeypatch):
     assert agent.interruption() == "auto scaling: Terminated"
 
 
-def test_the_metadata_token_is_asked_for_once_and_again_when_refused(imds, monkeypatch):
-    """A watch looks every few seconds: one request per value, not a token each time; a
-    token the service no longer knows (it restarted) is replaced, once."""
+@pytest.fixture
+def metadata_requests(imds, monkeypatch):
+    """The agent pointed at the twin's metadata service, holding no token yet. Yields the
+    requests it makes, as (method, the path's last part), and a set of request numbers
+    (1 for the first) that time out instead of reaching the service."""
+    import threading
     import urllib.request
 
     base, _nodes = imds
     monkeypatch.setattr(agent, "METADATA", base)
-    monkeypatch.setattr(agent, "_tokens", __import__("threading").local())
-    asked: list[str] = []
+    monkeypatch.setattr(agent, "_tokens", threading.local())
+    asked: list[tuple[str, str]] = []
+    time_out: set[int] = set()
     real = urllib.request.urlopen
 
-    def counting(request, *args, **kwargs):
-        asked.append(request.get_method())
-        return real(request, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", counting)
-    for _ in range(5):
-        assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
-    assert asked == ["PUT"] + ["GET"] * 5
-    agent._tokens.held = ("a-token-nobody-gave", agent._tokens.held[1])
-    assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
-    assert asked[6:] == ["GET", "PUT", "GET"]  # 401, a new token, the value
-
-
-def test_a_metadata_service_that_does_not_answer_is_asked_again(imds, monkeypatch):
-    """A busy node's metadata service can time out for a moment: the value that exists
-    is read on the next try, and a value that does not exist (404) is not asked twice."""
-    import urllib.request
-
-    base, _nodes = imds
-    monkeypatch.setattr(agent, "METADATA", base)
-    monkeypatch.setattr(agent, "_tokens", __import__("threading").local())
-    asked: list[str] = []
-    real = urllib.request.urlopen
-
-    def slow_once(request, *args, **kwargs):
-        asked.append(request.full_url.rsplit("/", 1)[-1])
-        if len(asked) == 2:  # the first value's read, after the token
+    def watched(request, *args, **kwargs):
+        asked.append((request.get_method(), request.full_url.rsplit("/", 1)[-1]))
+        if len(asked) in time_out:
             raise TimeoutError("timed out")
         return real(request, *args, **kwargs)
 
-    monkeypatch.setattr(urllib.request, "urlopen", slow_once)
+    monkeypatch.setattr(urllib.request, "urlopen", watched)
+    return asked, time_out
+
+
+def test_the_metadata_token_is_asked_for_once_and_again_when_refused(metadata_requests):
+    """A watch looks every few seconds: one request per value, not a token each time; a
+    token the service no longer knows (it restarted) is replaced, once."""
+    asked, _ = metadata_requests
+    for _ in range(5):
+        assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
+    assert [method for method, _ in asked] == ["PUT"] + ["GET"] * 5
+    agent._tokens.held = ("a-token-nobody-gave", agent._tokens.held[1])
     assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
-    assert asked == ["token", "instance-id", "instance-id"]
+    assert [method for method, _ in asked[6:]] == ["GET", "PUT", "GET"]  # 401, a new token, the value
+
+
+def test_a_metadata_service_that_does_not_answer_is_asked_again(metadata_requests):
+    """A busy node's metadata service can time out for a moment: the value that exists
+    is read on the next try, and a value that does not exist (404) is not asked twice."""
+    asked, time_out = metadata_requests
+    time_out.add(2)  # the first value's read, after the token's
+    assert agent.instance_metadata("instance-id") == "i-0123456789abcdef0"
+    assert [path for _, path in asked] == ["token", "instance-id", "instance-id"]
     assert agent.instance_metadata("public-ipv4") is None
-    assert asked[3:] == ["public-ipv4"]
+    assert [path for _, path in asked[3:]] == ["public-ipv4"]
 
 
 def test_the_watch_reports_under_the_instance_id_once_the_metadata_says_it(facts, tmp_path, monkeypatch):
