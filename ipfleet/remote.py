@@ -19,10 +19,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from bootstrap.ipfleet_node.wire import FORMAT, RECORD_FORMAT
+from bootstrap.ipfleet_node.wire import FORMAT, INSTANCE_ID_PATTERN, RECORD_FORMAT
 
-# EC2's two id lengths (8 hex digits before 2016, 17 since).
-INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}(?:[0-9a-f]{9})?$"
 # A POSIX login name as useradd takes it: what the ssh config's `User` may be.
 LOGIN_USER_PATTERN = r"^[a-z_][a-z0-9_-]{0,31}$"
 # The key types OpenSSH accepts for host and user keys, and base64 after one space.

@@ -6,6 +6,8 @@ here, and the nodes run this same file. Standard library only (it runs everywher
 
 from __future__ import annotations
 
+import re as _re
+
 # What a stack's parameters hold before the controller has published (set by the stack).
 PENDING = "pending"
 # The format of the connection document the controller publishes.
@@ -43,10 +45,13 @@ def tagged(stack: str, role: str) -> list[dict]:
     return [{"Name": f"tag:{STACK_TAG}", "Values": [stack]}, {"Name": f"tag:{ROLE_TAG}", "Values": [role]}]
 
 
+# An EC2 instance id: i- and 8 hex digits (before 2016) or 17 (since). Records are
+# named after it; the laptop's schemas hold the cluster's documents to it.
+INSTANCE_ID_PATTERN = r"^i-[0-9a-f]{8}(?:[0-9a-f]{9})?$"
+
+
 def is_instance_id(text: str) -> bool:
-    """An EC2 instance id: i- and 8 or 17 hex digits (what records are named after)."""
-    tail = text.removeprefix("i-")
-    return text.startswith("i-") and len(tail) in (8, 17) and all(c in "0123456789abcdef" for c in tail)
+    return _re.fullmatch(INSTANCE_ID_PATTERN, text) is not None
 
 
 # The engine group's lifecycle hook: a node leaving the group waits in it until drained.
