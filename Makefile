@@ -58,7 +58,7 @@ lint: venv
 # Every tier: fast (settings, program, bootstrap, CLI), loopback (real servers on
 # 127.0.0.1), twin (real nodes; root). `make test-fast` runs the first alone.
 test: setup lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: venv
 	$(BIN)/python -m pytest -q tests/fast
