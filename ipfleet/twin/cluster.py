@@ -492,6 +492,12 @@ def recorded_processes(state: TwinState) -> list[int]:
     return [pid for pid in pids if pid]
 
 
+# How long `down` lets a node power off cleanly before it kills it. A controller's
+# container can sit past its units' stop for the whole grace (seen: 30 s), with nothing
+# left to run that matters to a twin being taken away.
+DOWN_GRACE = 10.0
+
+
 def down(state: TwinState, log=print) -> list[str]:
     """Stop every node and process, unmount, delete namespaces and files. Returns leftovers."""
     leftovers = []
@@ -502,10 +508,11 @@ def down(state: TwinState, log=print) -> list[str]:
         state.refresh()
 
     # Every node powers off at once (as EC2 terminates a stack's instances): a node's
-    # shutdown takes seconds, and one after another they added up to half a minute.
+    # shutdown takes seconds, and one after another they added up to half a minute. A
+    # node not off within DOWN_GRACE is killed: nothing of the twin outlives this call.
     def stop(node: Node) -> str | None:
         try:
-            node.stop()
+            node.stop(timeout=DOWN_GRACE)
         except Exception as e:
             return f"{node.name}: {e}"
         return None
